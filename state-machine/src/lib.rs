@@ -1,0 +1,53 @@
+//! # Tally's ledger state machine
+//!
+//! A pure, deterministic double-entry ledger. Every replica applies the same ordered log of
+//! [`Batch`]es to its own [`StateMachine`] and ends in the same state with the same digest. The
+//! state machine never reads a clock, a random number, the network or the file system: time
+//! arrives as each batch's timestamp, ids arrive in the events, and storage sits behind the
+//! [`Storage`] trait.
+//!
+//! # Layout
+//! - [`constants`]: every limit, named once.
+//! - [`amount`]: exact decimal amounts and the integer minor units the ledger counts in.
+//! - [`currency`]: ISO 4217 currency codes.
+//! - [`flags`]: account and transfer flags.
+//! - [`model`]: the records, as submitted (`New*`) and as stored.
+//! - [`batch`]: batches, operations and what applying one produces.
+//! - [`result`]: the result code of every event, with the documentation table.
+//! - `apply`: one file per operation (ledgers, accounts, transfers, expiry): checks, then writes.
+//! - [`state_machine`]: applying batches, linked chains and their undo log.
+//! - [`query`]: lookups and bounded, paged listings.
+//! - [`digest`]: the blake3 hash chain over applied batches.
+//! - [`codec`]: the canonical binary encoding of batches and records.
+//! - [`snapshot`]: the versioned, streamed, self-checking snapshot format.
+//! - [`storage`]: the storage interface, the in-memory store, and the suite every store must pass.
+
+pub mod amount;
+mod apply;
+pub mod batch;
+pub mod codec;
+pub mod constants;
+pub mod currency;
+pub mod digest;
+pub mod flags;
+pub mod model;
+pub mod query;
+pub mod result;
+pub mod snapshot;
+pub mod state_machine;
+pub mod storage;
+
+pub use amount::{AmountError, Units};
+pub use batch::{Batch, BatchError, BatchOutcome, Operation};
+pub use currency::Currency;
+pub use flags::{AccountFlags, TransferFlags};
+pub use model::{
+    Account, AccountBalance, Ledger, NewAccount, NewLedger, NewTransfer, PendingStatus, StateMeta, Transfer,
+    TransferFailure,
+};
+pub use query::{AccountTransfersFilter, FieldFilter, Page, QueryError, Window};
+pub use result::ResultCode;
+pub use snapshot::{SnapshotError, SnapshotSummary};
+pub use state_machine::StateMachine;
+pub use storage::memory::MemoryStorage;
+pub use storage::{Direction, Storage, TimestampRange};

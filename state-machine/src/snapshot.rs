@@ -1,0 +1,487 @@
+//! Snapshots: the whole ledger as one versioned byte stream.
+//!
+//! ```text
+//! magic "TALLYSNP" | format version u32 | timestamp_last u64 | batches_applied u64 | digest [32]
+//! records, each a tag byte and a fixed-size body, in four sections:
+//!   1 ledger                      (creation order)
+//!   2 account, 3 its balances     (creation order; history entries follow their account)
+//!   4 transfer, 5 pending status  (apply order; a pending transfer's status follows it)
+//!   6 transfer failure            (order recorded)
+//! 0 end | blake3 checksum [32] of every byte before it
+//! ```
+//! Writing streams from storage scans and reading streams into storage inserts, so neither holds
+//! the ledger in memory twice. Restoring checks far more than the checksum: every reference,
+//! every ordering, and every account's four balances recomputed from its transfers. A snapshot
+//! that does not add up is refused with the first inconsistency, never installed.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::ops::ControlFlow;
+
+use crate::codec::{self, DecodeError, Put, Reader};
+use crate::constants::LEDGER_SCALE_MAX;
+use crate::flags::{AccountFlags, TransferFlags};
+use crate::model::{Account, StateMeta, Transfer};
+use crate::state_machine::StateMachine;
+use crate::storage::{Direction, Storage, TimestampRange};
+
+const MAGIC: &[u8; 8] = b"TALLYSNP";
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+const TAG_END: u8 = 0;
+const TAG_LEDGER: u8 = 1;
+const TAG_ACCOUNT: u8 = 2;
+const TAG_ACCOUNT_BALANCE: u8 = 3;
+const TAG_TRANSFER: u8 = 4;
+const TAG_PENDING_STATUS: u8 = 5;
+const TAG_TRANSFER_FAILURE: u8 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a Tally snapshot (bad magic bytes)")]
+    NotASnapshot,
+    #[error("snapshot format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("snapshot checksum mismatch: the file is corrupt or truncated")]
+    ChecksumMismatch,
+    #[error("snapshot record is malformed: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("restore needs empty storage")]
+    StorageNotEmpty,
+}
+
+/// What a snapshot held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub ledgers: u64,
+    pub accounts: u64,
+    pub account_balances: u64,
+    pub transfers: u64,
+    pub transfer_failures: u64,
+    pub bytes: u64,
+}
+
+/// Passes bytes through while hashing them and counting them.
+struct Hashing<T> {
+    inner: T,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Hashing<T> {
+        Hashing {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buffer)?;
+        self.hasher.update(&buffer[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Hashing<R> {
+    fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut bytes = [0u8; N];
+        self.inner.read_exact(&mut bytes)?;
+        self.hasher.update(&bytes);
+        self.bytes += N as u64;
+        Ok(bytes)
+    }
+}
+
+/// Writes one tagged record, keeping the first I/O error for after the scan.
+struct RecordWriter<W: Write> {
+    out: Hashing<BufWriter<W>>,
+    scratch: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> RecordWriter<W> {
+    fn record(&mut self, tag: u8, encode: impl FnOnce(&mut Vec<u8>)) -> ControlFlow<()> {
+        self.scratch.clear();
+        self.scratch.put_u8(tag);
+        encode(&mut self.scratch);
+        match self.out.write_all(&self.scratch) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => {
+                self.error = Some(error);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn check(&mut self) -> io::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl<S: Storage> StateMachine<S> {
+    /// Streams the whole ledger to `writer`.
+    pub fn write_snapshot<W: Write>(&self, writer: W) -> io::Result<SnapshotSummary> {
+        let mut summary = SnapshotSummary::default();
+        let mut out = RecordWriter {
+            out: Hashing::new(BufWriter::new(writer)),
+            scratch: Vec::new(),
+            error: None,
+        };
+        let mut header = Vec::with_capacity(60);
+        header.put(MAGIC);
+        header.put_u32(SNAPSHOT_FORMAT_VERSION);
+        header.put_u64(self.meta.timestamp_last);
+        header.put_u64(self.meta.batches_applied);
+        header.put(&self.meta.digest);
+        out.out.write_all(&header)?;
+
+        let storage = &self.storage;
+        storage.ledgers_scan(TimestampRange::ALL, Direction::Ascending, &mut |ledger| {
+            summary.ledgers += 1;
+            out.record(TAG_LEDGER, |bytes| codec::put_ledger(bytes, ledger))
+        });
+        out.check()?;
+        storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
+            summary.accounts += 1;
+            out.record(TAG_ACCOUNT, |bytes| codec::put_account(bytes, account))?;
+            storage.account_balances_scan(account.id, TimestampRange::ALL, Direction::Ascending, &mut |balance| {
+                summary.account_balances += 1;
+                out.record(TAG_ACCOUNT_BALANCE, |bytes| {
+                    bytes.put_u128(account.id);
+                    codec::put_account_balance(bytes, balance);
+                })
+            });
+            if out.error.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        out.check()?;
+        storage.transfers_scan(TimestampRange::ALL, Direction::Ascending, &mut |transfer| {
+            summary.transfers += 1;
+            out.record(TAG_TRANSFER, |bytes| codec::put_transfer(bytes, transfer))?;
+            if !transfer.flags.contains(TransferFlags::PENDING) {
+                return ControlFlow::Continue(());
+            }
+            let status = storage
+                .pending_status_get(transfer.id)
+                .expect("a pending transfer has a status");
+            out.record(TAG_PENDING_STATUS, |bytes| {
+                bytes.put_u128(transfer.id);
+                codec::put_pending_status(bytes, status);
+            })
+        });
+        out.check()?;
+        storage.transfer_failures_scan(&mut |failure| {
+            summary.transfer_failures += 1;
+            out.record(TAG_TRANSFER_FAILURE, |bytes| {
+                codec::put_transfer_failure(bytes, failure)
+            })
+        });
+        out.check()?;
+
+        out.out.write_all(&[TAG_END])?;
+        let checksum = *out.out.hasher.finalize().as_bytes();
+        out.out.inner.write_all(&checksum)?;
+        out.out.flush()?;
+        summary.bytes = out.out.bytes + checksum.len() as u64;
+        Ok(summary)
+    }
+
+    /// Rebuilds a ledger from a snapshot into empty `storage`, checking it as it goes. On error the
+    /// storage holds a partial ledger and must be discarded.
+    pub fn restore_snapshot<R: Read>(mut storage: S, reader: R) -> Result<StateMachine<S>, SnapshotError> {
+        if storage.meta_get() != StateMeta::default() {
+            return Err(SnapshotError::StorageNotEmpty);
+        }
+        let mut input = Hashing::new(BufReader::new(reader));
+        if &input.read_array::<8>()? != MAGIC {
+            return Err(SnapshotError::NotASnapshot);
+        }
+        let version = u32::from_le_bytes(input.read_array()?);
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        let meta = StateMeta {
+            timestamp_last: u64::from_le_bytes(input.read_array()?),
+            batches_applied: u64::from_le_bytes(input.read_array()?),
+            digest: input.read_array()?,
+        };
+        let mut restore = Restore::new(&mut storage, meta.timestamp_last);
+        loop {
+            let tag = input.read_array::<1>()?[0];
+            restore.check_section_order(tag)?;
+            match tag {
+                TAG_END => break,
+                TAG_LEDGER => restore.ledger(&input.read_array::<{ codec::LEDGER_SIZE }>()?)?,
+                TAG_ACCOUNT => restore.account(&input.read_array::<{ codec::ACCOUNT_SIZE }>()?)?,
+                TAG_ACCOUNT_BALANCE => {
+                    restore.account_balance(&input.read_array::<{ 16 + codec::ACCOUNT_BALANCE_SIZE }>()?)?
+                }
+                TAG_TRANSFER => restore.transfer(&input.read_array::<{ codec::TRANSFER_SIZE }>()?)?,
+                TAG_PENDING_STATUS => {
+                    restore.pending_status(&input.read_array::<{ 16 + codec::PENDING_STATUS_SIZE }>()?)?
+                }
+                TAG_TRANSFER_FAILURE => restore.failure(&input.read_array::<{ codec::TRANSFER_FAILURE_SIZE }>()?)?,
+                _ => return Err(inconsistent(format!("unknown record tag {tag}"))),
+            }
+        }
+        let expected = *input.hasher.finalize().as_bytes();
+        let mut checksum = [0u8; 32];
+        input.inner.read_exact(&mut checksum)?;
+        if checksum != expected {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        if input.inner.read(&mut [0u8; 1])? != 0 {
+            return Err(inconsistent("bytes follow the checksum".into()));
+        }
+        restore.finish()?;
+        storage.meta_put(&meta);
+        Ok(StateMachine::open(storage))
+    }
+}
+
+fn inconsistent(detail: String) -> SnapshotError {
+    SnapshotError::Inconsistent(detail)
+}
+
+/// The checks and bookkeeping of one restore.
+struct Restore<'a, S: Storage> {
+    storage: &'a mut S,
+    timestamp_last: u64,
+    section: u8,
+    /// Timestamp of the previous record of the current section.
+    previous_timestamp: u64,
+    /// The account whose history records may follow, and its last history timestamp.
+    history_account: Option<(u128, u64)>,
+    /// A pending transfer whose status record must come next.
+    awaiting_status: Option<Transfer>,
+    /// Every account's balances recomputed from the transfers: debits/credits pending/posted.
+    recomputed: HashMap<u128, [u128; 4], foldhash::fast::RandomState>,
+}
+
+impl<'a, S: Storage> Restore<'a, S> {
+    fn new(storage: &'a mut S, timestamp_last: u64) -> Restore<'a, S> {
+        Restore {
+            storage,
+            timestamp_last,
+            section: TAG_LEDGER,
+            previous_timestamp: 0,
+            history_account: None,
+            awaiting_status: None,
+            recomputed: HashMap::default(),
+        }
+    }
+
+    /// Sections come in order, and within one, record timestamps strictly increase.
+    fn check_section_order(&mut self, tag: u8) -> Result<(), SnapshotError> {
+        if self.awaiting_status.is_some() && tag != TAG_PENDING_STATUS {
+            return Err(inconsistent("a pending transfer has no status record".into()));
+        }
+        if tag == TAG_END {
+            return Ok(());
+        }
+        let section = match tag {
+            TAG_ACCOUNT_BALANCE => TAG_ACCOUNT,
+            TAG_PENDING_STATUS => TAG_TRANSFER,
+            other => other,
+        };
+        if section < self.section {
+            return Err(inconsistent(format!("record tag {tag} after section {}", self.section)));
+        }
+        if section > self.section {
+            self.section = section;
+            self.previous_timestamp = 0;
+            self.history_account = None;
+        }
+        Ok(())
+    }
+
+    fn next_timestamp(&mut self, what: &str, timestamp: u64) -> Result<(), SnapshotError> {
+        if timestamp <= self.previous_timestamp || timestamp > self.timestamp_last {
+            return Err(inconsistent(format!("{what} timestamp {timestamp} is out of order")));
+        }
+        self.previous_timestamp = timestamp;
+        Ok(())
+    }
+
+    fn ledger(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let ledger = codec::read_ledger(&mut Reader::new(bytes, "ledger"))?;
+        self.next_timestamp("ledger", ledger.timestamp)?;
+        if ledger.id == 0 || !ledger.currency.is_iso_4217() || ledger.scale > LEDGER_SCALE_MAX {
+            return Err(inconsistent(format!("ledger {} has invalid fields", ledger.id)));
+        }
+        if self.storage.ledger_get(ledger.id).is_some() {
+            return Err(inconsistent(format!("ledger {} appears twice", ledger.id)));
+        }
+        self.storage.ledger_insert(&ledger);
+        Ok(())
+    }
+
+    fn account(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let account = codec::read_account(&mut Reader::new(bytes, "account"))?;
+        self.next_timestamp("account", account.timestamp)?;
+        if account.id == 0 || account.id == u128::MAX || account.flags.has_reserved_bits() {
+            return Err(inconsistent(format!("account {} has invalid fields", account.id)));
+        }
+        if self.storage.ledger_get(account.ledger).is_none() {
+            return Err(inconsistent(format!(
+                "account {} is on missing ledger {}",
+                account.id, account.ledger
+            )));
+        }
+        if self.recomputed.insert(account.id, [0; 4]).is_some() {
+            return Err(inconsistent(format!("account {} appears twice", account.id)));
+        }
+        if !account.within_limits() {
+            return Err(inconsistent(format!("account {} breaks its balance limit", account.id)));
+        }
+        self.storage.account_insert(&account);
+        self.history_account = account.flags.contains(AccountFlags::HISTORY).then_some((account.id, 0));
+        Ok(())
+    }
+
+    fn account_balance(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let mut reader = Reader::new(bytes, "account balance");
+        let account_id = reader.u128()?;
+        let balance = codec::read_account_balance(&mut reader)?;
+        match &mut self.history_account {
+            Some((id, previous)) if *id == account_id && balance.timestamp > *previous => *previous = balance.timestamp,
+            _ => {
+                return Err(inconsistent(format!(
+                    "balance history of account {account_id} is misplaced"
+                )));
+            }
+        }
+        if balance.timestamp > self.timestamp_last {
+            return Err(inconsistent(format!(
+                "balance of account {account_id} is from the future"
+            )));
+        }
+        self.storage.account_balance_insert(account_id, &balance);
+        Ok(())
+    }
+
+    fn transfer(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let transfer = codec::read_transfer(&mut Reader::new(bytes, "transfer"))?;
+        self.next_timestamp("transfer", transfer.timestamp)?;
+        let id = transfer.id;
+        if id == 0 || id == u128::MAX || transfer.flags.has_reserved_bits() || transfer.amount.is_zero() {
+            return Err(inconsistent(format!("transfer {id} has invalid fields")));
+        }
+        if self.storage.transfer_get(id).is_some() {
+            return Err(inconsistent(format!("transfer {id} appears twice")));
+        }
+        for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+            match self.storage.account_get(account_id) {
+                Some(account) if account.ledger == transfer.ledger => {}
+                _ => {
+                    return Err(inconsistent(format!(
+                        "transfer {id} names account {account_id} off its ledger"
+                    )));
+                }
+            }
+        }
+        if transfer.flags.resolves_pending() {
+            match self.storage.transfer_get(transfer.pending_id) {
+                Some(pending) if pending.flags.contains(TransferFlags::PENDING) => {}
+                _ => {
+                    return Err(inconsistent(format!(
+                        "transfer {id} resolves a missing pending transfer"
+                    )));
+                }
+            }
+        }
+        if transfer.flags.contains(TransferFlags::PENDING) {
+            // Its effect on balances depends on its status, which is the next record.
+            self.awaiting_status = Some(transfer);
+        } else if transfer.flags.contains(TransferFlags::POST_PENDING_TRANSFER) || !transfer.flags.resolves_pending() {
+            self.add(transfer.debit_account_id, 1, transfer.amount.0)?;
+            self.add(transfer.credit_account_id, 3, transfer.amount.0)?;
+        }
+        self.storage.transfer_insert(&transfer);
+        Ok(())
+    }
+
+    fn pending_status(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let mut reader = Reader::new(bytes, "pending status");
+        let pending_id = reader.u128()?;
+        let status = codec::read_pending_status(&mut reader)?;
+        let pending = match self.awaiting_status.take() {
+            Some(pending) if pending.id == pending_id => pending,
+            _ => return Err(inconsistent(format!("status of transfer {pending_id} is misplaced"))),
+        };
+        if status == crate::model::PendingStatus::Pending {
+            self.add(pending.debit_account_id, 0, pending.amount.0)?;
+            self.add(pending.credit_account_id, 2, pending.amount.0)?;
+            if let Some(expires_at) = pending.expires_at() {
+                self.storage.expiry_insert(expires_at, pending_id);
+            }
+        }
+        self.storage.pending_status_put(pending_id, status);
+        Ok(())
+    }
+
+    fn failure(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let failure = codec::read_transfer_failure(&mut Reader::new(bytes, "transfer failure"))?;
+        self.next_timestamp("transfer failure", failure.timestamp)?;
+        if !failure.code.is_transient() || self.storage.transfer_failure_get(failure.id).is_some() {
+            return Err(inconsistent(format!("failure of transfer {} is invalid", failure.id)));
+        }
+        self.storage.transfer_failure_insert(&failure);
+        Ok(())
+    }
+
+    fn add(&mut self, account_id: u128, balance: usize, amount: u128) -> Result<(), SnapshotError> {
+        let balances = self
+            .recomputed
+            .get_mut(&account_id)
+            .expect("checked when the transfer was read");
+        balances[balance] += amount;
+        if balances[balance] > crate::constants::AMOUNT_UNITS_MAX {
+            return Err(inconsistent(format!("account {account_id} overflows")));
+        }
+        Ok(())
+    }
+
+    /// Every account's stored balances must equal the sum of its transfers. Accounts are checked in
+    /// creation order, so the error names the same (earliest) account on every run.
+    fn finish(self) -> Result<(), SnapshotError> {
+        let mut mismatch = None;
+        self.storage
+            .accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account: &Account| {
+                let stored = [
+                    account.debits_pending.0,
+                    account.debits_posted.0,
+                    account.credits_pending.0,
+                    account.credits_posted.0,
+                ];
+                let recomputed = self.recomputed[&account.id];
+                if stored == recomputed {
+                    return ControlFlow::Continue(());
+                }
+                mismatch = Some(format!(
+                    "account {} holds balances {stored:?} but its transfers add up to {recomputed:?}",
+                    account.id
+                ));
+                ControlFlow::Break(())
+            });
+        mismatch.map_or(Ok(()), |detail| Err(inconsistent(detail)))
+    }
+}

@@ -1,0 +1,105 @@
+//! The storage interface the ledger is written against, and its in-memory implementation.
+//!
+//! The ledger decides *what* to store; a [`Storage`] decides *how*. Every method is a point
+//! operation or an ordered scan, so an implementation on disk (the redb store of the consensus
+//! crate) maps each one onto a table. Any implementation must pass [`suite::run`].
+//!
+//! Contracts every implementation keeps:
+//! - Scans visit records in ascending timestamp order (descending when `Direction::Descending`),
+//!   restricted to the inclusive `TimestampRange`, and stop when the visitor returns `Break`.
+//! - Records passed to `*_insert` are new: the ledger checks ids before inserting.
+//! - `*_rollback_insert` undoes the most recent insert of that kind; the ledger calls them in
+//!   reverse order of insertion when a linked chain fails, and only for records of that chain.
+//! - Nothing is visible to a scan in a different order than it was inserted: timestamps arrive
+//!   strictly increasing.
+
+pub mod memory;
+pub mod suite;
+
+use std::ops::ControlFlow;
+
+use crate::model::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
+
+/// Inclusive bounds on cluster timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimestampRange {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl TimestampRange {
+    pub const ALL: TimestampRange = TimestampRange { min: 0, max: u64::MAX };
+
+    pub fn contains(&self, timestamp: u64) -> bool {
+        self.min <= timestamp && timestamp <= self.max
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+    Descending,
+}
+
+/// A scan's callback: return `ControlFlow::Break(())` to stop early.
+pub type Visit<'a, T> = &'a mut dyn FnMut(&T) -> ControlFlow<()>;
+
+pub trait Storage {
+    fn ledger_get(&self, id: u32) -> Option<Ledger>;
+    fn ledger_insert(&mut self, ledger: &Ledger);
+    fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>);
+
+    fn account_get(&self, id: u128) -> Option<Account>;
+    fn account_insert(&mut self, account: &Account);
+    /// Replaces the balances and flags of an existing account; the other fields never change.
+    fn account_update(&mut self, account: &Account);
+    fn account_rollback_insert(&mut self, account: &Account);
+    fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>);
+
+    fn transfer_get(&self, id: u128) -> Option<Transfer>;
+    /// Stores a transfer and indexes it under both of its accounts.
+    fn transfer_insert(&mut self, transfer: &Transfer);
+    fn transfer_rollback_insert(&mut self, transfer: &Transfer);
+    fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>);
+    /// The transfers that debit or credit `account_id`.
+    fn account_transfers_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<Transfer>,
+    );
+
+    fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure>;
+    fn transfer_failure_insert(&mut self, failure: &TransferFailure);
+    /// Failures in the order they were recorded (ascending timestamp).
+    fn transfer_failures_scan(&self, visit: Visit<TransferFailure>);
+
+    fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus>;
+    fn pending_status_put(&mut self, pending_id: u128, status: PendingStatus);
+    fn pending_status_remove(&mut self, pending_id: u128);
+
+    /// Indexes a pending transfer by its deadline.
+    fn expiry_insert(&mut self, expires_at: u64, pending_id: u128);
+    fn expiry_remove(&mut self, expires_at: u64, pending_id: u128);
+    /// Deadlines at or before `expires_at_max`, ascending by `(expires_at, pending_id)`; the
+    /// visitor gets `(expires_at, pending_id)`.
+    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>);
+
+    /// Appends to the balance history of an account flagged `history`.
+    fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance);
+    fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance);
+    fn account_balances_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<AccountBalance>,
+    );
+
+    /// The ledger-wide meta record; all zeros for an empty store.
+    fn meta_get(&self) -> StateMeta;
+    /// Called once at the end of every applied batch: an implementation that groups writes into
+    /// transactions commits here, so the meta record is stored atomically with the batch's data.
+    fn meta_put(&mut self, meta: &StateMeta);
+}
