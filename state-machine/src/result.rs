@@ -244,7 +244,10 @@ mod tests {
             assert_eq!(*code as usize, index, "{code} is out of order");
             assert_eq!(ResultCode::from_number(*code as u8), Some(*code));
         }
-        assert_eq!(ResultCode::from_number(u8::try_from(ResultCode::ALL.len()).unwrap()), None);
+        assert_eq!(
+            ResultCode::from_number(u8::try_from(ResultCode::ALL.len()).unwrap()),
+            None
+        );
     }
 
     #[test]
