@@ -17,7 +17,7 @@ fn harness_with_history() -> Harness {
     let mut harness = Harness::new();
     let mut events: Vec<_> = (1..=5u128)
         .map(|id| NewTransfer {
-            code: id as u16,
+            code: u16::try_from(id).unwrap(),
             ..transfer(id, BANK, BOB, "1")
         })
         .collect();
