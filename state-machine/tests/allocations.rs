@@ -44,6 +44,7 @@ fn allocations() -> u64 {
 }
 
 const ACCOUNT_COUNT: u64 = 1_000;
+const ACCOUNT_CAPACITY: usize = 1_000;
 
 /// A batch of transfers between pseudo-random accounts, every fourth one pending and linked in
 /// pairs, so chains (with their undo log) and the pending index are on the measured path.
@@ -77,7 +78,7 @@ fn transfer_batch(first_id: u128) -> Vec<NewTransfer> {
 #[test]
 fn applying_a_batch_allocates_nothing_per_event() {
     let mut ledger = StateMachine::open(MemoryStorage::with_capacity(
-        ACCOUNT_COUNT as usize,
+        ACCOUNT_CAPACITY,
         64 * EVENTS_PER_BATCH_MAX,
     ));
     let mut timestamp = 1_000;

@@ -6,6 +6,7 @@
 //! - per ledger, the sums of `debits_posted` and `credits_posted` are equal, and likewise pending;
 //! - no account breaks its balance-limit flag;
 //! - a second state machine fed the same batches gives the same results and digest;
+//!
 //! and at the end:
 //! - a snapshot taken at a random step, restored and fed the remaining steps, ends with the same digest;
 //! - re-submitting every transfer batch changes no balance and applies no event.
