@@ -48,29 +48,32 @@ pub enum DecodeError {
     InvalidValue { what: &'static str, detail: String },
 }
 
-/// Appends little-endian fields to a byte buffer.
+/// Appends little-endian fields to a byte buffer. Fields are fixed-size arrays so that each copy
+/// has a length known at compile time and is inlined (the digest encodes ~300 bytes per transfer
+/// on the hot path; a `memcpy` call per field cost a tenth of the apply time).
 pub(crate) trait Put {
-    fn put(&mut self, bytes: &[u8]);
+    fn put<const N: usize>(&mut self, bytes: [u8; N]);
     fn put_u8(&mut self, value: u8) {
-        self.put(&[value]);
+        self.put([value]);
     }
     fn put_u16(&mut self, value: u16) {
-        self.put(&value.to_le_bytes());
+        self.put(value.to_le_bytes());
     }
     fn put_u32(&mut self, value: u32) {
-        self.put(&value.to_le_bytes());
+        self.put(value.to_le_bytes());
     }
     fn put_u64(&mut self, value: u64) {
-        self.put(&value.to_le_bytes());
+        self.put(value.to_le_bytes());
     }
     fn put_u128(&mut self, value: u128) {
-        self.put(&value.to_le_bytes());
+        self.put(value.to_le_bytes());
     }
 }
 
 impl Put for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.extend_from_slice(&bytes);
     }
 }
 
@@ -130,7 +133,7 @@ fn invalid(what: &'static str, detail: String) -> DecodeError {
 
 pub(crate) fn put_new_ledger(out: &mut impl Put, ledger: &NewLedger) {
     out.put_u32(ledger.id);
-    out.put(&ledger.currency.0);
+    out.put(ledger.currency.0);
     out.put_u8(ledger.scale);
     out.put_u128(ledger.user_data_128);
     out.put_u64(ledger.user_data_64);
@@ -198,11 +201,14 @@ fn read_new_account(reader: &mut Reader) -> Result<NewAccount, DecodeError> {
     })
 }
 
+#[inline]
 pub(crate) fn put_balances(out: &mut impl Put, account: &Account) {
-    out.put_u128(account.debits_pending.0);
-    out.put_u128(account.debits_posted.0);
-    out.put_u128(account.credits_pending.0);
-    out.put_u128(account.credits_posted.0);
+    let mut bytes = [0u8; 64];
+    bytes[..16].copy_from_slice(&account.debits_pending.0.to_le_bytes());
+    bytes[16..32].copy_from_slice(&account.debits_posted.0.to_le_bytes());
+    bytes[32..48].copy_from_slice(&account.credits_pending.0.to_le_bytes());
+    bytes[48..].copy_from_slice(&account.credits_posted.0.to_le_bytes());
+    out.put(bytes);
 }
 
 pub(crate) fn put_account(out: &mut impl Put, account: &Account) {
@@ -244,11 +250,11 @@ pub(crate) fn read_account(reader: &mut Reader) -> Result<Account, DecodeError> 
 /// in-memory layout, and checked on the way back in.
 fn put_decimal(out: &mut impl Put, amount: Option<Decimal>) {
     match amount {
-        None => out.put(&[0; 18]),
+        None => out.put([0; 18]),
         Some(amount) => {
             out.put_u8(1);
             out.put_u8(u8::try_from(amount.scale()).expect("a Decimal's scale is at most 28"));
-            out.put(&amount.mantissa().to_le_bytes());
+            out.put(amount.mantissa().to_le_bytes());
         }
     }
 }

@@ -33,7 +33,7 @@ impl DigestWriter {
     pub(crate) fn begin(&mut self, previous: &[u8; 32]) {
         self.hasher.reset();
         self.buffer.clear();
-        self.buffer.put(previous);
+        self.buffer.put(*previous);
     }
 
     /// The buffer the current event's record is appended to.
@@ -41,8 +41,10 @@ impl DigestWriter {
         &mut self.buffer
     }
 
+    /// An account's state after an event: its flags and balances. (Its id is already in the
+    /// event's encoding.)
+    #[inline]
     pub(crate) fn put_account(&mut self, account: &Account) {
-        self.buffer.put_u128(account.id);
         self.buffer.put_u16(account.flags.bits());
         put_balances(&mut self.buffer, account);
     }

@@ -140,11 +140,11 @@ impl<S: Storage> StateMachine<S> {
             error: None,
         };
         let mut header = Vec::with_capacity(60);
-        header.put(MAGIC);
+        header.put(*MAGIC);
         header.put_u32(SNAPSHOT_FORMAT_VERSION);
         header.put_u64(self.meta.timestamp_last);
         header.put_u64(self.meta.batches_applied);
-        header.put(&self.meta.digest);
+        header.put(self.meta.digest);
         out.out.write_all(&header)?;
 
         let storage = &self.storage;
