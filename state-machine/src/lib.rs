@@ -21,6 +21,9 @@
 //! - [`codec`]: the canonical binary encoding of batches and records.
 //! - [`snapshot`]: the versioned, streamed, self-checking snapshot format.
 //! - [`storage`]: the storage interface, the in-memory store, and the suite every store must pass.
+//!
+//! The rules the ledger enforces follow (they are the crate's README, and its example runs as a test).
+#![doc = include_str!("../README.md")]
 
 pub mod amount;
 mod apply;
