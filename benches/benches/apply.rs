@@ -34,11 +34,7 @@ fn bench_workload(criterion: &mut Criterion, name: &str, workload: Workload) {
 }
 
 fn apply(criterion: &mut Criterion) {
-    bench_workload(
-        criterion,
-        "single_phase_8190_transfers_10k_accounts",
-        Workload::SINGLE_PHASE,
-    );
+    bench_workload(criterion, "single_phase_8190_transfers_10k_accounts", Workload::SINGLE_PHASE);
     bench_workload(criterion, "mixed_8190_transfers_10k_accounts", Workload::MIXED);
 }
 

@@ -9,9 +9,7 @@ use tally_benches::{Ledger, Workload};
 
 fn main() {
     let mut arguments = std::env::args().skip(1);
-    let batches: usize = arguments
-        .next()
-        .map_or(400, |text| text.parse().expect("batches: a count"));
+    let batches: usize = arguments.next().map_or(400, |text| text.parse().expect("batches: a count"));
     let workload = match arguments.next().as_deref() {
         None | Some("single") => Workload::SINGLE_PHASE,
         Some("mixed") => Workload::MIXED,
@@ -23,8 +21,5 @@ fn main() {
     ledger.apply_all(&prepared);
     let seconds = start.elapsed().as_secs_f64();
     let transfers = ledger.transfers_applied;
-    println!(
-        "{transfers} transfers in {seconds:.3} s: {:.0} transfers/s",
-        transfers as f64 / seconds
-    );
+    println!("{transfers} transfers in {seconds:.3} s: {:.0} transfers/s", transfers as f64 / seconds);
 }

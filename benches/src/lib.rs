@@ -31,12 +31,8 @@ pub struct Workload {
 
 impl Workload {
     /// Single-phase transfers between uniformly chosen accounts, as in the target.
-    pub const SINGLE_PHASE: Workload = Workload {
-        accounts: 10_000,
-        transfers_per_batch: EVENTS_PER_BATCH_MAX,
-        pending_percent: 0,
-        linked_percent: 0,
-    };
+    pub const SINGLE_PHASE: Workload =
+        Workload { accounts: 10_000, transfers_per_batch: EVENTS_PER_BATCH_MAX, pending_percent: 0, linked_percent: 0 };
 
     /// A card-style mix: pending authorisations, their captures, and linked pairs.
     pub const MIXED: Workload = Workload {
@@ -61,12 +57,7 @@ pub const LEDGER_ID: u32 = 1;
 
 impl Generator {
     pub fn new(workload: Workload, seed: u64) -> Generator {
-        Generator {
-            workload,
-            state: seed | 1,
-            next_id: 1,
-            open_pending: Default::default(),
-        }
+        Generator { workload, state: seed | 1, next_id: 1, open_pending: Default::default() }
     }
 
     /// xorshift64*: fast, and good enough to spread transfers over accounts.
@@ -83,12 +74,7 @@ impl Generator {
 
     /// The ledger and its accounts, as operations to apply before any transfer batch.
     pub fn setup(&self) -> Vec<Operation> {
-        let ledger = NewLedger {
-            id: LEDGER_ID,
-            currency: Currency(*b"EUR"),
-            scale: 2,
-            ..NewLedger::default()
-        };
+        let ledger = NewLedger { id: LEDGER_ID, currency: Currency(*b"EUR"), scale: 2, ..NewLedger::default() };
         let accounts: Vec<_> = (1..=self.workload.accounts)
             .map(|id| NewAccount {
                 id: u128::from(id),
@@ -99,11 +85,7 @@ impl Generator {
             })
             .collect();
         let mut operations = vec![Operation::CreateLedgers(vec![ledger])];
-        operations.extend(
-            accounts
-                .chunks(EVENTS_PER_BATCH_MAX)
-                .map(|chunk| Operation::CreateAccounts(chunk.to_vec())),
-        );
+        operations.extend(accounts.chunks(EVENTS_PER_BATCH_MAX).map(|chunk| Operation::CreateAccounts(chunk.to_vec())));
         operations
     }
 
@@ -134,10 +116,7 @@ impl Generator {
                 id,
                 debit_account_id,
                 credit_account_id,
-                amount: Some(Decimal::new(
-                    i64::try_from(1 + self.next_random() % 100_000).expect("small"),
-                    2,
-                )),
+                amount: Some(Decimal::new(i64::try_from(1 + self.next_random() % 100_000).expect("small"), 2)),
                 ledger: LEDGER_ID,
                 code: 1,
                 ..NewTransfer::default()
@@ -166,10 +145,7 @@ pub struct Clock {
 impl Clock {
     pub fn batch(&mut self, operation: Operation) -> Batch {
         let events = operation.event_count().max(1) as u64;
-        let batch = Batch {
-            timestamp: self.next_timestamp,
-            operation,
-        };
+        let batch = Batch { timestamp: self.next_timestamp, operation };
         self.next_timestamp += events + 1_000;
         batch
     }
@@ -177,9 +153,7 @@ impl Clock {
 
 impl Default for Clock {
     fn default() -> Clock {
-        Clock {
-            next_timestamp: 1_700_000_000_000_000_000,
-        }
+        Clock { next_timestamp: 1_700_000_000_000_000_000 }
     }
 }
 
@@ -202,10 +176,7 @@ impl Ledger {
             transfers_applied: 0,
         };
         for operation in ledger.generator.setup() {
-            ledger
-                .state_machine
-                .apply(&ledger.clock.batch(operation))
-                .expect("setup batch accepted");
+            ledger.state_machine.apply(&ledger.clock.batch(operation)).expect("setup batch accepted");
         }
         while ledger.transfers_applied < transfers {
             let batch = ledger.batches(1);
@@ -216,9 +187,7 @@ impl Ledger {
 
     /// The next `count` transfer batches, stamped and ready to apply.
     pub fn batches(&mut self, count: usize) -> Vec<Batch> {
-        (0..count)
-            .map(|_| self.clock.batch(self.generator.transfers()))
-            .collect()
+        (0..count).map(|_| self.clock.batch(self.generator.transfers())).collect()
     }
 
     /// Applies batches, checking that every transfer succeeded (a benchmark of failures would
@@ -226,10 +195,7 @@ impl Ledger {
     pub fn apply_all(&mut self, batches: &[Batch]) {
         for batch in batches {
             let outcome = self.state_machine.apply(batch).expect("batch accepted");
-            assert!(
-                outcome.results().iter().all(|code| code.is_success()),
-                "a benchmark transfer failed"
-            );
+            assert!(outcome.results().iter().all(|code| code.is_success()), "a benchmark transfer failed");
             self.transfers_applied += outcome.results().len();
         }
     }

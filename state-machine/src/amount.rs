@@ -51,9 +51,7 @@ impl Units {
         let amount_scale = amount.scale() as usize;
         let ledger_scale = usize::from(scale);
         let units = if amount_scale <= ledger_scale {
-            mantissa
-                .checked_mul(POWERS_OF_TEN[ledger_scale - amount_scale])
-                .ok_or(AmountError::ExceedsMax)?
+            mantissa.checked_mul(POWERS_OF_TEN[ledger_scale - amount_scale]).ok_or(AmountError::ExceedsMax)?
         } else {
             // Trailing zeros beyond the ledger's scale are exact (`1.50` on a scale-1 ledger);
             // any other digit there would have to be rounded away, which a ledger must not do.
@@ -123,14 +121,8 @@ mod tests {
 
     #[test]
     fn rejects_amounts_that_would_need_rounding() {
-        assert_eq!(
-            Units::from_decimal(decimal("0.001"), 2),
-            Err(AmountError::ScaleExceedsLedgerScale)
-        );
-        assert_eq!(
-            Units::from_decimal(decimal("1.5"), 0),
-            Err(AmountError::ScaleExceedsLedgerScale)
-        );
+        assert_eq!(Units::from_decimal(decimal("0.001"), 2), Err(AmountError::ScaleExceedsLedgerScale));
+        assert_eq!(Units::from_decimal(decimal("1.5"), 0), Err(AmountError::ScaleExceedsLedgerScale));
     }
 
     #[test]
@@ -145,14 +137,8 @@ mod tests {
         // 2^96 - 1 units fit at scale 0; one more unit does not.
         assert_eq!(Units::from_decimal(Decimal::MAX, 0), Ok(Units::MAX));
         assert_eq!(Units::from_decimal(Decimal::MAX, 1), Err(AmountError::ExceedsMax));
-        assert_eq!(
-            Units::from_decimal(decimal("1"), 18).map(|units| units.0),
-            Ok(10u128.pow(18))
-        );
-        assert_eq!(
-            Units::from_decimal(decimal("100000000000"), 18),
-            Err(AmountError::ExceedsMax)
-        );
+        assert_eq!(Units::from_decimal(decimal("1"), 18).map(|units| units.0), Ok(10u128.pow(18)));
+        assert_eq!(Units::from_decimal(decimal("100000000000"), 18), Err(AmountError::ExceedsMax));
     }
 
     #[test]

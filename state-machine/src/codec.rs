@@ -94,10 +94,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let Some((head, tail)) = self.bytes.split_first_chunk::<N>() else {
-            return Err(DecodeError::Truncated {
-                what: self.what,
-                missing: N - self.bytes.len(),
-            });
+            return Err(DecodeError::Truncated { what: self.what, missing: N - self.bytes.len() });
         };
         self.bytes = tail;
         Ok(*head)
@@ -375,10 +372,7 @@ pub(crate) fn read_pending_status(reader: &mut Reader) -> Result<PendingStatus, 
         (1, _) => Ok(PendingStatus::Posted { timestamp }),
         (2, _) => Ok(PendingStatus::Voided { timestamp }),
         (3, _) => Ok(PendingStatus::Expired { timestamp }),
-        _ => Err(invalid(
-            "pending status",
-            format!("tag {tag} with timestamp {timestamp}"),
-        )),
+        _ => Err(invalid("pending status", format!("tag {tag} with timestamp {timestamp}"))),
     }
 }
 
@@ -393,11 +387,7 @@ pub(crate) fn read_transfer_failure(reader: &mut Reader) -> Result<TransferFailu
     let number = reader.u8()?;
     let code =
         ResultCode::from_number(number).ok_or_else(|| invalid("result code", format!("unknown code {number}")))?;
-    Ok(TransferFailure {
-        id,
-        code,
-        timestamp: reader.u64()?,
-    })
+    Ok(TransferFailure { id, code, timestamp: reader.u64()? })
 }
 
 pub(crate) fn operation_tag(operation: &Operation) -> u8 {
@@ -447,10 +437,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
     let timestamp = reader.u64()?;
     let count = reader.u32()? as usize;
     if count > EVENTS_PER_BATCH_MAX {
-        return Err(DecodeError::TooManyEvents {
-            count,
-            max: EVENTS_PER_BATCH_MAX,
-        });
+        return Err(DecodeError::TooManyEvents { count, max: EVENTS_PER_BATCH_MAX });
     }
     let operation = match tag {
         1 => Operation::CreateLedgers(read_events(&mut reader, count, NEW_LEDGER_SIZE, read_new_ledger)?),
@@ -461,9 +448,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
         _ => return Err(DecodeError::UnknownOperation(tag)),
     };
     if reader.remaining() > 0 {
-        return Err(DecodeError::TrailingBytes {
-            count: reader.remaining(),
-        });
+        return Err(DecodeError::TrailingBytes { count: reader.remaining() });
     }
     Ok(Batch { timestamp, operation })
 }
@@ -477,10 +462,7 @@ fn read_events<T>(
     // Check the length before allocating, so a forged count cannot make us reserve memory.
     let expected = count * event_size;
     if reader.remaining() < expected {
-        return Err(DecodeError::Truncated {
-            what: "batch events",
-            missing: expected - reader.remaining(),
-        });
+        return Err(DecodeError::Truncated { what: "batch events", missing: expected - reader.remaining() });
     }
     (0..count).map(|_| read(reader)).collect()
 }
@@ -511,10 +493,7 @@ mod tests {
     #[test]
     fn batches_round_trip() {
         let batches = [
-            Batch {
-                timestamp: 1,
-                operation: Operation::ExpirePendingTransfers,
-            },
+            Batch { timestamp: 1, operation: Operation::ExpirePendingTransfers },
             Batch {
                 timestamp: 2,
                 operation: Operation::CreateLedgers(vec![NewLedger {
@@ -540,10 +519,7 @@ mod tests {
                 timestamp: u64::MAX,
                 operation: Operation::CreateTransfers(vec![
                     sample_transfer(),
-                    NewTransfer {
-                        amount: None,
-                        ..sample_transfer()
-                    },
+                    NewTransfer { amount: None, ..sample_transfer() },
                 ]),
             },
         ];
@@ -569,17 +545,11 @@ mod tests {
 
     #[test]
     fn truncated_and_padded_batches_are_refused() {
-        let batch = Batch {
-            timestamp: 5,
-            operation: Operation::CreateTransfers(vec![sample_transfer()]),
-        };
+        let batch = Batch { timestamp: 5, operation: Operation::CreateTransfers(vec![sample_transfer()]) };
         let mut bytes = Vec::new();
         encode_batch(&batch, &mut bytes);
         for length in 0..bytes.len() {
-            assert!(matches!(
-                decode_batch(&bytes[..length]),
-                Err(DecodeError::Truncated { .. })
-            ));
+            assert!(matches!(decode_batch(&bytes[..length]), Err(DecodeError::Truncated { .. })));
         }
         bytes.push(0);
         assert_eq!(decode_batch(&bytes), Err(DecodeError::TrailingBytes { count: 1 }));
@@ -588,13 +558,7 @@ mod tests {
     #[test]
     fn forged_headers_are_refused() {
         let mut bytes = Vec::new();
-        encode_batch(
-            &Batch {
-                timestamp: 5,
-                operation: Operation::CreateLedgers(vec![]),
-            },
-            &mut bytes,
-        );
+        encode_batch(&Batch { timestamp: 5, operation: Operation::CreateLedgers(vec![]) }, &mut bytes);
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 9;
         assert_eq!(decode_batch(&wrong_version), Err(DecodeError::UnknownVersion(9)));
@@ -603,27 +567,18 @@ mod tests {
         assert_eq!(decode_batch(&wrong_operation), Err(DecodeError::UnknownOperation(77)));
         let mut huge_count = bytes.clone();
         huge_count[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            decode_batch(&huge_count),
-            Err(DecodeError::TooManyEvents { .. })
-        ));
+        assert!(matches!(decode_batch(&huge_count), Err(DecodeError::TooManyEvents { .. })));
     }
 
     #[test]
     fn invalid_decimals_are_refused() {
         let mut bytes = Vec::new();
         encode_batch(
-            &Batch {
-                timestamp: 5,
-                operation: Operation::CreateTransfers(vec![sample_transfer()]),
-            },
+            &Batch { timestamp: 5, operation: Operation::CreateTransfers(vec![sample_transfer()]) },
             &mut bytes,
         );
         // The amount's scale byte sits after the header (14), three ids (48) and the presence byte.
         bytes[14 + 48 + 1] = 29;
-        assert!(matches!(
-            decode_batch(&bytes),
-            Err(DecodeError::InvalidValue { what: "amount", .. })
-        ));
+        assert!(matches!(decode_batch(&bytes), Err(DecodeError::InvalidValue { what: "amount", .. })));
     }
 }

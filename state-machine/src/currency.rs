@@ -40,9 +40,7 @@ pub enum CurrencyError {
 impl Currency {
     /// The code as text, when it is three ASCII letters.
     pub fn as_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.0)
-            .ok()
-            .filter(|text| text.bytes().all(|byte| byte.is_ascii_uppercase()))
+        std::str::from_utf8(&self.0).ok().filter(|text| text.bytes().all(|byte| byte.is_ascii_uppercase()))
     }
 
     pub fn is_iso_4217(&self) -> bool {
@@ -56,10 +54,7 @@ impl FromStr for Currency {
     /// Parses an ISO 4217 code such as `USD`. Lower case is refused rather than folded, so that
     /// what a client sent is what the ledger stores.
     fn from_str(text: &str) -> Result<Currency, CurrencyError> {
-        let bytes: [u8; 3] = text
-            .as_bytes()
-            .try_into()
-            .map_err(|_| CurrencyError::Malformed(text.to_owned()))?;
+        let bytes: [u8; 3] = text.as_bytes().try_into().map_err(|_| CurrencyError::Malformed(text.to_owned()))?;
         if !bytes.iter().all(u8::is_ascii_uppercase) {
             return Err(CurrencyError::Malformed(text.to_owned()));
         }

@@ -53,48 +53,28 @@ pub struct Window {
 impl Window {
     /// The first `limit` records, oldest first.
     pub fn first(limit: u32) -> Window {
-        Window {
-            timestamp_min: None,
-            timestamp_max: None,
-            limit,
-            reversed: false,
-        }
+        Window { timestamp_min: None, timestamp_max: None, limit, reversed: false }
     }
 
     /// The last `limit` records, newest first.
     pub fn last(limit: u32) -> Window {
-        Window {
-            reversed: true,
-            ..Window::first(limit)
-        }
+        Window { reversed: true, ..Window::first(limit) }
     }
 
     fn check(&self) -> Result<TimestampRange, QueryError> {
         if self.limit == 0 || self.limit > QUERY_RESULTS_MAX {
-            return Err(QueryError::LimitOutOfRange {
-                limit: self.limit,
-                max: QUERY_RESULTS_MAX,
-            });
+            return Err(QueryError::LimitOutOfRange { limit: self.limit, max: QUERY_RESULTS_MAX });
         }
-        let range = TimestampRange {
-            min: self.timestamp_min.unwrap_or(0),
-            max: self.timestamp_max.unwrap_or(u64::MAX),
-        };
+        let range =
+            TimestampRange { min: self.timestamp_min.unwrap_or(0), max: self.timestamp_max.unwrap_or(u64::MAX) };
         if range.min > range.max {
-            return Err(QueryError::TimestampRangeInverted {
-                min: range.min,
-                max: range.max,
-            });
+            return Err(QueryError::TimestampRangeInverted { min: range.min, max: range.max });
         }
         Ok(range)
     }
 
     fn direction(&self) -> Direction {
-        if self.reversed {
-            Direction::Descending
-        } else {
-            Direction::Ascending
-        }
+        if self.reversed { Direction::Descending } else { Direction::Ascending }
     }
 }
 
@@ -160,13 +140,7 @@ struct PageCollector<T> {
 
 impl<T: Copy> PageCollector<T> {
     fn new(limit: u32) -> PageCollector<T> {
-        PageCollector {
-            items: Vec::new(),
-            limit: limit as usize,
-            scanned: 0,
-            last_timestamp: None,
-            stopped: false,
-        }
+        PageCollector { items: Vec::new(), limit: limit as usize, scanned: 0, last_timestamp: None, stopped: false }
     }
 
     fn offer(&mut self, item: &T, timestamp: u64, matches: bool) -> ControlFlow<()> {
@@ -189,19 +163,13 @@ impl<T: Copy> PageCollector<T> {
             (true, Some(last), Direction::Descending) if last > range.min => Some(last - 1),
             _ => None,
         };
-        Page {
-            items: self.items,
-            cursor,
-        }
+        Page { items: self.items, cursor }
     }
 }
 
 fn check_ids<T>(ids: &[T]) -> Result<(), QueryError> {
     if ids.len() > LOOKUP_IDS_MAX {
-        return Err(QueryError::TooManyIds {
-            count: ids.len(),
-            max: LOOKUP_IDS_MAX,
-        });
+        return Err(QueryError::TooManyIds { count: ids.len(), max: LOOKUP_IDS_MAX });
     }
     Ok(())
 }
@@ -237,9 +205,7 @@ impl<S: Storage> StateMachine<S> {
     pub fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, QueryError> {
         let range = window.check()?;
         let mut page = PageCollector::new(window.limit);
-        self.storage.ledgers_scan(range, window.direction(), &mut |ledger| {
-            page.offer(ledger, ledger.timestamp, true)
-        });
+        self.storage.ledgers_scan(range, window.direction(), &mut |ledger| page.offer(ledger, ledger.timestamp, true));
         Ok(page.finish(window.direction(), range))
     }
 
@@ -249,11 +215,7 @@ impl<S: Storage> StateMachine<S> {
         let mut page = PageCollector::new(window.limit);
         self.storage.accounts_scan(range, window.direction(), &mut |account| {
             let user_data = (account.user_data_128, account.user_data_64, account.user_data_32);
-            page.offer(
-                account,
-                account.timestamp,
-                filter.matches(account.ledger, account.code, user_data),
-            )
+            page.offer(account, account.timestamp, filter.matches(account.ledger, account.code, user_data))
         });
         Ok(page.finish(window.direction(), range))
     }
@@ -264,11 +226,7 @@ impl<S: Storage> StateMachine<S> {
         let mut page = PageCollector::new(window.limit);
         self.storage.transfers_scan(range, window.direction(), &mut |transfer| {
             let user_data = (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32);
-            page.offer(
-                transfer,
-                transfer.timestamp,
-                filter.matches(transfer.ledger, transfer.code, user_data),
-            )
+            page.offer(transfer, transfer.timestamp, filter.matches(transfer.ledger, transfer.code, user_data))
         });
         Ok(page.finish(window.direction(), range))
     }
@@ -291,17 +249,12 @@ impl<S: Storage> StateMachine<S> {
         };
         let direction = filter.window.direction();
         let mut page = PageCollector::new(filter.window.limit);
-        self.storage
-            .account_transfers_scan(filter.account_id, range, direction, &mut |transfer| {
-                let side = (filter.debits && transfer.debit_account_id == filter.account_id)
-                    || (filter.credits && transfer.credit_account_id == filter.account_id);
-                let user_data = (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32);
-                page.offer(
-                    transfer,
-                    transfer.timestamp,
-                    side && fields.matches(transfer.ledger, transfer.code, user_data),
-                )
-            });
+        self.storage.account_transfers_scan(filter.account_id, range, direction, &mut |transfer| {
+            let side = (filter.debits && transfer.debit_account_id == filter.account_id)
+                || (filter.credits && transfer.credit_account_id == filter.account_id);
+            let user_data = (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32);
+            page.offer(transfer, transfer.timestamp, side && fields.matches(transfer.ledger, transfer.code, user_data))
+        });
         Ok(page.finish(direction, range))
     }
 
@@ -311,18 +264,14 @@ impl<S: Storage> StateMachine<S> {
         if account_id == 0 || account_id == u128::MAX {
             return Err(QueryError::AccountIdInvalid);
         }
-        let account = self
-            .storage
-            .account_get(account_id)
-            .ok_or(QueryError::AccountNotFound(account_id))?;
+        let account = self.storage.account_get(account_id).ok_or(QueryError::AccountNotFound(account_id))?;
         if !account.flags.contains(AccountFlags::HISTORY) {
             return Err(QueryError::AccountHistoryNotKept(account_id));
         }
         let mut page = PageCollector::new(window.limit);
-        self.storage
-            .account_balances_scan(account_id, range, window.direction(), &mut |balance| {
-                page.offer(balance, balance.timestamp, true)
-            });
+        self.storage.account_balances_scan(account_id, range, window.direction(), &mut |balance| {
+            page.offer(balance, balance.timestamp, true)
+        });
         Ok(page.finish(window.direction(), range))
     }
 }

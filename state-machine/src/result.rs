@@ -244,19 +244,17 @@ mod tests {
             assert_eq!(*code as usize, index, "{code} is out of order");
             assert_eq!(ResultCode::from_number(*code as u8), Some(*code));
         }
-        assert_eq!(
-            ResultCode::from_number(u8::try_from(ResultCode::ALL.len()).unwrap()),
-            None
-        );
+        assert_eq!(ResultCode::from_number(u8::try_from(ResultCode::ALL.len()).unwrap()), None);
     }
 
     #[test]
     fn names_are_unique_snake_case() {
         let mut names: Vec<_> = ResultCode::ALL.iter().map(|code| code.name()).collect();
-        assert!(names.iter().all(|name| {
-            name.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        }));
+        assert!(
+            names
+                .iter()
+                .all(|name| { name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') })
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ResultCode::ALL.len());
@@ -264,11 +262,7 @@ mod tests {
 
     #[test]
     fn successes_are_never_transient() {
-        assert!(
-            ResultCode::ALL
-                .iter()
-                .all(|code| !(code.is_success() && code.is_transient()))
-        );
+        assert!(ResultCode::ALL.iter().all(|code| !(code.is_success() && code.is_transient())));
     }
 
     /// `RESULT_CODES.md` is the table users read; regenerate it with

@@ -74,11 +74,7 @@ struct Hashing<T> {
 
 impl<T> Hashing<T> {
     fn new(inner: T) -> Hashing<T> {
-        Hashing {
-            inner,
-            hasher: blake3::Hasher::new(),
-            bytes: 0,
-        }
+        Hashing { inner, hasher: blake3::Hasher::new(), bytes: 0 }
     }
 }
 
@@ -134,11 +130,7 @@ impl<S: Storage> StateMachine<S> {
     /// Streams the whole ledger to `writer`.
     pub fn write_snapshot<W: Write>(&self, writer: W) -> io::Result<SnapshotSummary> {
         let mut summary = SnapshotSummary::default();
-        let mut out = RecordWriter {
-            out: Hashing::new(BufWriter::new(writer)),
-            scratch: Vec::new(),
-            error: None,
-        };
+        let mut out = RecordWriter { out: Hashing::new(BufWriter::new(writer)), scratch: Vec::new(), error: None };
         let mut header = Vec::with_capacity(60);
         header.put(*MAGIC);
         header.put_u32(SNAPSHOT_FORMAT_VERSION);
@@ -163,11 +155,7 @@ impl<S: Storage> StateMachine<S> {
                     codec::put_account_balance(bytes, balance);
                 })
             });
-            if out.error.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            if out.error.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         });
         out.check()?;
         storage.transfers_scan(TimestampRange::ALL, Direction::Ascending, &mut |transfer| {
@@ -176,9 +164,7 @@ impl<S: Storage> StateMachine<S> {
             if !transfer.flags.contains(TransferFlags::PENDING) {
                 return ControlFlow::Continue(());
             }
-            let status = storage
-                .pending_status_get(transfer.id)
-                .expect("a pending transfer has a status");
+            let status = storage.pending_status_get(transfer.id).expect("a pending transfer has a status");
             out.record(TAG_PENDING_STATUS, |bytes| {
                 bytes.put_u128(transfer.id);
                 codec::put_pending_status(bytes, status);
@@ -187,9 +173,7 @@ impl<S: Storage> StateMachine<S> {
         out.check()?;
         storage.transfer_failures_scan(&mut |failure| {
             summary.transfer_failures += 1;
-            out.record(TAG_TRANSFER_FAILURE, |bytes| {
-                codec::put_transfer_failure(bytes, failure)
-            })
+            out.record(TAG_TRANSFER_FAILURE, |bytes| codec::put_transfer_failure(bytes, failure))
         });
         out.check()?;
 
@@ -213,10 +197,7 @@ impl<S: Storage> StateMachine<S> {
         }
         let version = u32::from_le_bytes(input.read_array()?);
         if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion {
-                found: version,
-                supported: SNAPSHOT_FORMAT_VERSION,
-            });
+            return Err(SnapshotError::UnsupportedVersion { found: version, supported: SNAPSHOT_FORMAT_VERSION });
         }
         let meta = StateMeta {
             timestamp_last: u64::from_le_bytes(input.read_array()?),
@@ -341,10 +322,7 @@ impl<'a, S: Storage> Restore<'a, S> {
             return Err(inconsistent(format!("account {} has invalid fields", account.id)));
         }
         if self.storage.ledger_get(account.ledger).is_none() {
-            return Err(inconsistent(format!(
-                "account {} is on missing ledger {}",
-                account.id, account.ledger
-            )));
+            return Err(inconsistent(format!("account {} is on missing ledger {}", account.id, account.ledger)));
         }
         if self.recomputed.insert(account.id, [0; 4]).is_some() {
             return Err(inconsistent(format!("account {} appears twice", account.id)));
@@ -364,15 +342,11 @@ impl<'a, S: Storage> Restore<'a, S> {
         match &mut self.history_account {
             Some((id, previous)) if *id == account_id && balance.timestamp > *previous => *previous = balance.timestamp,
             _ => {
-                return Err(inconsistent(format!(
-                    "balance history of account {account_id} is misplaced"
-                )));
+                return Err(inconsistent(format!("balance history of account {account_id} is misplaced")));
             }
         }
         if balance.timestamp > self.timestamp_last {
-            return Err(inconsistent(format!(
-                "balance of account {account_id} is from the future"
-            )));
+            return Err(inconsistent(format!("balance of account {account_id} is from the future")));
         }
         self.storage.account_balance_insert(account_id, &balance);
         Ok(())
@@ -392,9 +366,7 @@ impl<'a, S: Storage> Restore<'a, S> {
             match self.storage.account_get(account_id) {
                 Some(account) if account.ledger == transfer.ledger => {}
                 _ => {
-                    return Err(inconsistent(format!(
-                        "transfer {id} names account {account_id} off its ledger"
-                    )));
+                    return Err(inconsistent(format!("transfer {id} names account {account_id} off its ledger")));
                 }
             }
         }
@@ -402,9 +374,7 @@ impl<'a, S: Storage> Restore<'a, S> {
             match self.storage.transfer_get(transfer.pending_id) {
                 Some(pending) if pending.flags.contains(TransferFlags::PENDING) => {}
                 _ => {
-                    return Err(inconsistent(format!(
-                        "transfer {id} resolves a missing pending transfer"
-                    )));
+                    return Err(inconsistent(format!("transfer {id} resolves a missing pending transfer")));
                 }
             }
         }
@@ -449,10 +419,7 @@ impl<'a, S: Storage> Restore<'a, S> {
     }
 
     fn add(&mut self, account_id: u128, balance: usize, amount: u128) -> Result<(), SnapshotError> {
-        let balances = self
-            .recomputed
-            .get_mut(&account_id)
-            .expect("checked when the transfer was read");
+        let balances = self.recomputed.get_mut(&account_id).expect("checked when the transfer was read");
         balances[balance] += amount;
         if balances[balance] > crate::constants::AMOUNT_UNITS_MAX {
             return Err(inconsistent(format!("account {account_id} overflows")));
@@ -464,24 +431,23 @@ impl<'a, S: Storage> Restore<'a, S> {
     /// creation order, so the error names the same (earliest) account on every run.
     fn finish(self) -> Result<(), SnapshotError> {
         let mut mismatch = None;
-        self.storage
-            .accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account: &Account| {
-                let stored = [
-                    account.debits_pending.0,
-                    account.debits_posted.0,
-                    account.credits_pending.0,
-                    account.credits_posted.0,
-                ];
-                let recomputed = self.recomputed[&account.id];
-                if stored == recomputed {
-                    return ControlFlow::Continue(());
-                }
-                mismatch = Some(format!(
-                    "account {} holds balances {stored:?} but its transfers add up to {recomputed:?}",
-                    account.id
-                ));
-                ControlFlow::Break(())
-            });
+        self.storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account: &Account| {
+            let stored = [
+                account.debits_pending.0,
+                account.debits_posted.0,
+                account.credits_pending.0,
+                account.credits_posted.0,
+            ];
+            let recomputed = self.recomputed[&account.id];
+            if stored == recomputed {
+                return ControlFlow::Continue(());
+            }
+            mismatch = Some(format!(
+                "account {} holds balances {stored:?} but its transfers add up to {recomputed:?}",
+                account.id
+            ));
+            ControlFlow::Break(())
+        });
         mismatch.map_or(Ok(()), |detail| Err(inconsistent(detail)))
     }
 }

@@ -31,26 +31,12 @@ pub struct StateMachine<S: Storage> {
 #[derive(Debug)]
 enum Undo {
     AccountInserted(Account),
-    AccountUpdated {
-        before: Account,
-    },
+    AccountUpdated { before: Account },
     TransferInserted(Transfer),
-    PendingStatusPut {
-        pending_id: u128,
-        before: Option<PendingStatus>,
-    },
-    ExpiryInserted {
-        expires_at: u64,
-        pending_id: u128,
-    },
-    ExpiryRemoved {
-        expires_at: u64,
-        pending_id: u128,
-    },
-    BalanceInserted {
-        account_id: u128,
-        balance: AccountBalance,
-    },
+    PendingStatusPut { pending_id: u128, before: Option<PendingStatus> },
+    ExpiryInserted { expires_at: u64, pending_id: u128 },
+    ExpiryRemoved { expires_at: u64, pending_id: u128 },
+    BalanceInserted { account_id: u128, balance: AccountBalance },
 }
 
 impl StateMachine<MemoryStorage> {
@@ -124,18 +110,15 @@ impl<S: Storage> StateMachine<S> {
         self.digest.begin(&self.meta.digest);
         put_batch_header(self.digest.buffer(), batch);
         let (outcome, timestamps_used) = match &batch.operation {
-            Operation::CreateLedgers(events) => (
-                BatchOutcome::Created(self.apply_events(events, batch.timestamp)),
-                events.len(),
-            ),
-            Operation::CreateAccounts(events) => (
-                BatchOutcome::Created(self.apply_events(events, batch.timestamp)),
-                events.len(),
-            ),
-            Operation::CreateTransfers(events) => (
-                BatchOutcome::Created(self.apply_events(events, batch.timestamp)),
-                events.len(),
-            ),
+            Operation::CreateLedgers(events) => {
+                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+            }
+            Operation::CreateAccounts(events) => {
+                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+            }
+            Operation::CreateTransfers(events) => {
+                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+            }
             Operation::ExpirePendingTransfers => {
                 let expired = self.expire_pending_transfers(batch.timestamp);
                 let count = expired.len();
@@ -163,15 +146,10 @@ impl<S: Storage> StateMachine<S> {
         let timestamps_needed = match batch.operation {
             Operation::ExpirePendingTransfers => EXPIRIES_PER_BATCH_MAX,
             _ if count == 0 => {
-                return Err(BatchError::Empty {
-                    operation: batch.operation.name(),
-                });
+                return Err(BatchError::Empty { operation: batch.operation.name() });
             }
             _ if count > EVENTS_PER_BATCH_MAX => {
-                return Err(BatchError::TooManyEvents {
-                    count,
-                    max: EVENTS_PER_BATCH_MAX,
-                });
+                return Err(BatchError::TooManyEvents { count, max: EVENTS_PER_BATCH_MAX });
             }
             _ => count,
         };
@@ -182,10 +160,7 @@ impl<S: Storage> StateMachine<S> {
             });
         }
         if batch.timestamp.checked_add(timestamps_needed as u64 - 1).is_none() {
-            return Err(BatchError::TimestampOverflow {
-                timestamp: batch.timestamp,
-                count: timestamps_needed,
-            });
+            return Err(BatchError::TimestampOverflow { timestamp: batch.timestamp, count: timestamps_needed });
         }
         Ok(())
     }
@@ -197,10 +172,7 @@ impl<S: Storage> StateMachine<S> {
     fn apply_events<E: Event>(&mut self, events: &[E], timestamp: u64) -> Vec<ResultCode> {
         let mut results = Vec::with_capacity(events.len());
         // A chain still open when the batch ends can never close; it fails without being applied.
-        let open_chain_start = events
-            .iter()
-            .rposition(|event| !event.linked())
-            .map_or(0, |index| index + 1);
+        let open_chain_start = events.iter().rposition(|event| !event.linked()).map_or(0, |index| index + 1);
         let mut chain_start = None;
         let mut chain_failure: Option<usize> = None;
         for (index, event) in events[..open_chain_start].iter().enumerate() {
@@ -262,14 +234,10 @@ impl<S: Storage> StateMachine<S> {
                 Undo::AccountInserted(account) => self.storage.account_rollback_insert(&account),
                 Undo::AccountUpdated { before } => self.storage.account_update(&before),
                 Undo::TransferInserted(transfer) => self.storage.transfer_rollback_insert(&transfer),
-                Undo::PendingStatusPut {
-                    pending_id,
-                    before: Some(status),
-                } => self.storage.pending_status_put(pending_id, status),
-                Undo::PendingStatusPut {
-                    pending_id,
-                    before: None,
-                } => self.storage.pending_status_remove(pending_id),
+                Undo::PendingStatusPut { pending_id, before: Some(status) } => {
+                    self.storage.pending_status_put(pending_id, status)
+                }
+                Undo::PendingStatusPut { pending_id, before: None } => self.storage.pending_status_remove(pending_id),
                 Undo::ExpiryInserted { expires_at, pending_id } => self.storage.expiry_remove(expires_at, pending_id),
                 Undo::ExpiryRemoved { expires_at, pending_id } => self.storage.expiry_insert(expires_at, pending_id),
                 Undo::BalanceInserted { account_id, balance } => {
@@ -302,10 +270,7 @@ impl<S: Storage> StateMachine<S> {
         if after.flags.contains(AccountFlags::HISTORY) {
             let balance = after.balance(timestamp);
             self.storage.account_balance_insert(after.id, &balance);
-            self.remember(Undo::BalanceInserted {
-                account_id: after.id,
-                balance,
-            });
+            self.remember(Undo::BalanceInserted { account_id: after.id, balance });
         }
     }
 
@@ -315,11 +280,7 @@ impl<S: Storage> StateMachine<S> {
     }
 
     pub(crate) fn write_pending_status(&mut self, pending_id: u128, status: PendingStatus) {
-        let before = if self.chain_open {
-            self.storage.pending_status_get(pending_id)
-        } else {
-            None
-        };
+        let before = if self.chain_open { self.storage.pending_status_get(pending_id) } else { None };
         self.storage.pending_status_put(pending_id, status);
         self.remember(Undo::PendingStatusPut { pending_id, before });
     }
@@ -335,9 +296,6 @@ impl<S: Storage> StateMachine<S> {
     }
 
     pub(crate) fn assert_not_in_chain(&self) {
-        assert!(
-            !self.chain_open,
-            "this write cannot be undone and must not happen inside a chain"
-        );
+        assert!(!self.chain_open, "this write cannot be undone and must not happen inside a chain");
     }
 }

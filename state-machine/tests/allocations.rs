@@ -77,22 +77,14 @@ fn transfer_batch(first_id: u128) -> Vec<NewTransfer> {
 
 #[test]
 fn applying_a_batch_allocates_nothing_per_event() {
-    let mut ledger = StateMachine::open(MemoryStorage::with_capacity(
-        ACCOUNT_CAPACITY,
-        64 * EVENTS_PER_BATCH_MAX,
-    ));
+    let mut ledger = StateMachine::open(MemoryStorage::with_capacity(ACCOUNT_CAPACITY, 64 * EVENTS_PER_BATCH_MAX));
     let mut timestamp = 1_000;
     let mut apply = |ledger: &mut StateMachine<MemoryStorage>, operation| {
         let batch = Batch { timestamp, operation };
         ledger.apply(&batch).expect("accepted");
         timestamp = ledger.timestamp_last() + 1;
     };
-    let ledgers = vec![NewLedger {
-        id: 1,
-        currency: Currency(*b"EUR"),
-        scale: 2,
-        ..NewLedger::default()
-    }];
+    let ledgers = vec![NewLedger { id: 1, currency: Currency(*b"EUR"), scale: 2, ..NewLedger::default() }];
     apply(&mut ledger, Operation::CreateLedgers(ledgers));
     let accounts = (1..=ACCOUNT_COUNT)
         .map(|id| NewAccount {
@@ -106,25 +98,16 @@ fn applying_a_batch_allocates_nothing_per_event() {
     apply(&mut ledger, Operation::CreateAccounts(accounts));
     // Warm up: per-account vectors and the digest buffer reach a steady size.
     for round in 0..8u128 {
-        apply(
-            &mut ledger,
-            Operation::CreateTransfers(transfer_batch(1 + round * 10_000)),
-        );
+        apply(&mut ledger, Operation::CreateTransfers(transfer_batch(1 + round * 10_000)));
     }
 
     const MEASURED_BATCHES: u128 = 24;
     let before = allocations();
     for round in 0..MEASURED_BATCHES {
-        apply(
-            &mut ledger,
-            Operation::CreateTransfers(transfer_batch(1_000_000 + round * 10_000)),
-        );
+        apply(&mut ledger, Operation::CreateTransfers(transfer_batch(1_000_000 + round * 10_000)));
     }
     let events = MEASURED_BATCHES as f64 * EVENTS_PER_BATCH_MAX as f64;
     let per_event = (allocations() - before) as f64 / events;
     eprintln!("{per_event:.4} allocations per applied transfer");
-    assert!(
-        per_event < 0.1,
-        "applying transfers made {per_event:.4} allocations per event"
-    );
+    assert!(per_event < 0.1, "applying transfers made {per_event:.4} allocations per event");
 }

@@ -7,9 +7,7 @@ use tally_state_machine::constants::{EVENTS_PER_BATCH_MAX, EXPIRIES_PER_BATCH_MA
 use tally_state_machine::{Batch, BatchError, BatchOutcome, NewTransfer, Operation, ResultCode, StateMachine, Storage};
 
 fn transfers(count: usize, first_id: u128) -> Vec<NewTransfer> {
-    (0..count as u128)
-        .map(|index| transfer(first_id + index, BANK, BOB, "0.01"))
-        .collect()
+    (0..count as u128).map(|index| transfer(first_id + index, BANK, BOB, "0.01")).collect()
 }
 
 /// A refused batch leaves everything as it was, including the digest and the batch count.
@@ -22,17 +20,8 @@ fn assert_refused(harness: &mut Harness, batch: Batch, expected: BatchError) {
 #[test]
 fn an_empty_batch_is_refused() {
     let mut harness = Harness::new();
-    let batch = Batch {
-        timestamp: harness.clock,
-        operation: Operation::CreateTransfers(vec![]),
-    };
-    assert_refused(
-        &mut harness,
-        batch,
-        BatchError::Empty {
-            operation: "create_transfers",
-        },
-    );
+    let batch = Batch { timestamp: harness.clock, operation: Operation::CreateTransfers(vec![]) };
+    assert_refused(&mut harness, batch, BatchError::Empty { operation: "create_transfers" });
 }
 
 #[test]
@@ -42,10 +31,7 @@ fn a_batch_above_the_event_limit_is_refused_and_one_at_it_is_applied() {
         timestamp: harness.clock,
         operation: Operation::CreateTransfers(transfers(EVENTS_PER_BATCH_MAX + 1, 1_000_000)),
     };
-    let expected = BatchError::TooManyEvents {
-        count: EVENTS_PER_BATCH_MAX + 1,
-        max: EVENTS_PER_BATCH_MAX,
-    };
+    let expected = BatchError::TooManyEvents { count: EVENTS_PER_BATCH_MAX + 1, max: EVENTS_PER_BATCH_MAX };
     assert_refused(&mut harness, oversized, expected);
     let codes = harness.transfers(transfers(EVENTS_PER_BATCH_MAX, 1_000_000));
     assert!(codes.iter().all(|code| *code == ResultCode::Ok));
@@ -57,44 +43,21 @@ fn timestamps_must_increase_across_batches() {
     let mut harness = Harness::new();
     let first = harness.clock;
     assert_eq!(harness.transfers(transfers(3, 1)), [ResultCode::Ok; 3]);
-    assert_eq!(
-        harness.ledger.timestamp_last(),
-        first + 2,
-        "three events use three timestamps"
-    );
+    assert_eq!(harness.ledger.timestamp_last(), first + 2, "three events use three timestamps");
     for timestamp in [first, first + 2] {
-        let batch = Batch {
-            timestamp,
-            operation: Operation::CreateTransfers(transfers(1, 10)),
-        };
-        let expected = BatchError::TimestampNotIncreasing {
-            timestamp,
-            timestamp_last: first + 2,
-        };
+        let batch = Batch { timestamp, operation: Operation::CreateTransfers(transfers(1, 10)) };
+        let expected = BatchError::TimestampNotIncreasing { timestamp, timestamp_last: first + 2 };
         assert_refused(&mut harness, batch, expected);
     }
-    let next = Batch {
-        timestamp: first + 3,
-        operation: Operation::CreateTransfers(transfers(1, 10)),
-    };
+    let next = Batch { timestamp: first + 3, operation: Operation::CreateTransfers(transfers(1, 10)) };
     assert!(harness.ledger.apply(&next).is_ok());
 }
 
 #[test]
 fn a_batch_whose_events_would_run_past_the_end_of_time_is_refused() {
     let mut harness = Harness::new();
-    let batch = Batch {
-        timestamp: u64::MAX - 1,
-        operation: Operation::CreateTransfers(transfers(3, 1)),
-    };
-    assert_refused(
-        &mut harness,
-        batch,
-        BatchError::TimestampOverflow {
-            timestamp: u64::MAX - 1,
-            count: 3,
-        },
-    );
+    let batch = Batch { timestamp: u64::MAX - 1, operation: Operation::CreateTransfers(transfers(3, 1)) };
+    assert_refused(&mut harness, batch, BatchError::TimestampOverflow { timestamp: u64::MAX - 1, count: 3 });
 }
 
 #[test]
@@ -114,10 +77,7 @@ fn one_expiry_batch_releases_at_most_its_limit() {
     let mut id = first_id;
     while id <= last_id {
         let chunk: Vec<_> = (id..=last_id.min(id + EVENTS_PER_BATCH_MAX as u128 - 1))
-            .map(|id| NewTransfer {
-                timeout_seconds: 1,
-                ..pending(id, BANK, BOB, "0.01")
-            })
+            .map(|id| NewTransfer { timeout_seconds: 1, ..pending(id, BANK, BOB, "0.01") })
             .collect();
         id += chunk.len() as u128;
         assert!(harness.transfers(chunk).iter().all(|code| *code == ResultCode::Ok));
@@ -125,15 +85,8 @@ fn one_expiry_batch_releases_at_most_its_limit() {
     harness.advance_seconds(2);
     let first = harness.expire();
     assert_eq!(first.len(), EXPIRIES_PER_BATCH_MAX);
-    assert_eq!(
-        first[..3],
-        [first_id, first_id + 1, first_id + 2],
-        "the earliest deadlines go first"
-    );
-    assert!(
-        harness.ledger.expiry_next().is_some(),
-        "the rest wait for the next expiry batch"
-    );
+    assert_eq!(first[..3], [first_id, first_id + 1, first_id + 2], "the earliest deadlines go first");
+    assert!(harness.ledger.expiry_next().is_some(), "the rest wait for the next expiry batch");
     assert_eq!(harness.expire().len(), 5);
     assert_eq!(harness.balances(BOB), [0; 4]);
 }
@@ -162,18 +115,11 @@ fn the_digest_exposes_diverged_state_at_the_first_batch_that_touches_it() {
     let mut bob = storage.account_get(BOB).unwrap();
     bob.credits_posted.0 += 1;
     storage.account_update(&bob);
-    let mut corrupted = Harness {
-        ledger: StateMachine::open(storage),
-        clock,
-    };
+    let mut corrupted = Harness { ledger: StateMachine::open(storage), clock };
 
     let untouched = vec![transfer(1, BANK, ALICE, "1")];
     assert_eq!(healthy.transfers(untouched.clone()), corrupted.transfers(untouched));
-    assert_eq!(
-        healthy.ledger.digest(),
-        corrupted.ledger.digest(),
-        "Bob was not touched yet"
-    );
+    assert_eq!(healthy.ledger.digest(), corrupted.ledger.digest(), "Bob was not touched yet");
 
     let touching = vec![transfer(2, BANK, BOB, "1")];
     assert_eq!(healthy.transfers(touching.clone()), corrupted.transfers(touching));
@@ -184,22 +130,12 @@ fn the_digest_exposes_diverged_state_at_the_first_batch_that_touches_it() {
 fn an_expiry_outcome_lists_the_released_transfers() {
     let mut harness = Harness::new();
     let events = vec![
-        NewTransfer {
-            timeout_seconds: 2,
-            ..pending(1, BANK, BOB, "1")
-        },
-        NewTransfer {
-            timeout_seconds: 1,
-            ..pending(2, BANK, BOB, "1")
-        },
+        NewTransfer { timeout_seconds: 2, ..pending(1, BANK, BOB, "1") },
+        NewTransfer { timeout_seconds: 1, ..pending(2, BANK, BOB, "1") },
         pending(3, BANK, BOB, "1"),
     ];
     assert_eq!(harness.transfers(events), [ResultCode::Ok; 3]);
     harness.advance_seconds(3);
     let outcome = harness.apply(Operation::ExpirePendingTransfers);
-    assert_eq!(
-        outcome,
-        BatchOutcome::Expired(vec![2, 1]),
-        "ordered by deadline; 3 never expires"
-    );
+    assert_eq!(outcome, BatchOutcome::Expired(vec![2, 1]), "ordered by deadline; 3 never expires");
 }

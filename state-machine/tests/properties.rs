@@ -37,11 +37,7 @@ const DEFAULT_CASES: u32 = 256;
 const ACCOUNTS: [(u128, u32, AccountFlags); 9] = [
     (100, 1, AccountFlags::empty()),                        // USD bank
     (101, 1, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS), // USD customer
-    (
-        102,
-        1,
-        AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS.union(AccountFlags::HISTORY),
-    ),
+    (102, 1, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS.union(AccountFlags::HISTORY)),
     (103, 1, AccountFlags::HISTORY),                        // USD merchant
     (104, 1, AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS), // USD loan
     (200, 2, AccountFlags::empty()),                        // JPY bank
@@ -108,18 +104,16 @@ fn event_strategy() -> impl Strategy<Value = EventSpec> {
         prop::option::weighted(0.1, any::<u8>()),
         prop_oneof![12 => Just(0u8), 1 => 1u8..6],
     )
-        .prop_map(
-            |(kind, debit, credit, minor_units, linked, modifiers, reuse_id, corruption)| EventSpec {
-                kind,
-                debit,
-                credit,
-                minor_units,
-                linked,
-                modifiers,
-                reuse_id,
-                corruption,
-            },
-        )
+        .prop_map(|(kind, debit, credit, minor_units, linked, modifiers, reuse_id, corruption)| EventSpec {
+            kind,
+            debit,
+            credit,
+            minor_units,
+            linked,
+            modifiers,
+            reuse_id,
+            corruption,
+        })
 }
 
 fn workload_strategy() -> impl Strategy<Value = Workload> {
@@ -172,11 +166,7 @@ impl EventBuilder {
             flags |= TransferFlags::LINKED;
         }
         let reference = |index: u8, ids: &[u128]| {
-            if ids.is_empty() {
-                999_999
-            } else {
-                ids[index as usize % ids.len()]
-            }
+            if ids.is_empty() { 999_999 } else { ids[index as usize % ids.len()] }
         };
         match spec.kind {
             Kind::Single => {}
@@ -187,20 +177,14 @@ impl EventBuilder {
             }
             Kind::Post { pending, partial } => {
                 flags |= TransferFlags::POST_PENDING_TRANSFER;
-                transfer = NewTransfer {
-                    id,
-                    pending_id: reference(pending, &self.pending_ids),
-                    ..NewTransfer::default()
-                };
+                transfer =
+                    NewTransfer { id, pending_id: reference(pending, &self.pending_ids), ..NewTransfer::default() };
                 transfer.amount = partial.then(|| Decimal::new(1, 0));
             }
             Kind::Void { pending } => {
                 flags |= TransferFlags::VOID_PENDING_TRANSFER;
-                transfer = NewTransfer {
-                    id,
-                    pending_id: reference(pending, &self.pending_ids),
-                    ..NewTransfer::default()
-                };
+                transfer =
+                    NewTransfer { id, pending_id: reference(pending, &self.pending_ids), ..NewTransfer::default() };
                 transfer.amount = None;
             }
         }
@@ -235,18 +219,8 @@ impl EventBuilder {
 /// The ledger every workload starts from: two ledgers, the accounts above, and some funding.
 fn setup_batches() -> Vec<Batch> {
     let ledgers = vec![
-        NewLedger {
-            id: 1,
-            currency: Currency(*b"USD"),
-            scale: 2,
-            ..NewLedger::default()
-        },
-        NewLedger {
-            id: 2,
-            currency: Currency(*b"JPY"),
-            scale: 0,
-            ..NewLedger::default()
-        },
+        NewLedger { id: 1, currency: Currency(*b"USD"), scale: 2, ..NewLedger::default() },
+        NewLedger { id: 2, currency: Currency(*b"JPY"), scale: 0, ..NewLedger::default() },
     ];
     let accounts = ACCOUNTS
         .iter()
@@ -276,18 +250,9 @@ fn setup_batches() -> Vec<Batch> {
     ];
     let start = 1_700_000_000 * NANOSECONDS_PER_SECOND;
     vec![
-        Batch {
-            timestamp: start,
-            operation: Operation::CreateLedgers(ledgers),
-        },
-        Batch {
-            timestamp: start + 1_000,
-            operation: Operation::CreateAccounts(accounts),
-        },
-        Batch {
-            timestamp: start + 2_000,
-            operation: Operation::CreateTransfers(funding),
-        },
+        Batch { timestamp: start, operation: Operation::CreateLedgers(ledgers) },
+        Batch { timestamp: start + 1_000, operation: Operation::CreateAccounts(accounts) },
+        Batch { timestamp: start + 2_000, operation: Operation::CreateTransfers(funding) },
     ]
 }
 
@@ -306,20 +271,14 @@ fn batches(workload: &Workload) -> Vec<Batch> {
         if let Some(events) = events {
             let count = events.len() as u64;
             sent.push(events.clone());
-            result.push(Batch {
-                timestamp: clock,
-                operation: Operation::CreateTransfers(events),
-            });
+            result.push(Batch { timestamp: clock, operation: Operation::CreateTransfers(events) });
             clock += count + 1_000_000;
             continue;
         }
         match step {
             Step::Transfers(_) | Step::Retry(_) => {}
             Step::Expire => {
-                result.push(Batch {
-                    timestamp: clock,
-                    operation: Operation::ExpirePendingTransfers,
-                });
+                result.push(Batch { timestamp: clock, operation: Operation::ExpirePendingTransfers });
                 clock += tally_state_machine::constants::EXPIRIES_PER_BATCH_MAX as u64 + 1_000_000;
             }
             Step::AdvanceSeconds(seconds) => clock += u64::from(*seconds) * NANOSECONDS_PER_SECOND,
@@ -332,23 +291,17 @@ type Ledger = StateMachine<MemoryStorage>;
 
 fn accounts(ledger: &Ledger) -> Vec<tally_state_machine::Account> {
     let mut accounts = Vec::new();
-    ledger
-        .storage()
-        .accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
-            accounts.push(*account);
-            ControlFlow::Continue(())
-        });
+    ledger.storage().accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
+        accounts.push(*account);
+        ControlFlow::Continue(())
+    });
     accounts
 }
 
 fn check_invariants(ledger: &Ledger, context: &str) -> Result<(), TestCaseError> {
     let mut sums: BTreeMap<u32, [u128; 4]> = BTreeMap::new();
     for account in accounts(ledger) {
-        prop_assert!(
-            account.within_limits(),
-            "{context}: account {} breaks its limit: {account:?}",
-            account.id
-        );
+        prop_assert!(account.within_limits(), "{context}: account {} breaks its limit: {account:?}", account.id);
         let sum = sums.entry(account.ledger).or_default();
         sum[0] += account.debits_pending.0;
         sum[1] += account.debits_posted.0;
@@ -356,20 +309,8 @@ fn check_invariants(ledger: &Ledger, context: &str) -> Result<(), TestCaseError>
         sum[3] += account.credits_posted.0;
     }
     for (ledger_id, [debits_pending, debits_posted, credits_pending, credits_posted]) in sums {
-        prop_assert_eq!(
-            debits_posted,
-            credits_posted,
-            "{}: ledger {} posted sums differ",
-            context,
-            ledger_id
-        );
-        prop_assert_eq!(
-            debits_pending,
-            credits_pending,
-            "{}: ledger {} pending sums differ",
-            context,
-            ledger_id
-        );
+        prop_assert_eq!(debits_posted, credits_posted, "{}: ledger {} posted sums differ", context, ledger_id);
+        prop_assert_eq!(debits_pending, credits_pending, "{}: ledger {} pending sums differ", context, ledger_id);
     }
     Ok(())
 }
@@ -383,12 +324,7 @@ fn check_workload(workload: &Workload) -> Result<(), TestCaseError> {
     for (index, batch) in batches.iter().enumerate() {
         let outcome = first.apply(batch);
         prop_assert!(outcome.is_ok(), "batch {index} refused: {outcome:?}");
-        prop_assert_eq!(
-            &second.apply(batch),
-            &outcome,
-            "batch {} gives different results on a second replica",
-            index
-        );
+        prop_assert_eq!(&second.apply(batch), &outcome, "batch {} gives different results on a second replica", index);
         prop_assert_eq!(first.digest(), second.digest(), "digests differ after batch {}", index);
         check_invariants(&first, &format!("after batch {index}"))?;
         if index == workload.snapshot_after.index(batches.len()) {
@@ -403,12 +339,7 @@ fn check_workload(workload: &Workload) -> Result<(), TestCaseError> {
     for batch in &batches[snapshot_index + 1..] {
         restored.apply(batch).expect("accepted after restore");
     }
-    prop_assert_eq!(
-        restored.digest(),
-        first.digest(),
-        "a ledger restored after batch {} diverges",
-        snapshot_index
-    );
+    prop_assert_eq!(restored.digest(), first.digest(), "a ledger restored after batch {} diverges", snapshot_index);
 
     // Re-submitting every transfer batch, later, must apply nothing and move nothing.
     let balances_before = accounts(&first);
@@ -417,18 +348,10 @@ fn check_workload(workload: &Workload) -> Result<(), TestCaseError> {
         let Operation::CreateTransfers(events) = &batch.operation else {
             continue;
         };
-        let retry = Batch {
-            timestamp: clock,
-            operation: batch.operation.clone(),
-        };
+        let retry = Batch { timestamp: clock, operation: batch.operation.clone() };
         let outcome = first.apply(&retry).expect("retry accepted");
         for (event, code) in events.iter().zip(outcome.results()) {
-            prop_assert_ne!(
-                *code,
-                ResultCode::Ok,
-                "re-submitted transfer {} applied again",
-                event.id
-            );
+            prop_assert_ne!(*code, ResultCode::Ok, "re-submitted transfer {} applied again", event.id);
         }
         clock = first.timestamp_last() + 1;
     }
@@ -438,10 +361,7 @@ fn check_workload(workload: &Workload) -> Result<(), TestCaseError> {
 
 fn seed() -> u64 {
     match std::env::var("TALLY_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("TALLY_SEED must be a decimal u64, not {text:?}")),
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("TALLY_SEED must be a decimal u64, not {text:?}")),
         Err(_) => DEFAULT_SEED,
     }
 }
@@ -449,17 +369,10 @@ fn seed() -> u64 {
 #[test]
 fn random_workloads_conserve_money_and_replicate_identically() {
     let seed = seed();
-    let cases = std::env::var("TALLY_PROPERTY_CASES")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
+    let cases = std::env::var("TALLY_PROPERTY_CASES").ok().and_then(|text| text.parse().ok()).unwrap_or(DEFAULT_CASES);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
     eprintln!("property seed {seed} ({cases} workloads); replay with TALLY_SEED={seed}");
     match runner.run(&workload_strategy(), |workload| check_workload(&workload)) {

@@ -28,19 +28,11 @@ const LINKED: TransferFlags = TransferFlags::LINKED;
 const MAX_UNITS: &str = "79228162514264337593543950335"; // 2^96 - 1
 
 fn yen(id: u128, debit: u128, credit: u128, value: &str) -> NewTransfer {
-    NewTransfer {
-        ledger: JPY,
-        ..transfer(id, debit, credit, value)
-    }
+    NewTransfer { ledger: JPY, ..transfer(id, debit, credit, value) }
 }
 
 fn usd_ledger() -> NewLedger {
-    NewLedger {
-        id: USD,
-        currency: Currency(*b"USD"),
-        scale: 2,
-        ..NewLedger::default()
-    }
+    NewLedger { id: USD, currency: Currency(*b"USD"), scale: 2, ..NewLedger::default() }
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -70,60 +62,23 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             h.ledgers(vec![
                 NewLedger { id: 0, ..usd_ledger() },
-                NewLedger {
-                    id: 3,
-                    currency: Currency(*b"ABC"),
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    id: 4,
-                    currency: Currency([0, 0, 0]),
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    id: 5,
-                    scale: 19,
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    id: 6,
-                    scale: 18,
-                    ..usd_ledger()
-                },
+                NewLedger { id: 3, currency: Currency(*b"ABC"), ..usd_ledger() },
+                NewLedger { id: 4, currency: Currency([0, 0, 0]), ..usd_ledger() },
+                NewLedger { id: 5, scale: 19, ..usd_ledger() },
+                NewLedger { id: 6, scale: 18, ..usd_ledger() },
             ])
         },
-        expected: &[
-            IdMustNotBeZero,
-            CurrencyNotIso4217,
-            CurrencyNotIso4217,
-            ScaleExceedsMax,
-            Ok,
-        ],
+        expected: &[IdMustNotBeZero, CurrencyNotIso4217, CurrencyNotIso4217, ScaleExceedsMax, Ok],
     },
     Scenario {
         name: "ledger: exists with a different field",
         run: |h| {
             h.ledgers(vec![
-                NewLedger {
-                    currency: Currency(*b"EUR"),
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    scale: 3,
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    user_data_128: 1,
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    user_data_64: 1,
-                    ..usd_ledger()
-                },
-                NewLedger {
-                    user_data_32: 1,
-                    ..usd_ledger()
-                },
+                NewLedger { currency: Currency(*b"EUR"), ..usd_ledger() },
+                NewLedger { scale: 3, ..usd_ledger() },
+                NewLedger { user_data_128: 1, ..usd_ledger() },
+                NewLedger { user_data_64: 1, ..usd_ledger() },
+                NewLedger { user_data_32: 1, ..usd_ledger() },
             ])
         },
         expected: &[
@@ -139,17 +94,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "account: opened with zero balances at the event's timestamp",
         run: |h| {
             let batch_timestamp = h.clock;
-            let codes = h.accounts(vec![
-                account(50, USD, AccountFlags::empty()),
-                account(51, JPY, AccountFlags::empty()),
-            ]);
+            let codes =
+                h.accounts(vec![account(50, USD, AccountFlags::empty()), account(51, JPY, AccountFlags::empty())]);
             assert_eq!(h.balances(51), [0; 4]);
             assert_eq!(h.account(50).timestamp, batch_timestamp);
-            assert_eq!(
-                h.account(51).timestamp,
-                batch_timestamp + 1,
-                "event i is applied at timestamp + i"
-            );
+            assert_eq!(h.account(51).timestamp, batch_timestamp + 1, "event i is applied at timestamp + i");
             codes
         },
         expected: &[Ok, Ok],
@@ -173,10 +122,7 @@ const SCENARIOS: &[Scenario] = &[
                     AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
                 ),
                 account(53, 0, AccountFlags::empty()),
-                NewAccount {
-                    code: 0,
-                    ..account(54, USD, AccountFlags::empty())
-                },
+                NewAccount { code: 0, ..account(54, USD, AccountFlags::empty()) },
                 account(55, 99, AccountFlags::empty()),
             ])
         },
@@ -196,14 +142,8 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let bob = account(BOB, USD, AccountFlags::empty());
             h.accounts(vec![
-                NewAccount {
-                    flags: AccountFlags::HISTORY,
-                    ..bob
-                },
-                NewAccount {
-                    user_data_128: 1,
-                    ..bob
-                },
+                NewAccount { flags: AccountFlags::HISTORY, ..bob },
+                NewAccount { user_data_128: 1, ..bob },
                 NewAccount { user_data_64: 1, ..bob },
                 NewAccount { user_data_32: 1, ..bob },
                 NewAccount { ledger: JPY, ..bob },
@@ -229,10 +169,7 @@ const SCENARIOS: &[Scenario] = &[
                 account(53, USD, AccountFlags::empty()),
             ]);
             let found = h.ledger.lookup_accounts(&[50, 51, 53]).unwrap();
-            assert_eq!(
-                found.iter().map(Option::is_some).collect::<Vec<_>>(),
-                [false, false, true]
-            );
+            assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [false, false, true]);
             codes
         },
         expected: &[LinkedEventFailed, LinkedEventFailed, LedgerNotFound, Ok],
@@ -246,10 +183,7 @@ const SCENARIOS: &[Scenario] = &[
                 account(52, USD, AccountFlags::LINKED),
             ]);
             let found = h.ledger.lookup_accounts(&[50, 51, 52]).unwrap();
-            assert_eq!(
-                found.iter().map(Option::is_some).collect::<Vec<_>>(),
-                [true, false, false]
-            );
+            assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, false]);
             codes
         },
         expected: &[Ok, LinkedEventFailed, LinkedEventChainOpen],
@@ -257,10 +191,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "account: a retried chain reports exists for every event",
         run: |h| {
-            let chain = vec![
-                account(50, USD, AccountFlags::LINKED),
-                account(51, USD, AccountFlags::empty()),
-            ];
+            let chain = vec![account(50, USD, AccountFlags::LINKED), account(51, USD, AccountFlags::empty())];
             assert_eq!(h.accounts(chain.clone()), [Ok, Ok]);
             h.accounts(chain)
         },
@@ -275,10 +206,7 @@ const SCENARIOS: &[Scenario] = &[
             assert_eq!(h.balances(ALICE), [0, 1_234, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0, 0, 0, 1_234]);
             let stored = h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap();
-            assert_eq!(
-                (stored.amount, stored.timestamp, stored.ledger),
-                (Units(1_234), timestamp, USD)
-            );
+            assert_eq!((stored.amount, stored.timestamp, stored.ledger), (Units(1_234), timestamp, USD));
             codes
         },
         expected: &[Ok],
@@ -305,47 +233,19 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "transfer: exists with a different field",
         run: |h| {
-            let base = NewTransfer {
-                user_data_128: 9,
-                user_data_64: 9,
-                user_data_32: 9,
-                ..transfer(1, BANK, BOB, "5")
-            };
-            let base_pending = NewTransfer {
-                timeout_seconds: 10,
-                ..pending(2, BANK, BOB, "5")
-            };
+            let base =
+                NewTransfer { user_data_128: 9, user_data_64: 9, user_data_32: 9, ..transfer(1, BANK, BOB, "5") };
+            let base_pending = NewTransfer { timeout_seconds: 10, ..pending(2, BANK, BOB, "5") };
             assert_eq!(h.transfers(vec![base, base_pending]), [Ok, Ok]);
             h.transfers(vec![
                 with_flags(base, TransferFlags::PENDING),
-                NewTransfer {
-                    debit_account_id: USD_LIQUIDITY,
-                    ..base
-                },
-                NewTransfer {
-                    credit_account_id: USD_LIQUIDITY,
-                    ..base
-                },
-                NewTransfer {
-                    amount: amount("6"),
-                    ..base
-                },
-                NewTransfer {
-                    timeout_seconds: 20,
-                    ..base_pending
-                },
-                NewTransfer {
-                    user_data_128: 1,
-                    ..base
-                },
-                NewTransfer {
-                    user_data_64: 1,
-                    ..base
-                },
-                NewTransfer {
-                    user_data_32: 1,
-                    ..base
-                },
+                NewTransfer { debit_account_id: USD_LIQUIDITY, ..base },
+                NewTransfer { credit_account_id: USD_LIQUIDITY, ..base },
+                NewTransfer { amount: amount("6"), ..base },
+                NewTransfer { timeout_seconds: 20, ..base_pending },
+                NewTransfer { user_data_128: 1, ..base },
+                NewTransfer { user_data_64: 1, ..base },
+                NewTransfer { user_data_32: 1, ..base },
                 NewTransfer { ledger: JPY, ..base },
                 NewTransfer { code: 2, ..base },
             ])
@@ -374,10 +274,7 @@ const SCENARIOS: &[Scenario] = &[
                 with_flags(t, TransferFlags::PENDING | TransferFlags::POST_PENDING_TRANSFER),
                 NewTransfer {
                     pending_id: 9,
-                    ..with_flags(
-                        t,
-                        TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER,
-                    )
+                    ..with_flags(t, TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
                 },
                 NewTransfer {
                     pending_id: 9,
@@ -405,14 +302,8 @@ const SCENARIOS: &[Scenario] = &[
                 transfer(3, BANK, 0, "1"),
                 transfer(4, BANK, u128::MAX, "1"),
                 transfer(5, BOB, BOB, "1"),
-                NewTransfer {
-                    pending_id: 9,
-                    ..transfer(6, BANK, BOB, "1")
-                },
-                NewTransfer {
-                    timeout_seconds: 5,
-                    ..transfer(7, BANK, BOB, "1")
-                },
+                NewTransfer { pending_id: 9, ..transfer(6, BANK, BOB, "1") },
+                NewTransfer { timeout_seconds: 5, ..transfer(7, BANK, BOB, "1") },
             ])
         },
         expected: &[
@@ -430,10 +321,7 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let max = Decimal::MAX.to_string();
             h.transfers(vec![
-                NewTransfer {
-                    amount: None,
-                    ..transfer(1, BANK, BOB, "1")
-                },
+                NewTransfer { amount: None, ..transfer(1, BANK, BOB, "1") },
                 transfer(2, BANK, BOB, "0"),
                 transfer(3, BANK, BOB, "-1.00"),
                 transfer(4, BANK, BOB, "0.001"),
@@ -456,25 +344,13 @@ const SCENARIOS: &[Scenario] = &[
         name: "transfer: ledger, code and accounts must exist and agree",
         run: |h| {
             h.transfers(vec![
-                NewTransfer {
-                    ledger: 0,
-                    ..transfer(1, BANK, BOB, "1")
-                },
-                NewTransfer {
-                    code: 0,
-                    ..transfer(2, BANK, BOB, "1")
-                },
-                NewTransfer {
-                    ledger: 99,
-                    ..transfer(3, BANK, BOB, "1")
-                },
+                NewTransfer { ledger: 0, ..transfer(1, BANK, BOB, "1") },
+                NewTransfer { code: 0, ..transfer(2, BANK, BOB, "1") },
+                NewTransfer { ledger: 99, ..transfer(3, BANK, BOB, "1") },
                 transfer(4, 99, BOB, "1"),
                 transfer(5, BANK, 99, "1"),
                 transfer(6, BANK, YEN_A, "1"),
-                NewTransfer {
-                    ledger: USD,
-                    ..yen(7, YEN_A, YEN_B, "1")
-                },
+                NewTransfer { ledger: USD, ..yen(7, YEN_A, YEN_B, "1") },
             ])
         },
         expected: &[
@@ -491,10 +367,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "limit: an account that must not overdraw cannot",
         run: |h| {
-            let codes = h.transfers(vec![
-                transfer(1, ALICE, BOB, "100.01"),
-                transfer(2, ALICE, BOB, "100.00"),
-            ]);
+            let codes = h.transfers(vec![transfer(1, ALICE, BOB, "100.01"), transfer(2, ALICE, BOB, "100.00")]);
             assert_eq!(h.balances(ALICE), [0, 10_000, 0, 10_000]);
             codes
         },
@@ -540,10 +413,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "idempotency: only the failing event of a chain is recorded",
         run: |h| {
-            let chain = vec![
-                with_flags(transfer(1, BANK, BOB, "1"), LINKED),
-                transfer(2, ALICE, BOB, "500"),
-            ];
+            let chain = vec![with_flags(transfer(1, BANK, BOB, "1"), LINKED), transfer(2, ALICE, BOB, "500")];
             assert_eq!(h.transfers(chain), [LinkedEventFailed, ExceedsCredits]);
             h.transfers(vec![transfer(1, BANK, BOB, "1"), transfer(2, ALICE, BOB, "500")])
         },
@@ -553,14 +423,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "balancing: a balancing debit moves what the limit allows",
         run: |h| {
-            let codes = h.transfers(vec![with_flags(
-                transfer(1, ALICE, BOB, "500"),
-                TransferFlags::BALANCING_DEBIT,
-            )]);
-            assert_eq!(
-                h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap().amount,
-                Units(10_000)
-            );
+            let codes = h.transfers(vec![with_flags(transfer(1, ALICE, BOB, "500"), TransferFlags::BALANCING_DEBIT)]);
+            assert_eq!(h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap().amount, Units(10_000));
             assert_eq!(h.balances(ALICE), [0, 10_000, 0, 10_000]);
             codes
         },
@@ -570,10 +434,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "balancing: nothing left to move fails",
         run: |h| {
             assert_eq!(h.transfers(vec![transfer(1, ALICE, BOB, "100")]), [Ok]);
-            h.transfers(vec![with_flags(
-                transfer(2, ALICE, BOB, "1"),
-                TransferFlags::BALANCING_DEBIT,
-            )])
+            h.transfers(vec![with_flags(transfer(2, ALICE, BOB, "1"), TransferFlags::BALANCING_DEBIT)])
         },
         expected: &[ExceedsCredits],
     },
@@ -625,11 +486,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pending: a partial post releases the rest and inherits the pending transfer's fields",
         run: |h| {
-            let authorisation = NewTransfer {
-                user_data_128: 77,
-                code: 5,
-                ..pending(1, ALICE, BOB, "50")
-            };
+            let authorisation = NewTransfer { user_data_128: 77, code: 5, ..pending(1, ALICE, BOB, "50") };
             assert_eq!(h.transfers(vec![authorisation]), [Ok]);
             let codes = h.transfers(vec![post(2, 1, Some("30.00"))]);
             assert_eq!(h.balances(ALICE), [0, 3_000, 0, 10_000]);
@@ -647,20 +504,11 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pending: a void releases the reservation",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "10")]),
-                [Ok, Ok]
-            );
+            assert_eq!(h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "10")]), [Ok, Ok]);
             let codes = h.transfers(vec![
                 void(3, 1),
-                NewTransfer {
-                    amount: amount("9"),
-                    ..void(4, 2)
-                },
-                NewTransfer {
-                    amount: amount("10"),
-                    ..void(5, 2)
-                },
+                NewTransfer { amount: amount("9"), ..void(4, 2) },
+                NewTransfer { amount: amount("10"), ..void(5, 2) },
             ]);
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0; 4]);
@@ -679,10 +527,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pending: a reservation resolves once",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "30")]),
-                [Ok, Ok]
-            );
+            assert_eq!(h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "30")]), [Ok, Ok]);
             assert_eq!(h.transfers(vec![post(3, 1, None), void(4, 2)]), [Ok, Ok]);
             h.transfers(vec![post(5, 1, None), void(6, 1), post(7, 2, None), void(8, 2)])
         },
@@ -696,36 +541,18 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pending: the pending transfer must exist, be pending and be named correctly",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![transfer(1, BANK, BOB, "1"), pending(2, BANK, BOB, "1")]),
-                [Ok, Ok]
-            );
+            assert_eq!(h.transfers(vec![transfer(1, BANK, BOB, "1"), pending(2, BANK, BOB, "1")]), [Ok, Ok]);
             h.transfers(vec![
                 post(10, 99, None),
                 post(11, 1, None),
                 post(12, 0, None),
                 post(13, u128::MAX, None),
                 post(14, 14, None),
-                NewTransfer {
-                    timeout_seconds: 1,
-                    ..post(15, 2, None)
-                },
-                NewTransfer {
-                    debit_account_id: ALICE,
-                    ..post(16, 2, None)
-                },
-                NewTransfer {
-                    credit_account_id: ALICE,
-                    ..post(17, 2, None)
-                },
-                NewTransfer {
-                    ledger: JPY,
-                    ..post(18, 2, None)
-                },
-                NewTransfer {
-                    code: 9,
-                    ..post(19, 2, None)
-                },
+                NewTransfer { timeout_seconds: 1, ..post(15, 2, None) },
+                NewTransfer { debit_account_id: ALICE, ..post(16, 2, None) },
+                NewTransfer { credit_account_id: ALICE, ..post(17, 2, None) },
+                NewTransfer { ledger: JPY, ..post(18, 2, None) },
+                NewTransfer { code: 9, ..post(19, 2, None) },
                 NewTransfer {
                     debit_account_id: BANK,
                     credit_account_id: BOB,
@@ -752,45 +579,24 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pending: a retried post is compared field by field",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![pending(1, BANK, BOB, "50"), pending(2, BANK, BOB, "50")]),
-                [Ok, Ok]
-            );
+            assert_eq!(h.transfers(vec![pending(1, BANK, BOB, "50"), pending(2, BANK, BOB, "50")]), [Ok, Ok]);
             assert_eq!(h.transfers(vec![post(3, 1, Some("30"))]), [Ok]);
-            h.transfers(vec![
-                post(3, 1, Some("30")),
-                post(3, 2, Some("30")),
-                post(3, 1, None),
-                post(3, 1, Some("20")),
-            ])
+            h.transfers(vec![post(3, 1, Some("30")), post(3, 2, Some("30")), post(3, 1, None), post(3, 1, Some("20"))])
         },
-        expected: &[
-            Exists,
-            ExistsWithDifferentPendingId,
-            ExistsWithDifferentAmount,
-            ExistsWithDifferentAmount,
-        ],
+        expected: &[Exists, ExistsWithDifferentPendingId, ExistsWithDifferentAmount, ExistsWithDifferentAmount],
     },
     // ---------------------------------------------------------------- expiry
     Scenario {
         name: "expiry: a timed-out reservation is released and cannot be posted",
         run: |h| {
-            let authorisation = NewTransfer {
-                timeout_seconds: 1,
-                ..pending(1, ALICE, BOB, "30")
-            };
+            let authorisation = NewTransfer { timeout_seconds: 1, ..pending(1, ALICE, BOB, "30") };
             assert_eq!(h.transfers(vec![authorisation]), [Ok]);
             let deadline = h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap().timestamp + NANOSECONDS_PER_SECOND;
             assert_eq!(h.ledger.expiry_next(), Some(deadline));
             h.advance_seconds(2);
             let expiry_timestamp = h.clock;
             assert_eq!(h.expire(), [1]);
-            assert_eq!(
-                h.ledger.pending_status(1),
-                Some(PendingStatus::Expired {
-                    timestamp: expiry_timestamp
-                })
-            );
+            assert_eq!(h.ledger.pending_status(1), Some(PendingStatus::Expired { timestamp: expiry_timestamp }));
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
             assert_eq!(h.ledger.expiry_next(), None);
             h.transfers(vec![post(2, 1, None), void(3, 1)])
@@ -800,20 +606,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "expiry: past its deadline a reservation cannot be posted even before the sweep",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![NewTransfer {
-                    timeout_seconds: 1,
-                    ..pending(1, ALICE, BOB, "30")
-                }]),
-                [Ok]
-            );
+            assert_eq!(h.transfers(vec![NewTransfer { timeout_seconds: 1, ..pending(1, ALICE, BOB, "30") }]), [Ok]);
             h.advance_seconds(2);
             let codes = h.transfers(vec![post(2, 1, None)]);
-            assert_eq!(
-                h.balances(ALICE),
-                [3_000, 0, 0, 10_000],
-                "still reserved until the expiry batch"
-            );
+            assert_eq!(h.balances(ALICE), [3_000, 0, 0, 10_000], "still reserved until the expiry batch");
             assert_eq!(h.expire(), [1]);
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
             codes
@@ -823,21 +619,11 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "expiry: before its deadline a reservation stays and can be posted",
         run: |h| {
-            assert_eq!(
-                h.transfers(vec![NewTransfer {
-                    timeout_seconds: 10,
-                    ..pending(1, ALICE, BOB, "30")
-                }]),
-                [Ok]
-            );
+            assert_eq!(h.transfers(vec![NewTransfer { timeout_seconds: 10, ..pending(1, ALICE, BOB, "30") }]), [Ok]);
             h.advance_seconds(5);
             assert_eq!(h.expire(), Vec::<u128>::new());
             let codes = h.transfers(vec![post(2, 1, None)]);
-            assert_eq!(
-                h.ledger.expiry_next(),
-                None,
-                "a posted transfer leaves the expiry index"
-            );
+            assert_eq!(h.ledger.expiry_next(), None, "a posted transfer leaves the expiry index");
             codes
         },
         expected: &[Ok],
@@ -846,10 +632,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "expiry: a deadline past the end of cluster time is refused",
         run: |h| {
             h.clock = u64::MAX - 1_000 * NANOSECONDS_PER_SECOND;
-            h.transfers(vec![NewTransfer {
-                timeout_seconds: u32::MAX,
-                ..pending(1, BANK, BOB, "1")
-            }])
+            h.transfers(vec![NewTransfer { timeout_seconds: u32::MAX, ..pending(1, BANK, BOB, "1") }])
         },
         expected: &[OverflowsTimeout],
     },
@@ -875,28 +658,16 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let closing = with_flags(pending(1, BOB, BANK, "0.01"), TransferFlags::CLOSING_DEBIT);
             assert_eq!(h.transfers(vec![closing]), [Ok]);
-            h.transfers(vec![
-                transfer(2, BOB, BANK, "1"),
-                transfer(3, BANK, BOB, "1"),
-                pending(4, BANK, BOB, "1"),
-            ])
+            h.transfers(vec![transfer(2, BOB, BANK, "1"), transfer(3, BANK, BOB, "1"), pending(4, BANK, BOB, "1")])
         },
-        expected: &[
-            DebitAccountAlreadyClosed,
-            CreditAccountAlreadyClosed,
-            CreditAccountAlreadyClosed,
-        ],
+        expected: &[DebitAccountAlreadyClosed, CreditAccountAlreadyClosed, CreditAccountAlreadyClosed],
     },
     Scenario {
         name: "closing: a closing credit closes the credit account; posting keeps it closed",
         run: |h| {
             let closing = with_flags(pending(1, BANK, BOB, "0.01"), TransferFlags::CLOSING_CREDIT);
             assert_eq!(h.transfers(vec![closing]), [Ok]);
-            assert_eq!(
-                h.transfers(vec![post(2, 1, None)]),
-                [Ok],
-                "a reservation made before closing can be posted"
-            );
+            assert_eq!(h.transfers(vec![post(2, 1, None)]), [Ok], "a reservation made before closing can be posted");
             assert!(h.account(BOB).flags.contains(AccountFlags::CLOSED));
             h.transfers(vec![transfer(3, BANK, BOB, "1")])
         },
@@ -974,13 +745,7 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let history_before = h.ledger.get_account_balances(ALICE, Window::first(100)).unwrap().items;
             let codes = h.transfers(vec![
-                with_flags(
-                    NewTransfer {
-                        timeout_seconds: 60,
-                        ..pending(1, ALICE, BOB, "30")
-                    },
-                    LINKED,
-                ),
+                with_flags(NewTransfer { timeout_seconds: 60, ..pending(1, ALICE, BOB, "30") }, LINKED),
                 with_flags(post(2, 1, Some("10")), LINKED),
                 with_flags(transfer(3, BANK, ALICE, "5"), LINKED),
                 transfer(4, ALICE, BOB, "1000"),
@@ -989,10 +754,7 @@ const SCENARIOS: &[Scenario] = &[
             assert_eq!(h.balances(BOB), [0; 4]);
             assert_eq!(h.ledger.pending_status(1), None);
             assert_eq!(h.ledger.expiry_next(), None);
-            assert_eq!(
-                h.ledger.get_account_balances(ALICE, Window::first(100)).unwrap().items,
-                history_before
-            );
+            assert_eq!(h.ledger.get_account_balances(ALICE, Window::first(100)).unwrap().items, history_before);
             codes
         },
         expected: &[LinkedEventFailed, LinkedEventFailed, LinkedEventFailed, ExceedsCredits],
@@ -1008,13 +770,7 @@ const SCENARIOS: &[Scenario] = &[
                 with_flags(transfer(5, BANK, BOB, "1"), LINKED),
             ])
         },
-        expected: &[
-            LinkedEventFailed,
-            CreditAccountNotFound,
-            Ok,
-            LinkedEventFailed,
-            LinkedEventChainOpen,
-        ],
+        expected: &[LinkedEventFailed, CreditAccountNotFound, Ok, LinkedEventFailed, LinkedEventChainOpen],
     },
     // ---------------------------------------------------------------- history
     Scenario {
@@ -1022,15 +778,10 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let codes = h.transfers(vec![pending(1, ALICE, BOB, "30"), transfer(2, ALICE, BOB, "5")]);
             let history = h.ledger.get_account_balances(ALICE, Window::first(10)).unwrap().items;
-            let debits: Vec<_> = history
-                .iter()
-                .map(|b| (b.debits_pending.0, b.debits_posted.0, b.credits_posted.0))
-                .collect();
+            let debits: Vec<_> =
+                history.iter().map(|b| (b.debits_pending.0, b.debits_posted.0, b.credits_posted.0)).collect();
             assert_eq!(debits, [(0, 0, 10_000), (3_000, 0, 10_000), (3_000, 500, 10_000)]);
-            assert!(
-                h.ledger.get_account_balances(BOB, Window::first(10)).is_err(),
-                "Bob keeps no history"
-            );
+            assert!(h.ledger.get_account_balances(BOB, Window::first(10)).is_err(), "Bob keeps no history");
             codes
         },
         expected: &[Ok, Ok],
@@ -1047,32 +798,21 @@ fn every_scenario_gives_its_expected_codes() {
         }));
         match outcome {
             Result::Ok(codes) if codes == scenario.expected => {}
-            Result::Ok(codes) => failures.push(format!(
-                "{}: got {codes:?}, expected {:?}",
-                scenario.name, scenario.expected
-            )),
+            Result::Ok(codes) => {
+                failures.push(format!("{}: got {codes:?}, expected {:?}", scenario.name, scenario.expected))
+            }
             Err(_) => failures.push(format!("{}: panicked (see above)", scenario.name)),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} scenario(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// The table must exercise every result code; a new code without a scenario fails here.
 #[test]
 fn the_table_covers_every_result_code() {
-    let covered: BTreeSet<ResultCode> = SCENARIOS
-        .iter()
-        .flat_map(|scenario| scenario.expected.iter().copied())
-        .collect();
-    let missing: Vec<_> = ResultCode::ALL
-        .iter()
-        .filter(|code| !covered.contains(code))
-        .map(|code| code.name())
-        .collect();
+    let covered: BTreeSet<ResultCode> =
+        SCENARIOS.iter().flat_map(|scenario| scenario.expected.iter().copied()).collect();
+    let missing: Vec<_> =
+        ResultCode::ALL.iter().filter(|code| !covered.contains(code)).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "result codes without a scenario: {missing:?}");
 }

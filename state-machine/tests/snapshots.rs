@@ -17,14 +17,8 @@ fn busy_harness() -> Harness {
     harness.transfers(vec![
         transfer(1, ALICE, BOB, "10"),
         pending(2, ALICE, BOB, "20"),
-        NewTransfer {
-            timeout_seconds: 30,
-            ..pending(3, ALICE, BOB, "5")
-        },
-        NewTransfer {
-            timeout_seconds: 1,
-            ..pending(4, BANK, BOB, "5")
-        },
+        NewTransfer { timeout_seconds: 30, ..pending(3, ALICE, BOB, "5") },
+        NewTransfer { timeout_seconds: 1, ..pending(4, BANK, BOB, "5") },
         with_flags(pending(5, CAROL, BANK, "0.01"), TransferFlags::CLOSING_DEBIT),
         transfer(6, ALICE, BOB, "1000"),
     ]);
@@ -55,16 +49,9 @@ fn reseal(bytes: &mut [u8]) {
 fn a_restored_ledger_is_identical_and_continues_identically() {
     let mut original = busy_harness();
     let bytes = snapshot_bytes(&original.ledger);
-    let mut restored = Harness {
-        ledger: restore(&bytes).unwrap(),
-        clock: original.clock,
-    };
+    let mut restored = Harness { ledger: restore(&bytes).unwrap(), clock: original.clock };
     assert_eq!(restored.ledger.meta(), original.ledger.meta());
-    assert_eq!(
-        snapshot_bytes(&restored.ledger),
-        bytes,
-        "writing the restored ledger gives the same bytes"
-    );
+    assert_eq!(snapshot_bytes(&restored.ledger), bytes, "writing the restored ledger gives the same bytes");
     assert_eq!(restored.ledger.expiry_next(), original.ledger.expiry_next());
     assert_eq!(
         restored.ledger.pending_status(2),
@@ -76,9 +63,7 @@ fn a_restored_ledger_is_identical_and_continues_identically() {
         |ledger: &StateMachine<MemoryStorage>| ledger.get_account_balances(ALICE, Window::first(100)).unwrap();
     assert_eq!(history(&restored.ledger), history(&original.ledger));
     let bob = |ledger: &StateMachine<MemoryStorage>| {
-        ledger
-            .get_account_transfers(AccountTransfersFilter::all(BOB, Window::first(100)))
-            .unwrap()
+        ledger.get_account_transfers(AccountTransfersFilter::all(BOB, Window::first(100))).unwrap()
     };
     assert_eq!(bob(&restored.ledger), bob(&original.ledger));
 
@@ -103,10 +88,7 @@ fn restore_needs_empty_storage() {
     let harness = busy_harness();
     let bytes = snapshot_bytes(&harness.ledger);
     let used = harness.ledger.into_storage();
-    assert!(matches!(
-        StateMachine::restore_snapshot(used, bytes.as_slice()),
-        Err(SnapshotError::StorageNotEmpty)
-    ));
+    assert!(matches!(StateMachine::restore_snapshot(used, bytes.as_slice()), Err(SnapshotError::StorageNotEmpty)));
 }
 
 #[test]
@@ -119,26 +101,17 @@ fn damaged_snapshots_are_refused() {
 
     let mut future_version = bytes.clone();
     future_version[8] = 2;
-    assert!(matches!(
-        restore(&future_version),
-        Err(SnapshotError::UnsupportedVersion { found: 2, supported: 1 })
-    ));
+    assert!(matches!(restore(&future_version), Err(SnapshotError::UnsupportedVersion { found: 2, supported: 1 })));
 
     for cut in [HEADER_SIZE - 1, bytes.len() / 2, bytes.len() - 1] {
-        assert!(
-            restore(&bytes[..cut]).is_err(),
-            "a snapshot cut at {cut} bytes must be refused"
-        );
+        assert!(restore(&bytes[..cut]).is_err(), "a snapshot cut at {cut} bytes must be refused");
     }
 
     // Flipping any one byte of the body is caught (by the checksum, or earlier by a record check).
     for position in (HEADER_SIZE..bytes.len() - 33).step_by(97) {
         let mut flipped = bytes.clone();
         flipped[position] ^= 0x40;
-        assert!(
-            restore(&flipped).is_err(),
-            "a flipped byte at {position} must be refused"
-        );
+        assert!(restore(&flipped).is_err(), "a flipped byte at {position} must be refused");
     }
     let mut trailing = bytes.clone();
     trailing.push(0);

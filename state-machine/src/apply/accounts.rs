@@ -51,26 +51,10 @@ impl<S: Storage> StateMachine<S> {
         check_account_fields(account)?;
         if let Some(existing) = self.storage.account_get(account.id) {
             // `closed` is the only flag that changes after creation, and a new account cannot set it.
-            same(
-                account.flags,
-                existing.flags.difference(AccountFlags::CLOSED),
-                ExistsWithDifferentFlags,
-            )?;
-            same(
-                account.user_data_128,
-                existing.user_data_128,
-                ExistsWithDifferentUserData128,
-            )?;
-            same(
-                account.user_data_64,
-                existing.user_data_64,
-                ExistsWithDifferentUserData64,
-            )?;
-            same(
-                account.user_data_32,
-                existing.user_data_32,
-                ExistsWithDifferentUserData32,
-            )?;
+            same(account.flags, existing.flags.difference(AccountFlags::CLOSED), ExistsWithDifferentFlags)?;
+            same(account.user_data_128, existing.user_data_128, ExistsWithDifferentUserData128)?;
+            same(account.user_data_64, existing.user_data_64, ExistsWithDifferentUserData64)?;
+            same(account.user_data_32, existing.user_data_32, ExistsWithDifferentUserData32)?;
             same(account.ledger, existing.ledger, ExistsWithDifferentLedger)?;
             same(account.code, existing.code, ExistsWithDifferentCode)?;
             return Err(Exists);

@@ -18,41 +18,19 @@ impl<S: Storage> StateMachine<S> {
         due.clear();
         self.storage.expiries_scan(timestamp, &mut |expiry| {
             due.push(*expiry);
-            if due.len() == EXPIRIES_PER_BATCH_MAX {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            if due.len() == EXPIRIES_PER_BATCH_MAX { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         });
         let mut expired = Vec::with_capacity(due.len());
         for (index, (expires_at, pending_id)) in due.iter().copied().enumerate() {
             let expiry_timestamp = timestamp + index as u64;
-            let pending = self
-                .storage
-                .transfer_get(pending_id)
-                .expect("an indexed expiry has its transfer");
+            let pending = self.storage.transfer_get(pending_id).expect("an indexed expiry has its transfer");
             assert_eq!(pending.expires_at(), Some(expires_at));
-            assert_eq!(
-                self.storage.pending_status_get(pending_id),
-                Some(PendingStatus::Pending)
-            );
-            let debit = self
-                .storage
-                .account_get(pending.debit_account_id)
-                .expect("a transfer's accounts exist");
-            let credit = self
-                .storage
-                .account_get(pending.credit_account_id)
-                .expect("a transfer's accounts exist");
+            assert_eq!(self.storage.pending_status_get(pending_id), Some(PendingStatus::Pending));
+            let (debit, credit) = self.accounts_of(&pending);
             let (debit_after, credit_after) = release_pending(&pending, &debit, &credit, None);
             self.write_account_update(&debit, &debit_after, expiry_timestamp);
             self.write_account_update(&credit, &credit_after, expiry_timestamp);
-            self.write_pending_status(
-                pending_id,
-                PendingStatus::Expired {
-                    timestamp: expiry_timestamp,
-                },
-            );
+            self.write_pending_status(pending_id, PendingStatus::Expired { timestamp: expiry_timestamp });
             self.write_expiry_remove(expires_at, pending_id);
             crate::codec::Put::put_u128(self.digest.buffer(), pending_id);
             self.fingerprint(pending.amount, &debit_after, &credit_after);

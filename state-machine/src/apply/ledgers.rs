@@ -38,21 +38,9 @@ impl<S: Storage> StateMachine<S> {
         if let Some(existing) = self.storage.ledger_get(ledger.id) {
             same(ledger.currency, existing.currency, ExistsWithDifferentCurrency)?;
             same(ledger.scale, existing.scale, ExistsWithDifferentScale)?;
-            same(
-                ledger.user_data_128,
-                existing.user_data_128,
-                ExistsWithDifferentUserData128,
-            )?;
-            same(
-                ledger.user_data_64,
-                existing.user_data_64,
-                ExistsWithDifferentUserData64,
-            )?;
-            same(
-                ledger.user_data_32,
-                existing.user_data_32,
-                ExistsWithDifferentUserData32,
-            )?;
+            same(ledger.user_data_128, existing.user_data_128, ExistsWithDifferentUserData128)?;
+            same(ledger.user_data_64, existing.user_data_64, ExistsWithDifferentUserData64)?;
+            same(ledger.user_data_32, existing.user_data_32, ExistsWithDifferentUserData32)?;
             return Err(Exists);
         }
         self.assert_not_in_chain();

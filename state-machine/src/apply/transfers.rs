@@ -27,11 +27,7 @@ impl Event for NewTransfer {
     fn record_failure<S: Storage>(&self, state: &mut StateMachine<S>, code: ResultCode, timestamp: u64) {
         // The id may already be taken: a failed chain can repeat an id that exists.
         if state.storage.transfer_get(self.id).is_none() && state.storage.transfer_failure_get(self.id).is_none() {
-            state.storage.transfer_failure_insert(&TransferFailure {
-                id: self.id,
-                code,
-                timestamp,
-            });
+            state.storage.transfer_failure_insert(&TransferFailure { id: self.id, code, timestamp });
         }
     }
 }
@@ -117,11 +113,7 @@ fn check_resolving_fields(transfer: &NewTransfer) -> Result<(), ResultCode> {
 
 /// `submitted` must match `stored`, unless it is 0 and so defers to the pending transfer.
 fn same_or_inherited<T: PartialEq + Default>(submitted: T, stored: T, different: ResultCode) -> Result<(), ResultCode> {
-    if submitted == T::default() {
-        Ok(())
-    } else {
-        same(submitted, stored, different)
-    }
+    if submitted == T::default() { Ok(()) } else { same(submitted, stored, different) }
 }
 
 /// The stored value, unless the submitted one is set.
@@ -162,59 +154,23 @@ impl<S: Storage> StateMachine<S> {
                     ExistsWithDifferentCreditAccountId,
                 )?;
             } else {
-                same(
-                    transfer.debit_account_id,
-                    existing.debit_account_id,
-                    ExistsWithDifferentDebitAccountId,
-                )?;
-                same(
-                    transfer.credit_account_id,
-                    existing.credit_account_id,
-                    ExistsWithDifferentCreditAccountId,
-                )?;
+                same(transfer.debit_account_id, existing.debit_account_id, ExistsWithDifferentDebitAccountId)?;
+                same(transfer.credit_account_id, existing.credit_account_id, ExistsWithDifferentCreditAccountId)?;
             }
             if !self.same_amount(transfer, existing) {
                 return Err(ExistsWithDifferentAmount);
             }
-            same(
-                transfer.timeout_seconds,
-                existing.timeout_seconds,
-                ExistsWithDifferentTimeout,
-            )?;
+            same(transfer.timeout_seconds, existing.timeout_seconds, ExistsWithDifferentTimeout)?;
             if transfer.flags.resolves_pending() {
-                same_or_inherited(
-                    transfer.user_data_128,
-                    existing.user_data_128,
-                    ExistsWithDifferentUserData128,
-                )?;
-                same_or_inherited(
-                    transfer.user_data_64,
-                    existing.user_data_64,
-                    ExistsWithDifferentUserData64,
-                )?;
-                same_or_inherited(
-                    transfer.user_data_32,
-                    existing.user_data_32,
-                    ExistsWithDifferentUserData32,
-                )?;
+                same_or_inherited(transfer.user_data_128, existing.user_data_128, ExistsWithDifferentUserData128)?;
+                same_or_inherited(transfer.user_data_64, existing.user_data_64, ExistsWithDifferentUserData64)?;
+                same_or_inherited(transfer.user_data_32, existing.user_data_32, ExistsWithDifferentUserData32)?;
                 same_or_inherited(transfer.ledger, existing.ledger, ExistsWithDifferentLedger)?;
                 same_or_inherited(transfer.code, existing.code, ExistsWithDifferentCode)?;
             } else {
-                same(
-                    transfer.user_data_128,
-                    existing.user_data_128,
-                    ExistsWithDifferentUserData128,
-                )?;
-                same(
-                    transfer.user_data_64,
-                    existing.user_data_64,
-                    ExistsWithDifferentUserData64,
-                )?;
-                same(
-                    transfer.user_data_32,
-                    existing.user_data_32,
-                    ExistsWithDifferentUserData32,
-                )?;
+                same(transfer.user_data_128, existing.user_data_128, ExistsWithDifferentUserData128)?;
+                same(transfer.user_data_64, existing.user_data_64, ExistsWithDifferentUserData64)?;
+                same(transfer.user_data_32, existing.user_data_32, ExistsWithDifferentUserData32)?;
                 same(transfer.ledger, existing.ledger, ExistsWithDifferentLedger)?;
                 same(transfer.code, existing.code, ExistsWithDifferentCode)?;
             }
@@ -224,18 +180,12 @@ impl<S: Storage> StateMachine<S> {
     }
 
     fn same_amount(&self, transfer: &NewTransfer, existing: &Transfer) -> bool {
-        let scale = self
-            .storage
-            .ledger_get(existing.ledger)
-            .expect("a stored transfer's ledger exists")
-            .scale;
+        let scale = self.storage.ledger_get(existing.ledger).expect("a stored transfer's ledger exists").scale;
         match transfer.amount {
             // An omitted amount posts or voids the whole pending amount.
             None => {
-                let pending = self
-                    .storage
-                    .transfer_get(existing.pending_id)
-                    .expect("a post or void's pending transfer exists");
+                let pending =
+                    self.storage.transfer_get(existing.pending_id).expect("a post or void's pending transfer exists");
                 existing.amount == pending.amount
             }
             Some(amount) => match Units::from_decimal(amount, scale) {
@@ -251,14 +201,8 @@ impl<S: Storage> StateMachine<S> {
         let ledger = self.storage.ledger_get(transfer.ledger).ok_or(LedgerNotFound)?;
         let requested = transfer.amount.expect("checked by check_transfer_fields");
         let requested = Units::from_decimal(requested, ledger.scale).map_err(amount_code)?;
-        let debit = self
-            .storage
-            .account_get(transfer.debit_account_id)
-            .ok_or(DebitAccountNotFound)?;
-        let credit = self
-            .storage
-            .account_get(transfer.credit_account_id)
-            .ok_or(CreditAccountNotFound)?;
+        let debit = self.storage.account_get(transfer.debit_account_id).ok_or(DebitAccountNotFound)?;
+        let credit = self.storage.account_get(transfer.credit_account_id).ok_or(CreditAccountNotFound)?;
         if debit.ledger != credit.ledger {
             return Err(AccountsMustHaveTheSameLedger);
         }
@@ -280,13 +224,7 @@ impl<S: Storage> StateMachine<S> {
             _ => None,
         };
         check_limits(&debit_after, &credit_after)?;
-        self.write_new_transfer(
-            transfer,
-            amount,
-            (&debit, debit_after),
-            (&credit, credit_after),
-            timestamp,
-        );
+        self.write_new_transfer(transfer, amount, (&debit, debit_after), (&credit, credit_after), timestamp);
         if pending {
             self.write_pending_status(transfer.id, PendingStatus::Pending);
             if let Some(expires_at) = expires_at {
@@ -332,10 +270,7 @@ impl<S: Storage> StateMachine<S> {
 
     /// Posts or voids a pending transfer.
     fn resolve_pending_transfer(&mut self, transfer: &NewTransfer, timestamp: u64) -> Result<(), ResultCode> {
-        let pending = self
-            .storage
-            .transfer_get(transfer.pending_id)
-            .ok_or(PendingTransferNotFound)?;
+        let pending = self.storage.transfer_get(transfer.pending_id).ok_or(PendingTransferNotFound)?;
         if !pending.flags.contains(TransferFlags::PENDING) {
             return Err(PendingTransferNotPending);
         }
@@ -351,11 +286,7 @@ impl<S: Storage> StateMachine<S> {
         )?;
         same_or_inherited(transfer.ledger, pending.ledger, PendingTransferHasDifferentLedger)?;
         same_or_inherited(transfer.code, pending.code, PendingTransferHasDifferentCode)?;
-        match self
-            .storage
-            .pending_status_get(pending.id)
-            .expect("a pending transfer has a status")
-        {
+        match self.storage.pending_status_get(pending.id).expect("a pending transfer has a status") {
             PendingStatus::Posted { .. } => return Err(PendingTransferAlreadyPosted),
             PendingStatus::Voided { .. } => return Err(PendingTransferAlreadyVoided),
             PendingStatus::Expired { .. } => return Err(PendingTransferExpired),
@@ -369,11 +300,7 @@ impl<S: Storage> StateMachine<S> {
         let amount = match transfer.amount {
             None => pending.amount,
             Some(amount) => {
-                let scale = self
-                    .storage
-                    .ledger_get(pending.ledger)
-                    .expect("a stored transfer's ledger exists")
-                    .scale;
+                let scale = self.storage.ledger_get(pending.ledger).expect("a stored transfer's ledger exists").scale;
                 Units::from_decimal(amount, scale).map_err(amount_code)?
             }
         };
@@ -383,23 +310,9 @@ impl<S: Storage> StateMachine<S> {
         if !post && amount != pending.amount {
             return Err(PendingTransferHasDifferentAmount);
         }
-        let debit = self
-            .storage
-            .account_get(pending.debit_account_id)
-            .expect("a transfer's accounts exist");
-        let credit = self
-            .storage
-            .account_get(pending.credit_account_id)
-            .expect("a transfer's accounts exist");
+        let (debit, credit) = self.accounts_of(&pending);
         let (debit_after, credit_after) = release_pending(&pending, &debit, &credit, post.then_some(amount));
-        self.write_resolution(
-            transfer,
-            &pending,
-            amount,
-            (&debit, debit_after),
-            (&credit, credit_after),
-            timestamp,
-        );
+        self.write_resolution(transfer, &pending, amount, (&debit, debit_after), (&credit, credit_after), timestamp);
         Ok(())
     }
 
@@ -441,6 +354,12 @@ impl<S: Storage> StateMachine<S> {
         self.fingerprint(amount, &debit_after, &credit_after);
     }
 
+    /// The two accounts of a stored transfer (they always exist: accounts are never removed).
+    pub(crate) fn accounts_of(&self, transfer: &Transfer) -> (Account, Account) {
+        let account = |id| self.storage.account_get(id).expect("a stored transfer's accounts exist");
+        (account(transfer.debit_account_id), account(transfer.credit_account_id))
+    }
+
     /// Adds what a transfer did to the digest: the amount it moved and the balances it left.
     pub(crate) fn fingerprint(&mut self, amount: Units, debit: &Account, credit: &Account) {
         crate::codec::Put::put_u128(self.digest.buffer(), amount.0);
@@ -478,37 +397,22 @@ fn clamp_balancing(
 fn add_debit(account: &Account, amount: Units, pending: bool) -> Result<Account, ResultCode> {
     let mut after = *account;
     if pending {
-        after.debits_pending = account
-            .debits_pending
-            .checked_add(amount)
-            .ok_or(OverflowsDebitsPending)?;
+        after.debits_pending = account.debits_pending.checked_add(amount).ok_or(OverflowsDebitsPending)?;
     } else {
         after.debits_posted = account.debits_posted.checked_add(amount).ok_or(OverflowsDebitsPosted)?;
     }
-    after
-        .debits_pending
-        .checked_add(after.debits_posted)
-        .ok_or(OverflowsDebits)?;
+    after.debits_pending.checked_add(after.debits_posted).ok_or(OverflowsDebits)?;
     Ok(after)
 }
 
 fn add_credit(account: &Account, amount: Units, pending: bool) -> Result<Account, ResultCode> {
     let mut after = *account;
     if pending {
-        after.credits_pending = account
-            .credits_pending
-            .checked_add(amount)
-            .ok_or(OverflowsCreditsPending)?;
+        after.credits_pending = account.credits_pending.checked_add(amount).ok_or(OverflowsCreditsPending)?;
     } else {
-        after.credits_posted = account
-            .credits_posted
-            .checked_add(amount)
-            .ok_or(OverflowsCreditsPosted)?;
+        after.credits_posted = account.credits_posted.checked_add(amount).ok_or(OverflowsCreditsPosted)?;
     }
-    after
-        .credits_pending
-        .checked_add(after.credits_posted)
-        .ok_or(OverflowsCredits)?;
+    after.credits_pending.checked_add(after.credits_posted).ok_or(OverflowsCredits)?;
     Ok(after)
 }
 

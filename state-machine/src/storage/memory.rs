@@ -68,9 +68,7 @@ impl MemoryStorage {
 
     #[inline]
     fn slot(&self, id: u128) -> Option<&AccountSlot> {
-        self.account_positions
-            .get(&id)
-            .map(|position| &self.accounts[*position as usize])
+        self.account_positions.get(&id).map(|position| &self.accounts[*position as usize])
     }
 
     #[inline]
@@ -118,17 +116,14 @@ impl TransferIndex {
     #[inline]
     fn insert(&mut self, id: u128, position: u32) {
         let hash_high = self.hash_high(id);
-        self.table
-            .insert_unique(Self::table_hash(hash_high), IndexSlot { position, hash_high }, |slot| {
-                Self::table_hash(slot.hash_high)
-            });
+        self.table.insert_unique(Self::table_hash(hash_high), IndexSlot { position, hash_high }, |slot| {
+            Self::table_hash(slot.hash_high)
+        });
     }
 
     fn remove(&mut self, id: u128, position: u32) {
         let hash_high = self.hash_high(id);
-        let entry = self
-            .table
-            .find_entry(Self::table_hash(hash_high), |slot| slot.position == position);
+        let entry = self.table.find_entry(Self::table_hash(hash_high), |slot| slot.position == position);
         entry.expect("removing an indexed transfer").remove();
     }
 }
@@ -173,14 +168,7 @@ impl Storage for MemoryStorage {
     }
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
-        scan_sorted(
-            &self.ledgers,
-            |ledger| ledger.timestamp,
-            range,
-            direction,
-            |ledger| ledger,
-            visit,
-        );
+        scan_sorted(&self.ledgers, |ledger| ledger.timestamp, range, direction, |ledger| ledger, visit);
     }
 
     #[inline]
@@ -191,11 +179,7 @@ impl Storage for MemoryStorage {
     fn account_insert(&mut self, account: &Account) {
         let previous = self.account_positions.insert(account.id, position(self.accounts.len()));
         assert!(previous.is_none(), "account {} inserted twice", account.id);
-        self.accounts.push(AccountSlot {
-            account: *account,
-            transfer_positions: Vec::new(),
-            balances: Vec::new(),
-        });
+        self.accounts.push(AccountSlot { account: *account, transfer_positions: Vec::new(), balances: Vec::new() });
     }
 
     #[inline]
@@ -204,40 +188,24 @@ impl Storage for MemoryStorage {
     }
 
     fn account_rollback_insert(&mut self, account: &Account) {
-        let removed = self
-            .accounts
-            .pop()
-            .expect("rollback of an account that was not inserted");
+        let removed = self.accounts.pop().expect("rollback of an account that was not inserted");
         assert_eq!(removed.account.id, account.id, "rollback out of insertion order");
         self.account_positions.remove(&account.id);
     }
 
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
-        scan_sorted(
-            &self.accounts,
-            |slot| slot.account.timestamp,
-            range,
-            direction,
-            |slot| &slot.account,
-            visit,
-        );
+        scan_sorted(&self.accounts, |slot| slot.account.timestamp, range, direction, |slot| &slot.account, visit);
     }
 
     #[inline]
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
-        self.transfer_positions
-            .find(id, &self.transfers)
-            .map(|position| self.transfers[position as usize])
+        self.transfer_positions.find(id, &self.transfers).map(|position| self.transfers[position as usize])
     }
 
     #[inline]
     fn transfer_insert(&mut self, transfer: &Transfer) {
         let index = position(self.transfers.len());
-        debug_assert!(
-            self.transfer_get(transfer.id).is_none(),
-            "transfer {} inserted twice",
-            transfer.id
-        );
+        debug_assert!(self.transfer_get(transfer.id).is_none(), "transfer {} inserted twice", transfer.id);
         self.transfer_positions.insert(transfer.id, index);
         self.transfers.push(*transfer);
         self.slot_mut(transfer.debit_account_id).transfer_positions.push(index);
@@ -245,10 +213,7 @@ impl Storage for MemoryStorage {
     }
 
     fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
-        let removed = self
-            .transfers
-            .pop()
-            .expect("rollback of a transfer that was not inserted");
+        let removed = self.transfers.pop().expect("rollback of a transfer that was not inserted");
         assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
         let index = position(self.transfers.len());
         self.transfer_positions.remove(transfer.id, index);
@@ -258,14 +223,7 @@ impl Storage for MemoryStorage {
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
-        scan_sorted(
-            &self.transfers,
-            |transfer| transfer.timestamp,
-            range,
-            direction,
-            |transfer| transfer,
-            visit,
-        );
+        scan_sorted(&self.transfers, |transfer| transfer.timestamp, range, direction, |transfer| transfer, visit);
     }
 
     fn account_transfers_scan(
@@ -322,10 +280,7 @@ impl Storage for MemoryStorage {
     }
 
     fn expiry_remove(&mut self, expires_at: u64, pending_id: u128) {
-        assert!(
-            self.expiries.remove(&(expires_at, pending_id)),
-            "removing an expiry that is not indexed"
-        );
+        assert!(self.expiries.remove(&(expires_at, pending_id)), "removing an expiry that is not indexed");
     }
 
     fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
@@ -334,21 +289,13 @@ impl Storage for MemoryStorage {
 
     fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let slot = self.slot_mut(account_id);
-        assert!(
-            slot.balances
-                .last()
-                .is_none_or(|last| last.timestamp < balance.timestamp)
-        );
+        assert!(slot.balances.last().is_none_or(|last| last.timestamp < balance.timestamp));
         slot.balances.push(*balance);
     }
 
     fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let slot = self.slot_mut(account_id);
-        assert_eq!(
-            slot.balances.pop().as_ref(),
-            Some(balance),
-            "rollback out of insertion order"
-        );
+        assert_eq!(slot.balances.pop().as_ref(), Some(balance), "rollback out of insertion order");
     }
 
     fn account_balances_scan(
@@ -359,14 +306,7 @@ impl Storage for MemoryStorage {
         visit: Visit<AccountBalance>,
     ) {
         let Some(slot) = self.slot(account_id) else { return };
-        scan_sorted(
-            &slot.balances,
-            |balance| balance.timestamp,
-            range,
-            direction,
-            |balance| balance,
-            visit,
-        );
+        scan_sorted(&slot.balances, |balance| balance.timestamp, range, direction, |balance| balance, visit);
     }
 
     fn meta_get(&self) -> StateMeta {

@@ -11,7 +11,6 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use super::memory::MemoryStorage;
 use super::{Direction, Storage, TimestampRange};
 use crate::amount::Units;
 use crate::batch::{Batch, Operation};
@@ -51,15 +50,7 @@ fn range(min: u64, max: u64) -> TimestampRange {
 }
 
 fn ledger(id: u32, timestamp: u64) -> Ledger {
-    Ledger {
-        id,
-        currency: Currency(*b"EUR"),
-        scale: 2,
-        user_data_128: 7,
-        user_data_64: 8,
-        user_data_32: 9,
-        timestamp,
-    }
+    Ledger { id, currency: Currency(*b"EUR"), scale: 2, user_data_128: 7, user_data_64: 8, user_data_32: 9, timestamp }
 }
 
 fn account(id: u128, timestamp: u64) -> Account {
@@ -115,21 +106,10 @@ fn ledgers_are_found_by_id_and_scanned_by_time<S: Storage>(mut storage: S) {
     assert_eq!(storage.ledger_get(10), Some(ledger(10, 20)));
     assert_eq!(storage.ledger_get(11), None);
     let ids = |range, direction| {
-        collect(|visit| storage.ledgers_scan(range, direction, visit))
-            .iter()
-            .map(|l: &Ledger| l.id)
-            .collect::<Vec<_>>()
+        collect(|visit| storage.ledgers_scan(range, direction, visit)).iter().map(|l: &Ledger| l.id).collect::<Vec<_>>()
     };
-    assert_eq!(
-        ids(TimestampRange::ALL, Direction::Ascending),
-        [30, 10, 20],
-        "ledgers scan in timestamp order"
-    );
-    assert_eq!(
-        ids(range(20, 30), Direction::Descending),
-        [20, 10],
-        "ledger scan honours range and direction"
-    );
+    assert_eq!(ids(TimestampRange::ALL, Direction::Ascending), [30, 10, 20], "ledgers scan in timestamp order");
+    assert_eq!(ids(range(20, 30), Direction::Descending), [20, 10], "ledger scan honours range and direction");
     assert_eq!(ids(range(11, 19), Direction::Ascending), Vec::<u32>::new());
 }
 
@@ -141,11 +121,7 @@ fn accounts_update_scan_and_roll_back<S: Storage>(mut storage: S) {
     updated.credits_posted = Units(42);
     updated.flags.insert(AccountFlags::CLOSED);
     storage.account_update(&updated);
-    assert_eq!(
-        storage.account_get(3),
-        Some(updated),
-        "an update replaces balances and flags"
-    );
+    assert_eq!(storage.account_get(3), Some(updated), "an update replaces balances and flags");
     let ids = |storage: &S, range, direction| {
         collect(|visit| storage.accounts_scan(range, direction, visit))
             .iter()
@@ -162,60 +138,26 @@ fn accounts_update_scan_and_roll_back<S: Storage>(mut storage: S) {
     assert_eq!(first, [5], "a scan stops when the visitor breaks");
     storage.account_rollback_insert(&account(9, 102));
     assert_eq!(storage.account_get(9), None, "a rolled-back account is gone");
-    assert_eq!(
-        ids(&storage, TimestampRange::ALL, Direction::Ascending),
-        [5, 3],
-        "and gone from the scan"
-    );
+    assert_eq!(ids(&storage, TimestampRange::ALL, Direction::Ascending), [5, 3], "and gone from the scan");
 }
 
 fn transfers_are_indexed_by_id_time_and_account<S: Storage>(mut storage: S) {
     for (id, timestamp) in [(1, 10), (2, 11), (3, 12)] {
         storage.account_insert(&account(id, timestamp));
     }
-    let transfers = [
-        transfer(7, 1, 2, 20),
-        transfer(8, 2, 3, 21),
-        transfer(9, 3, 1, 22),
-        transfer(10, 1, 2, 23),
-    ];
+    let transfers = [transfer(7, 1, 2, 20), transfer(8, 2, 3, 21), transfer(9, 3, 1, 22), transfer(10, 1, 2, 23)];
     transfers.iter().for_each(|t| storage.transfer_insert(t));
     assert_eq!(storage.transfer_get(9), Some(transfers[2]));
     let ids = |transfers: Vec<Transfer>| transfers.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(collect(|v| storage.transfers_scan(range(21, 22), Direction::Ascending, v))), [8, 9]);
     assert_eq!(
-        ids(collect(|v| storage.transfers_scan(
-            range(21, 22),
-            Direction::Ascending,
-            v
-        ))),
-        [8, 9]
-    );
-    assert_eq!(
-        ids(collect(|v| storage.account_transfers_scan(
-            1,
-            TimestampRange::ALL,
-            Direction::Ascending,
-            v
-        ))),
+        ids(collect(|v| storage.account_transfers_scan(1, TimestampRange::ALL, Direction::Ascending, v))),
         [7, 9, 10],
         "both sides of an account are indexed"
     );
+    assert_eq!(ids(collect(|v| storage.account_transfers_scan(2, range(0, 22), Direction::Descending, v))), [8, 7]);
     assert_eq!(
-        ids(collect(|v| storage.account_transfers_scan(
-            2,
-            range(0, 22),
-            Direction::Descending,
-            v
-        ))),
-        [8, 7]
-    );
-    assert_eq!(
-        ids(collect(|v| storage.account_transfers_scan(
-            4,
-            TimestampRange::ALL,
-            Direction::Ascending,
-            v
-        ))),
+        ids(collect(|v| storage.account_transfers_scan(4, TimestampRange::ALL, Direction::Ascending, v))),
         Vec::<u128>::new()
     );
 }
@@ -233,16 +175,9 @@ fn transfer_rollback_removes_every_index_entry<S: Storage>(mut storage: S) {
         let found = collect(|visit| {
             storage.account_transfers_scan(account_id, TimestampRange::ALL, Direction::Ascending, visit)
         });
-        assert_eq!(
-            found,
-            [kept],
-            "a rolled-back transfer is gone from account {account_id}'s index"
-        );
+        assert_eq!(found, [kept], "a rolled-back transfer is gone from account {account_id}'s index");
     }
-    assert_eq!(
-        collect(|visit| storage.transfers_scan(TimestampRange::ALL, Direction::Descending, visit)),
-        [kept]
-    );
+    assert_eq!(collect(|visit| storage.transfers_scan(TimestampRange::ALL, Direction::Descending, visit)), [kept]);
     // The id can be used again afterwards.
     storage.transfer_insert(&transfer(6, 1, 2, 5));
     assert_eq!(storage.transfer_get(6).map(|t| t.timestamp), Some(5));
@@ -250,33 +185,16 @@ fn transfer_rollback_removes_every_index_entry<S: Storage>(mut storage: S) {
 
 fn failures_pending_statuses_and_expiries<S: Storage>(mut storage: S) {
     let failures = [
-        TransferFailure {
-            id: 9,
-            code: ResultCode::ExceedsCredits,
-            timestamp: 5,
-        },
-        TransferFailure {
-            id: 4,
-            code: ResultCode::DebitAccountNotFound,
-            timestamp: 6,
-        },
+        TransferFailure { id: 9, code: ResultCode::ExceedsCredits, timestamp: 5 },
+        TransferFailure { id: 4, code: ResultCode::DebitAccountNotFound, timestamp: 6 },
     ];
-    failures
-        .iter()
-        .for_each(|failure| storage.transfer_failure_insert(failure));
+    failures.iter().for_each(|failure| storage.transfer_failure_insert(failure));
     assert_eq!(storage.transfer_failure_get(4), Some(failures[1]));
-    assert_eq!(
-        collect(|visit| storage.transfer_failures_scan(visit)),
-        failures,
-        "failures scan in the order recorded"
-    );
+    assert_eq!(collect(|visit| storage.transfer_failures_scan(visit)), failures, "failures scan in the order recorded");
 
     storage.pending_status_put(3, PendingStatus::Pending);
     storage.pending_status_put(3, PendingStatus::Posted { timestamp: 8 });
-    assert_eq!(
-        storage.pending_status_get(3),
-        Some(PendingStatus::Posted { timestamp: 8 })
-    );
+    assert_eq!(storage.pending_status_get(3), Some(PendingStatus::Posted { timestamp: 8 }));
     storage.pending_status_remove(3);
     assert_eq!(storage.pending_status_get(3), None);
 
@@ -289,10 +207,7 @@ fn failures_pending_statuses_and_expiries<S: Storage>(mut storage: S) {
         "expiries ascend by deadline, then id, up to the bound"
     );
     storage.expiry_remove(50, 1);
-    assert_eq!(
-        collect(|visit| storage.expiries_scan(u64::MAX, visit)),
-        [(40, 9), (50, 2), (60, 3)]
-    );
+    assert_eq!(collect(|visit| storage.expiries_scan(u64::MAX, visit)), [(40, 9), (50, 2), (60, 3)]);
 }
 
 fn balance_history_scans_and_rolls_back<S: Storage>(mut storage: S) {
@@ -304,9 +219,7 @@ fn balance_history_scans_and_rolls_back<S: Storage>(mut storage: S) {
             ..AccountBalance::default()
         })
         .collect();
-    balances
-        .iter()
-        .for_each(|balance| storage.account_balance_insert(1, balance));
+    balances.iter().for_each(|balance| storage.account_balance_insert(1, balance));
     let scanned = collect(|visit| storage.account_balances_scan(1, range(11, 12), Direction::Descending, visit));
     assert_eq!(scanned, [balances[2], balances[1]]);
     storage.account_balance_rollback_insert(1, &balances[3]);
@@ -317,11 +230,7 @@ fn balance_history_scans_and_rolls_back<S: Storage>(mut storage: S) {
 }
 
 fn meta_round_trips<S: Storage>(mut storage: S) {
-    let meta = StateMeta {
-        timestamp_last: 77,
-        batches_applied: 3,
-        digest: [5; 32],
-    };
+    let meta = StateMeta { timestamp_last: 77, batches_applied: 3, digest: [5; 32] };
     storage.meta_put(&meta);
     assert_eq!(storage.meta_get(), meta);
 }
@@ -331,18 +240,8 @@ fn ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, restore_ta
     let mut subject = StateMachine::open(storage);
     for batch in reference_batches() {
         let expected = reference.apply(&batch);
-        assert_eq!(
-            subject.apply(&batch),
-            expected,
-            "batch at {} gives different results",
-            batch.timestamp
-        );
-        assert_eq!(
-            subject.digest(),
-            reference.digest(),
-            "digest differs after batch at {}",
-            batch.timestamp
-        );
+        assert_eq!(subject.apply(&batch), expected, "batch at {} gives different results", batch.timestamp);
+        assert_eq!(subject.digest(), reference.digest(), "digest differs after batch at {}", batch.timestamp);
     }
     let snapshot = |machine: &dyn Fn(&mut Vec<u8>)| {
         let mut bytes = Vec::new();
@@ -368,7 +267,6 @@ fn ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, restore_ta
         reference_bytes,
         "a restored store writes the same snapshot"
     );
-    let _: &MemoryStorage = reference.storage();
 }
 
 /// A short workload that touches every kind of write the ledger makes.
@@ -376,18 +274,8 @@ pub fn reference_batches() -> Vec<Batch> {
     let amount = |text: &str| Some(Decimal::from_str(text).expect("literal"));
     let second = crate::constants::NANOSECONDS_PER_SECOND;
     let ledgers = vec![
-        NewLedger {
-            id: 1,
-            currency: Currency(*b"USD"),
-            scale: 2,
-            ..NewLedger::default()
-        },
-        NewLedger {
-            id: 2,
-            currency: Currency(*b"JPY"),
-            scale: 0,
-            ..NewLedger::default()
-        },
+        NewLedger { id: 1, currency: Currency(*b"USD"), scale: 2, ..NewLedger::default() },
+        NewLedger { id: 2, currency: Currency(*b"JPY"), scale: 0, ..NewLedger::default() },
     ];
     let account = |id: u128, ledger: u32, flags: AccountFlags| NewAccount {
         id,
@@ -398,11 +286,7 @@ pub fn reference_batches() -> Vec<Batch> {
     };
     let accounts = vec![
         account(1, 1, AccountFlags::HISTORY),
-        account(
-            2,
-            1,
-            AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY | AccountFlags::LINKED,
-        ),
+        account(2, 1, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY | AccountFlags::LINKED),
         account(3, 1, AccountFlags::empty()),
         account(4, 2, AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
         account(5, 2, AccountFlags::empty()),
@@ -429,16 +313,10 @@ pub fn reference_batches() -> Vec<Batch> {
         transfer(11, 2, 3, "30.5", TransferFlags::LINKED),
         transfer(12, 2, 3, "500", TransferFlags::empty()), // exceeds_credits: the chain fails
         transfer(13, 2, 3, "140", TransferFlags::empty()), // exceeds_credits, recorded as failed
-        NewTransfer {
-            timeout_seconds: 2,
-            ..transfer(14, 2, 3, "20", TransferFlags::PENDING)
-        },
+        NewTransfer { timeout_seconds: 2, ..transfer(14, 2, 3, "20", TransferFlags::PENDING) },
         transfer(15, 2, 3, "20", TransferFlags::PENDING),
         transfer(16, 2, 1, "1000", TransferFlags::BALANCING_DEBIT),
-        NewTransfer {
-            ledger: 2,
-            ..transfer(17, 4, 5, "7", TransferFlags::empty())
-        },
+        NewTransfer { ledger: 2, ..transfer(17, 4, 5, "7", TransferFlags::empty()) },
         transfer(18, 1, 3, "1", TransferFlags::PENDING | TransferFlags::CLOSING_CREDIT),
     ];
     let resolutions = vec![
@@ -449,26 +327,11 @@ pub fn reference_batches() -> Vec<Batch> {
         transfer(10, 1, 2, "100.00", TransferFlags::empty()),        // exists
     ];
     vec![
-        Batch {
-            timestamp: 1_000,
-            operation: Operation::CreateLedgers(ledgers),
-        },
-        Batch {
-            timestamp: 2_000,
-            operation: Operation::CreateAccounts(accounts),
-        },
-        Batch {
-            timestamp: 3_000,
-            operation: Operation::CreateTransfers(transfers),
-        },
-        Batch {
-            timestamp: 3_000 + 3 * second,
-            operation: Operation::ExpirePendingTransfers,
-        },
-        Batch {
-            timestamp: 4_000 + 3 * second,
-            operation: Operation::CreateTransfers(resolutions),
-        },
+        Batch { timestamp: 1_000, operation: Operation::CreateLedgers(ledgers) },
+        Batch { timestamp: 2_000, operation: Operation::CreateAccounts(accounts) },
+        Batch { timestamp: 3_000, operation: Operation::CreateTransfers(transfers) },
+        Batch { timestamp: 3_000 + 3 * second, operation: Operation::ExpirePendingTransfers },
+        Batch { timestamp: 4_000 + 3 * second, operation: Operation::CreateTransfers(resolutions) },
     ]
 }
 
@@ -476,6 +339,7 @@ pub fn reference_batches() -> Vec<Batch> {
 mod tests {
     use super::*;
     use crate::batch::BatchOutcome;
+    use crate::storage::memory::MemoryStorage;
 
     #[test]
     fn memory_storage_passes_the_suite() {
@@ -486,29 +350,10 @@ mod tests {
     #[test]
     fn reference_workload_covers_chains_pending_and_expiry() {
         let mut ledger = StateMachine::new();
-        let outcomes: Vec<_> = reference_batches()
-            .iter()
-            .map(|batch| ledger.apply(batch).unwrap())
-            .collect();
+        let outcomes: Vec<_> = reference_batches().iter().map(|batch| ledger.apply(batch).unwrap()).collect();
         use ResultCode::*;
-        assert_eq!(
-            outcomes[2].results(),
-            [
-                Ok,
-                LinkedEventFailed,
-                ExceedsCredits,
-                ExceedsCredits,
-                Ok,
-                Ok,
-                Ok,
-                Ok,
-                Ok
-            ]
-        );
+        assert_eq!(outcomes[2].results(), [Ok, LinkedEventFailed, ExceedsCredits, ExceedsCredits, Ok, Ok, Ok, Ok, Ok]);
         assert_eq!(outcomes[3], BatchOutcome::Expired(vec![14]));
-        assert_eq!(
-            outcomes[4].results(),
-            [Ok, Ok, PendingTransferExpired, IdAlreadyFailed, Exists]
-        );
+        assert_eq!(outcomes[4].results(), [Ok, Ok, PendingTransferExpired, IdAlreadyFailed, Exists]);
     }
 }

@@ -43,10 +43,7 @@ pub fn transfer(id: u128, debit: u128, credit: u128, value: &str) -> NewTransfer
 }
 
 pub fn with_flags(transfer: NewTransfer, flags: TransferFlags) -> NewTransfer {
-    NewTransfer {
-        flags: transfer.flags | flags,
-        ..transfer
-    }
+    NewTransfer { flags: transfer.flags | flags, ..transfer }
 }
 
 pub fn pending(id: u128, debit: u128, credit: u128, value: &str) -> NewTransfer {
@@ -65,20 +62,11 @@ pub fn post(id: u128, pending_id: u128, value: Option<&str>) -> NewTransfer {
 }
 
 pub fn void(id: u128, pending_id: u128) -> NewTransfer {
-    NewTransfer {
-        flags: TransferFlags::VOID_PENDING_TRANSFER,
-        ..post(id, pending_id, None)
-    }
+    NewTransfer { flags: TransferFlags::VOID_PENDING_TRANSFER, ..post(id, pending_id, None) }
 }
 
 pub fn account(id: u128, ledger: u32, flags: AccountFlags) -> NewAccount {
-    NewAccount {
-        id,
-        ledger,
-        code: 100,
-        flags,
-        ..NewAccount::default()
-    }
+    NewAccount { id, ledger, code: 100, flags, ..NewAccount::default() }
 }
 
 /// A ledger in memory with USD (scale 2) and JPY (scale 0) accounts, Alice funded with 100.00.
@@ -90,36 +78,19 @@ pub struct Harness {
 
 impl Harness {
     pub fn empty() -> Harness {
-        Harness {
-            ledger: StateMachine::new(),
-            clock: 1_700_000_000 * NANOSECONDS_PER_SECOND,
-        }
+        Harness { ledger: StateMachine::new(), clock: 1_700_000_000 * NANOSECONDS_PER_SECOND }
     }
 
     pub fn new() -> Harness {
         let mut harness = Harness::empty();
         let ledgers = vec![
-            NewLedger {
-                id: USD,
-                currency: Currency(*b"USD"),
-                scale: 2,
-                ..NewLedger::default()
-            },
-            NewLedger {
-                id: JPY,
-                currency: Currency(*b"JPY"),
-                scale: 0,
-                ..NewLedger::default()
-            },
+            NewLedger { id: USD, currency: Currency(*b"USD"), scale: 2, ..NewLedger::default() },
+            NewLedger { id: JPY, currency: Currency(*b"JPY"), scale: 0, ..NewLedger::default() },
         ];
         assert!(harness.ledgers(ledgers).iter().all(|code| *code == ResultCode::Ok));
         let accounts = vec![
             account(BANK, USD, AccountFlags::empty()),
-            account(
-                ALICE,
-                USD,
-                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY,
-            ),
+            account(ALICE, USD, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::HISTORY),
             account(BOB, USD, AccountFlags::empty()),
             account(CAROL, USD, AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
             account(USD_LIQUIDITY, USD, AccountFlags::empty()),
@@ -129,18 +100,12 @@ impl Harness {
             account(JPY_LIQUIDITY, JPY, AccountFlags::empty()),
         ];
         assert!(harness.accounts(accounts).iter().all(|code| *code == ResultCode::Ok));
-        assert_eq!(
-            harness.transfers(vec![transfer(1_000, BANK, ALICE, "100.00")]),
-            [ResultCode::Ok]
-        );
+        assert_eq!(harness.transfers(vec![transfer(1_000, BANK, ALICE, "100.00")]), [ResultCode::Ok]);
         harness
     }
 
     pub fn apply(&mut self, operation: Operation) -> BatchOutcome {
-        let batch = Batch {
-            timestamp: self.clock,
-            operation,
-        };
+        let batch = Batch { timestamp: self.clock, operation };
         let outcome = self.ledger.apply(&batch).expect("batch accepted");
         self.clock = self.ledger.timestamp_last() + 1_000;
         outcome
@@ -176,11 +141,6 @@ impl Harness {
     /// `[debits_pending, debits_posted, credits_pending, credits_posted]` in minor units.
     pub fn balances(&self, id: u128) -> [u128; 4] {
         let account = self.account(id);
-        [
-            account.debits_pending.0,
-            account.debits_posted.0,
-            account.credits_pending.0,
-            account.credits_posted.0,
-        ]
+        [account.debits_pending.0, account.debits_posted.0, account.credits_pending.0, account.credits_posted.0]
     }
 }
