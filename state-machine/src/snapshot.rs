@@ -378,7 +378,11 @@ impl<'a, S: Storage> Restore<'a, S> {
                 }
             }
         }
-        if transfer.flags.contains(TransferFlags::PENDING) {
+        let pending = transfer.flags.contains(TransferFlags::PENDING);
+        if pending && crate::model::deadline(transfer.timestamp, transfer.timeout_seconds).is_none() {
+            return Err(inconsistent(format!("transfer {id} has a deadline past the end of time")));
+        }
+        if pending {
             // Its effect on balances depends on its status, which is the next record.
             self.awaiting_status = Some(transfer);
         } else if transfer.flags.contains(TransferFlags::POST_PENDING_TRANSFER) || !transfer.flags.resolves_pending() {
