@@ -13,7 +13,7 @@
 use rust_decimal::Decimal;
 use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
 use tally_state_machine::{
-    AccountFlags, Batch, Currency, MemoryStorage, NewAccount, NewLedger, NewTransfer, Operation, StateMachine,
+    AccountFlags, Batch, Currency, MemoryStorage, NewAccount, NewLedger, NewTransfer, Operation, StateMachine, Storage,
     TransferFlags,
 };
 
@@ -159,18 +159,25 @@ impl Default for Clock {
 
 /// A ledger under measurement: the state machine, and the generator and clock that feed it.
 #[derive(Debug)]
-pub struct Ledger {
-    pub state_machine: StateMachine<MemoryStorage>,
+pub struct Ledger<S: Storage = MemoryStorage> {
+    pub state_machine: StateMachine<S>,
     generator: Generator,
     clock: Clock,
     pub transfers_applied: usize,
 }
 
-impl Ledger {
-    /// A fresh ledger with the workload's accounts and `transfers` already applied.
-    pub fn preloaded(workload: Workload, transfers: usize) -> Ledger {
+impl Ledger<MemoryStorage> {
+    /// A fresh in-memory ledger with the workload's accounts and `transfers` already applied.
+    pub fn preloaded(workload: Workload, transfers: usize) -> Ledger<MemoryStorage> {
+        Ledger::preloaded_on(MemoryStorage::new(), workload, transfers)
+    }
+}
+
+impl<S: Storage> Ledger<S> {
+    /// A fresh ledger on `storage` with the workload's accounts and `transfers` already applied.
+    pub fn preloaded_on(storage: S, workload: Workload, transfers: usize) -> Ledger<S> {
         let mut ledger = Ledger {
-            state_machine: StateMachine::open(MemoryStorage::new()),
+            state_machine: StateMachine::open(storage),
             generator: Generator::new(workload, 0x5EED),
             clock: Clock::default(),
             transfers_applied: 0,

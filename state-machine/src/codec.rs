@@ -13,7 +13,8 @@ use crate::constants::EVENTS_PER_BATCH_MAX;
 use crate::currency::Currency;
 use crate::flags::{AccountFlags, TransferFlags};
 use crate::model::{
-    Account, AccountBalance, Ledger, NewAccount, NewLedger, NewTransfer, PendingStatus, Transfer, TransferFailure,
+    Account, AccountBalance, Ledger, NewAccount, NewLedger, NewTransfer, PendingStatus, StateMeta, Transfer,
+    TransferFailure,
 };
 use crate::result::ResultCode;
 
@@ -390,6 +391,73 @@ pub(crate) fn read_transfer_failure(reader: &mut Reader) -> Result<TransferFailu
     Ok(TransferFailure { id, code, timestamp: reader.u64()? })
 }
 
+/// A stored record with a fixed-size canonical encoding, for stores that keep records as bytes.
+pub trait Record: Sized {
+    const SIZE: usize;
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Decodes exactly `SIZE` bytes.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(Self::SIZE);
+        self.encode(&mut bytes);
+        bytes
+    }
+}
+
+fn decode_exact<T>(
+    bytes: &[u8],
+    what: &'static str,
+    read: impl FnOnce(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut reader = Reader::new(bytes, what);
+    let record = read(&mut reader)?;
+    match reader.remaining() {
+        0 => Ok(record),
+        count => Err(DecodeError::TrailingBytes { count }),
+    }
+}
+
+macro_rules! record {
+    ($type:ty, $size:expr, $what:literal, $put:expr, $read:expr) => {
+        impl Record for $type {
+            const SIZE: usize = $size;
+            fn encode(&self, out: &mut Vec<u8>) {
+                $put(out, self)
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+                decode_exact(bytes, $what, $read)
+            }
+        }
+    };
+}
+
+record!(Ledger, LEDGER_SIZE, "ledger", put_ledger, read_ledger);
+record!(Account, ACCOUNT_SIZE, "account", put_account, read_account);
+record!(Transfer, TRANSFER_SIZE, "transfer", put_transfer, read_transfer);
+record!(AccountBalance, ACCOUNT_BALANCE_SIZE, "account balance", put_account_balance, read_account_balance);
+record!(TransferFailure, TRANSFER_FAILURE_SIZE, "transfer failure", put_transfer_failure, read_transfer_failure);
+record!(
+    PendingStatus,
+    PENDING_STATUS_SIZE,
+    "pending status",
+    |out: &mut Vec<u8>, status: &PendingStatus| put_pending_status(out, *status),
+    read_pending_status
+);
+record!(StateMeta, STATE_META_SIZE, "state meta", put_state_meta, read_state_meta);
+
+pub const STATE_META_SIZE: usize = 8 + 8 + 32;
+
+fn put_state_meta(out: &mut Vec<u8>, meta: &StateMeta) {
+    out.put_u64(meta.timestamp_last);
+    out.put_u64(meta.batches_applied);
+    out.put(meta.digest);
+}
+
+fn read_state_meta(reader: &mut Reader) -> Result<StateMeta, DecodeError> {
+    Ok(StateMeta { timestamp_last: reader.u64()?, batches_applied: reader.u64()?, digest: reader.take()? })
+}
+
 pub(crate) fn operation_tag(operation: &Operation) -> u8 {
     match operation {
         Operation::CreateLedgers(_) => 1,
@@ -528,6 +596,20 @@ mod tests {
             encode_batch(&batch, &mut bytes);
             assert_eq!(decode_batch(&bytes), Ok(batch));
         }
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_wrong_lengths() {
+        let status = PendingStatus::Voided { timestamp: 9 };
+        assert_eq!(PendingStatus::decode(&status.to_bytes()), Ok(status));
+        let meta = StateMeta { timestamp_last: 1, batches_applied: 2, digest: [3; 32] };
+        let bytes = meta.to_bytes();
+        assert_eq!(bytes.len(), StateMeta::SIZE);
+        assert_eq!(StateMeta::decode(&bytes), Ok(meta));
+        assert!(matches!(StateMeta::decode(&bytes[1..]), Err(DecodeError::Truncated { .. })));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(StateMeta::decode(&longer), Err(DecodeError::TrailingBytes { count: 1 }));
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::storage::{Direction, Storage, TimestampRange};
 const MAGIC: &[u8; 8] = b"TALLYSNP";
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
+/// Records restored between two `Storage::flush_writes`, which bounds what a buffering store holds.
+const RESTORE_FLUSH_RECORDS: u64 = 65_536;
+
 const TAG_END: u8 = 0;
 const TAG_LEDGER: u8 = 1;
 const TAG_ACCOUNT: u8 = 2;
@@ -205,7 +208,10 @@ impl<S: Storage> StateMachine<S> {
             digest: input.read_array()?,
         };
         let mut restore = Restore::new(&mut storage, meta.timestamp_last);
-        loop {
+        for record in 1.. {
+            if record % RESTORE_FLUSH_RECORDS == 0 {
+                restore.storage.flush_writes();
+            }
             let tag = input.read_array::<1>()?[0];
             restore.check_section_order(tag)?;
             match tag {
@@ -434,6 +440,7 @@ impl<'a, S: Storage> Restore<'a, S> {
     /// Every account's stored balances must equal the sum of its transfers. Accounts are checked in
     /// creation order, so the error names the same (earliest) account on every run.
     fn finish(self) -> Result<(), SnapshotError> {
+        self.storage.flush_writes();
         let mut mismatch = None;
         self.storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account: &Account| {
             let stored = [

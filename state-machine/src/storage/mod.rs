@@ -12,6 +12,9 @@
 //!   reverse order of insertion when a linked chain fails, and only for records of that chain.
 //! - Nothing is visible to a scan in a different order than it was inserted: timestamps arrive
 //!   strictly increasing.
+//! - A store may buffer a batch's writes until `meta_put`; point reads must see them at once, but
+//!   scans need only see written-through data. The ledger never scans while a batch is half
+//!   applied, and a restore calls `flush_writes` before it scans.
 
 pub mod memory;
 pub mod suite;
@@ -102,4 +105,8 @@ pub trait Storage {
     /// Called once at the end of every applied batch: an implementation that groups writes into
     /// transactions commits here, so the meta record is stored atomically with the batch's data.
     fn meta_put(&mut self, meta: &StateMeta);
+
+    /// Writes buffered writes through without a meta record, so that scans see them and buffers
+    /// stay bounded. Only a restore calls it (its store is discarded if the restore fails).
+    fn flush_writes(&mut self) {}
 }

@@ -1,7 +1,8 @@
 //! The conformance suite every [`Storage`] implementation must pass.
 //!
 //! Call [`run`] from a test with a function that makes a fresh, empty store. Each check panics
-//! with a message naming the contract that broke. The last check applies a reference workload
+//! with a message naming the contract that broke. The checks keep the trait's contract as the
+//! ledger does: rollbacks happen before the writes are flushed, and scans only after a flush. The last check applies a reference workload
 //! (linked chains, pending transfers, posts, voids, expiries, history, recorded failures) through
 //! a [`StateMachine`] and requires the same results, digest and snapshot bytes as the in-memory
 //! store, so a store that loses or reorders anything is caught even where the point checks miss it.
@@ -103,6 +104,8 @@ fn ledgers_are_found_by_id_and_scanned_by_time<S: Storage>(mut storage: S) {
     for (id, timestamp) in [(30, 10), (10, 20), (20, 30)] {
         storage.ledger_insert(&ledger(id, timestamp));
     }
+    assert_eq!(storage.ledger_get(10), Some(ledger(10, 20)), "point reads see unflushed writes");
+    storage.flush_writes();
     assert_eq!(storage.ledger_get(10), Some(ledger(10, 20)));
     assert_eq!(storage.ledger_get(11), None);
     let ids = |range, direction| {
@@ -122,23 +125,33 @@ fn accounts_update_scan_and_roll_back<S: Storage>(mut storage: S) {
     updated.flags.insert(AccountFlags::CLOSED);
     storage.account_update(&updated);
     assert_eq!(storage.account_get(3), Some(updated), "an update replaces balances and flags");
+    storage.account_rollback_insert(&account(9, 102));
+    assert_eq!(storage.account_get(9), None, "a rolled-back account is gone");
+    storage.flush_writes();
+    assert_eq!(storage.account_get(3), Some(updated), "the update survives the flush");
     let ids = |storage: &S, range, direction| {
         collect(|visit| storage.accounts_scan(range, direction, visit))
             .iter()
             .map(|a: &Account| a.id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&storage, TimestampRange::ALL, Direction::Ascending), [5, 3, 9]);
-    assert_eq!(ids(&storage, range(101, 500), Direction::Descending), [9, 3]);
+    assert_eq!(
+        ids(&storage, TimestampRange::ALL, Direction::Ascending),
+        [5, 3],
+        "a rolled-back account is not scanned"
+    );
+    assert_eq!(ids(&storage, range(101, 500), Direction::Descending), [3]);
     let mut first = Vec::new();
     storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
         first.push(account.id);
         ControlFlow::Break(())
     });
     assert_eq!(first, [5], "a scan stops when the visitor breaks");
-    storage.account_rollback_insert(&account(9, 102));
-    assert_eq!(storage.account_get(9), None, "a rolled-back account is gone");
-    assert_eq!(ids(&storage, TimestampRange::ALL, Direction::Ascending), [5, 3], "and gone from the scan");
+    // An account updated again after a flush keeps its latest value.
+    updated.debits_posted = Units(7);
+    storage.account_update(&updated);
+    storage.flush_writes();
+    assert_eq!(storage.account_get(3), Some(updated));
 }
 
 fn transfers_are_indexed_by_id_time_and_account<S: Storage>(mut storage: S) {
@@ -147,7 +160,10 @@ fn transfers_are_indexed_by_id_time_and_account<S: Storage>(mut storage: S) {
     }
     let transfers = [transfer(7, 1, 2, 20), transfer(8, 2, 3, 21), transfer(9, 3, 1, 22), transfer(10, 1, 2, 23)];
     transfers.iter().for_each(|t| storage.transfer_insert(t));
+    assert_eq!(storage.transfer_get(9), Some(transfers[2]), "point reads see unflushed writes");
+    storage.flush_writes();
     assert_eq!(storage.transfer_get(9), Some(transfers[2]));
+    assert_eq!(storage.transfer_get(11), None);
     let ids = |transfers: Vec<Transfer>| transfers.iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(ids(collect(|v| storage.transfers_scan(range(21, 22), Direction::Ascending, v))), [8, 9]);
     assert_eq!(
@@ -171,6 +187,8 @@ fn transfer_rollback_removes_every_index_entry<S: Storage>(mut storage: S) {
     storage.transfer_insert(&undone);
     storage.transfer_rollback_insert(&undone);
     assert_eq!(storage.transfer_get(6), None, "a rolled-back transfer is gone by id");
+    storage.flush_writes();
+    assert_eq!(storage.transfer_get(6), None);
     for account_id in [1, 2] {
         let found = collect(|visit| {
             storage.account_transfers_scan(account_id, TimestampRange::ALL, Direction::Ascending, visit)
@@ -180,6 +198,7 @@ fn transfer_rollback_removes_every_index_entry<S: Storage>(mut storage: S) {
     assert_eq!(collect(|visit| storage.transfers_scan(TimestampRange::ALL, Direction::Descending, visit)), [kept]);
     // The id can be used again afterwards.
     storage.transfer_insert(&transfer(6, 1, 2, 5));
+    storage.flush_writes();
     assert_eq!(storage.transfer_get(6).map(|t| t.timestamp), Some(5));
 }
 
@@ -189,25 +208,37 @@ fn failures_pending_statuses_and_expiries<S: Storage>(mut storage: S) {
         TransferFailure { id: 4, code: ResultCode::DebitAccountNotFound, timestamp: 6 },
     ];
     failures.iter().for_each(|failure| storage.transfer_failure_insert(failure));
-    assert_eq!(storage.transfer_failure_get(4), Some(failures[1]));
-    assert_eq!(collect(|visit| storage.transfer_failures_scan(visit)), failures, "failures scan in the order recorded");
+    assert_eq!(storage.transfer_failure_get(4), Some(failures[1]), "point reads see unflushed writes");
 
     storage.pending_status_put(3, PendingStatus::Pending);
     storage.pending_status_put(3, PendingStatus::Posted { timestamp: 8 });
     assert_eq!(storage.pending_status_get(3), Some(PendingStatus::Posted { timestamp: 8 }));
-    storage.pending_status_remove(3);
-    assert_eq!(storage.pending_status_get(3), None);
+    storage.pending_status_put(4, PendingStatus::Pending);
+    storage.pending_status_remove(4);
+    assert_eq!(storage.pending_status_get(4), None, "a removed status is gone before a flush");
 
-    for (expires_at, id) in [(50, 2), (40, 9), (50, 1), (60, 3)] {
+    for (expires_at, id) in [(50, 2), (40, 9), (50, 1), (60, 3), (70, 4)] {
         storage.expiry_insert(expires_at, id);
     }
+    storage.expiry_remove(70, 4);
+    storage.flush_writes();
+    assert_eq!(storage.transfer_failure_get(4), Some(failures[1]));
+    assert_eq!(collect(|visit| storage.transfer_failures_scan(visit)), failures, "failures scan in the order recorded");
+    assert_eq!(storage.pending_status_get(3), Some(PendingStatus::Posted { timestamp: 8 }));
+    assert_eq!(storage.pending_status_get(4), None);
     assert_eq!(
         collect(|visit| storage.expiries_scan(50, visit)),
         [(40, 9), (50, 1), (50, 2)],
         "expiries ascend by deadline, then id, up to the bound"
     );
+    // Removing a flushed expiry and putting it back within one batch leaves it indexed.
     storage.expiry_remove(50, 1);
+    storage.expiry_remove(60, 3);
+    storage.expiry_insert(60, 3);
+    storage.pending_status_remove(3);
+    storage.flush_writes();
     assert_eq!(collect(|visit| storage.expiries_scan(u64::MAX, visit)), [(40, 9), (50, 2), (60, 3)]);
+    assert_eq!(storage.pending_status_get(3), None, "a flushed status can be removed");
 }
 
 fn balance_history_scans_and_rolls_back<S: Storage>(mut storage: S) {
@@ -220,9 +251,10 @@ fn balance_history_scans_and_rolls_back<S: Storage>(mut storage: S) {
         })
         .collect();
     balances.iter().for_each(|balance| storage.account_balance_insert(1, balance));
+    storage.account_balance_rollback_insert(1, &balances[3]);
+    storage.flush_writes();
     let scanned = collect(|visit| storage.account_balances_scan(1, range(11, 12), Direction::Descending, visit));
     assert_eq!(scanned, [balances[2], balances[1]]);
-    storage.account_balance_rollback_insert(1, &balances[3]);
     assert_eq!(
         collect(|visit| storage.account_balances_scan(1, TimestampRange::ALL, Direction::Ascending, visit)),
         balances[..3]

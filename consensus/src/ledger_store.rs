@@ -1,0 +1,489 @@
+//! The ledger's durable store: the `Storage` of `tally-state-machine` on redb.
+//!
+//! A batch's writes collect in an in-memory [`Overlay`]: point reads consult it first, and a failed
+//! linked chain rolls back inside it. `meta_put`, called once at the end of every batch, writes the
+//! overlay and the meta record in one redb transaction, so the data of a batch and the meta that
+//! says it was applied become durable together or not at all. Scans read the last committed state
+//! through read handles that are refreshed after each commit; the ledger never scans with a batch
+//! half applied.
+//!
+//! Commits use `Durability::None` by default: the Raft log is the durable record, and a replica
+//! that restarts re-applies the log from the applied index this store recorded. An I/O error while
+//! applying is not something a replica can answer for a client: the store stops the process
+//! (fail-stop), and the replica recovers from its log on restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use foldhash::fast::RandomState;
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use tally_state_machine::codec::Record;
+use tally_state_machine::storage::{Direction, Storage, TimestampRange, Visit};
+use tally_state_machine::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
+
+type Bytes = &'static [u8];
+
+const LEDGERS: TableDefinition<u32, Bytes> = TableDefinition::new("ledgers");
+const LEDGERS_BY_TIME: TableDefinition<u64, u32> = TableDefinition::new("ledgers_by_time");
+const ACCOUNTS: TableDefinition<u128, Bytes> = TableDefinition::new("accounts");
+const ACCOUNTS_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("accounts_by_time");
+const TRANSFERS: TableDefinition<u64, Bytes> = TableDefinition::new("transfers");
+const TRANSFER_IDS: TableDefinition<u128, u64> = TableDefinition::new("transfer_ids");
+const ACCOUNT_TRANSFERS: TableDefinition<(u128, u64), ()> = TableDefinition::new("account_transfers");
+const FAILURES: TableDefinition<u128, Bytes> = TableDefinition::new("transfer_failures");
+const FAILURES_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("transfer_failures_by_time");
+const PENDING_STATUSES: TableDefinition<u128, Bytes> = TableDefinition::new("pending_statuses");
+const EXPIRIES: TableDefinition<(u64, u128), ()> = TableDefinition::new("expiries");
+const BALANCES: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("account_balances");
+const META: TableDefinition<&str, Bytes> = TableDefinition::new("meta");
+
+const META_STATE: &str = "state";
+/// The store's format, checked at open so that a file from another version is refused.
+const META_FORMAT: &str = "format";
+const FORMAT_VERSION: &[u8] = b"tally-ledger-store/1";
+
+/// Memory redb may use for its page cache, by default.
+pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerStoreError {
+    #[error("cannot open the ledger store at {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("{path} is not a Tally ledger store of this version (format {found:?})")]
+    WrongFormat { path: String, found: String },
+}
+
+/// Stops the replica on a storage failure it cannot answer for: the durable log is the source of
+/// truth, and the replica re-applies it after a restart.
+fn fatal<T, E: Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|error| {
+        panic!("ledger store: {what} failed: {error}; the replica stops and re-applies its log on restart")
+    })
+}
+
+fn decode<T: Record>(bytes: &[u8]) -> T {
+    fatal(T::decode(bytes), "decoding a stored record")
+}
+
+#[derive(Debug)]
+pub struct RedbLedgerStore {
+    database: Database,
+    durability: Durability,
+    committed: ReadHandles,
+    overlay: Overlay,
+    meta: StateMeta,
+}
+
+/// Read handles on the last committed state.
+#[derive(Debug)]
+struct ReadHandles {
+    ledgers: ReadOnlyTable<u32, Bytes>,
+    ledgers_by_time: ReadOnlyTable<u64, u32>,
+    accounts: ReadOnlyTable<u128, Bytes>,
+    accounts_by_time: ReadOnlyTable<u64, u128>,
+    transfers: ReadOnlyTable<u64, Bytes>,
+    transfer_ids: ReadOnlyTable<u128, u64>,
+    account_transfers: ReadOnlyTable<(u128, u64), ()>,
+    failures: ReadOnlyTable<u128, Bytes>,
+    failures_by_time: ReadOnlyTable<u64, u128>,
+    pending_statuses: ReadOnlyTable<u128, Bytes>,
+    expiries: ReadOnlyTable<(u64, u128), ()>,
+    balances: ReadOnlyTable<(u128, u64), Bytes>,
+}
+
+impl ReadHandles {
+    fn open(database: &Database) -> ReadHandles {
+        let transaction = fatal(database.begin_read(), "beginning a read");
+        let open = "opening a table";
+        ReadHandles {
+            ledgers: fatal(transaction.open_table(LEDGERS), open),
+            ledgers_by_time: fatal(transaction.open_table(LEDGERS_BY_TIME), open),
+            accounts: fatal(transaction.open_table(ACCOUNTS), open),
+            accounts_by_time: fatal(transaction.open_table(ACCOUNTS_BY_TIME), open),
+            transfers: fatal(transaction.open_table(TRANSFERS), open),
+            transfer_ids: fatal(transaction.open_table(TRANSFER_IDS), open),
+            account_transfers: fatal(transaction.open_table(ACCOUNT_TRANSFERS), open),
+            failures: fatal(transaction.open_table(FAILURES), open),
+            failures_by_time: fatal(transaction.open_table(FAILURES_BY_TIME), open),
+            pending_statuses: fatal(transaction.open_table(PENDING_STATUSES), open),
+            expiries: fatal(transaction.open_table(EXPIRIES), open),
+            balances: fatal(transaction.open_table(BALANCES), open),
+        }
+    }
+}
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+
+/// Writes since the last commit. Hash maps here serve point reads; commits sort what they write.
+#[derive(Debug, Default)]
+struct Overlay {
+    ledgers: Vec<Ledger>,
+    /// The latest value of every account written since the last commit.
+    accounts: Map<u128, Account>,
+    accounts_created: Vec<Account>,
+    transfers: Vec<Transfer>,
+    transfer_positions: Map<u128, usize>,
+    failures: Vec<TransferFailure>,
+    failure_positions: Map<u128, usize>,
+    /// `None`: removed.
+    pending_statuses: Map<u128, Option<PendingStatus>>,
+    expiries_added: BTreeSet<(u64, u128)>,
+    expiries_removed: BTreeSet<(u64, u128)>,
+    balances: Vec<(u128, AccountBalance)>,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.ledgers.is_empty()
+            && self.accounts.is_empty()
+            && self.transfers.is_empty()
+            && self.failures.is_empty()
+            && self.pending_statuses.is_empty()
+            && self.expiries_added.is_empty()
+            && self.expiries_removed.is_empty()
+            && self.balances.is_empty()
+    }
+}
+
+impl RedbLedgerStore {
+    /// Opens the store at `path`, creating it if it does not exist.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbLedgerStore, LedgerStoreError> {
+        let open_error = |detail: String| LedgerStoreError::Open { path: path.display().to_string(), detail };
+        let database = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|error| open_error(error.to_string()))?;
+        Self::initialise(&database).map_err(open_error)?;
+        let (format, meta) = Self::read_meta(&database).map_err(open_error)?;
+        if format != FORMAT_VERSION {
+            let found = String::from_utf8_lossy(&format).into_owned();
+            return Err(LedgerStoreError::WrongFormat { path: path.display().to_string(), found });
+        }
+        let committed = ReadHandles::open(&database);
+        Ok(RedbLedgerStore { database, durability: Durability::None, committed, overlay: Overlay::default(), meta })
+    }
+
+    /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
+    pub fn commit_durably(&mut self) {
+        self.durability = Durability::Immediate;
+    }
+
+    /// Creates every table and the format record, once.
+    fn initialise(database: &Database) -> Result<(), String> {
+        let transaction = database.begin_write().map_err(|error| error.to_string())?;
+        {
+            let mut meta = transaction.open_table(META).map_err(|error| error.to_string())?;
+            if meta.get(META_FORMAT).map_err(|error| error.to_string())?.is_none() {
+                meta.insert(META_FORMAT, FORMAT_VERSION).map_err(|error| error.to_string())?;
+            }
+            let created = (|| -> Result<(), redb::TableError> {
+                transaction.open_table(LEDGERS)?;
+                transaction.open_table(LEDGERS_BY_TIME)?;
+                transaction.open_table(ACCOUNTS)?;
+                transaction.open_table(ACCOUNTS_BY_TIME)?;
+                transaction.open_table(TRANSFERS)?;
+                transaction.open_table(TRANSFER_IDS)?;
+                transaction.open_table(ACCOUNT_TRANSFERS)?;
+                transaction.open_table(FAILURES)?;
+                transaction.open_table(FAILURES_BY_TIME)?;
+                transaction.open_table(PENDING_STATUSES)?;
+                transaction.open_table(EXPIRIES)?;
+                transaction.open_table(BALANCES)?;
+                Ok(())
+            })();
+            created.map_err(|error| error.to_string())?;
+        }
+        transaction.commit().map_err(|error| error.to_string())
+    }
+
+    fn read_meta(database: &Database) -> Result<(Vec<u8>, StateMeta), String> {
+        let transaction = database.begin_read().map_err(|error| error.to_string())?;
+        let meta = transaction.open_table(META).map_err(|error| error.to_string())?;
+        let format = meta.get(META_FORMAT).map_err(|error| error.to_string())?.map(|guard| guard.value().to_vec());
+        let state = match meta.get(META_STATE).map_err(|error| error.to_string())? {
+            Some(guard) => StateMeta::decode(guard.value()).map_err(|error| error.to_string())?,
+            None => StateMeta::default(),
+        };
+        Ok((format.unwrap_or_default(), state))
+    }
+
+    fn assert_committed(&self) {
+        assert!(self.overlay.is_empty(), "a scan must not run while a batch is half applied");
+    }
+
+    /// Writes the overlay (and the meta record, when given) in one transaction.
+    fn commit(&mut self, meta: Option<&StateMeta>) {
+        let mut transaction = fatal(self.database.begin_write(), "beginning a write");
+        fatal(transaction.set_durability(self.durability), "setting durability");
+        fatal(write_overlay(&transaction, &self.overlay, meta), "writing a batch");
+        fatal(transaction.commit(), "committing a batch");
+        self.overlay = Overlay::default();
+        self.committed = ReadHandles::open(&self.database);
+    }
+}
+
+fn write_overlay(
+    transaction: &redb::WriteTransaction,
+    overlay: &Overlay,
+    meta: Option<&StateMeta>,
+) -> Result<(), redb::Error> {
+    let mut ledgers = transaction.open_table(LEDGERS)?;
+    let mut ledgers_by_time = transaction.open_table(LEDGERS_BY_TIME)?;
+    for ledger in &overlay.ledgers {
+        ledgers.insert(ledger.id, ledger.to_bytes().as_slice())?;
+        ledgers_by_time.insert(ledger.timestamp, ledger.id)?;
+    }
+    let mut accounts_by_time = transaction.open_table(ACCOUNTS_BY_TIME)?;
+    for account in &overlay.accounts_created {
+        accounts_by_time.insert(account.timestamp, account.id)?;
+    }
+    // Sorted, so that redb writes in key order (faster) and the file does not depend on the
+    // overlay's hash order.
+    let mut accounts: Vec<&Account> = overlay.accounts.values().collect();
+    accounts.sort_unstable_by_key(|account| account.id);
+    let mut accounts_table = transaction.open_table(ACCOUNTS)?;
+    for account in accounts {
+        accounts_table.insert(account.id, account.to_bytes().as_slice())?;
+    }
+    let mut transfers = transaction.open_table(TRANSFERS)?;
+    let mut transfer_ids = transaction.open_table(TRANSFER_IDS)?;
+    let mut account_transfers = transaction.open_table(ACCOUNT_TRANSFERS)?;
+    for transfer in &overlay.transfers {
+        transfers.insert(transfer.timestamp, transfer.to_bytes().as_slice())?;
+        transfer_ids.insert(transfer.id, transfer.timestamp)?;
+        account_transfers.insert((transfer.debit_account_id, transfer.timestamp), ())?;
+        account_transfers.insert((transfer.credit_account_id, transfer.timestamp), ())?;
+    }
+    let mut failures = transaction.open_table(FAILURES)?;
+    let mut failures_by_time = transaction.open_table(FAILURES_BY_TIME)?;
+    for failure in &overlay.failures {
+        failures.insert(failure.id, failure.to_bytes().as_slice())?;
+        failures_by_time.insert(failure.timestamp, failure.id)?;
+    }
+    let mut statuses: Vec<_> = overlay.pending_statuses.iter().collect();
+    statuses.sort_unstable_by_key(|(id, _)| **id);
+    let mut pending_statuses = transaction.open_table(PENDING_STATUSES)?;
+    for (id, status) in statuses {
+        match status {
+            Some(status) => pending_statuses.insert(*id, status.to_bytes().as_slice())?,
+            None => pending_statuses.remove(*id)?,
+        };
+    }
+    let mut expiries = transaction.open_table(EXPIRIES)?;
+    for expiry in &overlay.expiries_removed {
+        expiries.remove(*expiry)?;
+    }
+    for expiry in &overlay.expiries_added {
+        expiries.insert(*expiry, ())?;
+    }
+    let mut balances = transaction.open_table(BALANCES)?;
+    for (account_id, balance) in &overlay.balances {
+        balances.insert((*account_id, balance.timestamp), balance.to_bytes().as_slice())?;
+    }
+    if let Some(meta) = meta {
+        transaction.open_table(META)?.insert(META_STATE, meta.to_bytes().as_slice())?;
+    }
+    Ok(())
+}
+
+/// Runs `visit` over a redb range in either direction, stopping when it breaks.
+fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
+    range: redb::Range<'static, K, V>,
+    direction: Direction,
+    mut visit: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> ControlFlow<()>,
+) {
+    let mut step = |entry: Result<(redb::AccessGuard<'_, K>, redb::AccessGuard<'_, V>), redb::StorageError>| {
+        let (key, value) = fatal(entry, "reading a range");
+        visit(key.value(), value.value())
+    };
+    let _ = match direction {
+        Direction::Ascending => range.into_iter().try_for_each(&mut step),
+        Direction::Descending => range.rev().try_for_each(&mut step),
+    };
+}
+
+impl Storage for RedbLedgerStore {
+    fn ledger_get(&self, id: u32) -> Option<Ledger> {
+        if let Some(ledger) = self.overlay.ledgers.iter().find(|ledger| ledger.id == id) {
+            return Some(*ledger);
+        }
+        fatal(self.committed.ledgers.get(id), "reading a ledger").map(|guard| decode(guard.value()))
+    }
+
+    fn ledger_insert(&mut self, ledger: &Ledger) {
+        self.overlay.ledgers.push(*ledger);
+    }
+
+    fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.ledgers_by_time.range(range.min..=range.max), "scanning ledgers");
+        scan_range(entries, direction, |_, id| visit(&self.ledger_get(id).expect("indexed ledger exists")));
+    }
+
+    fn account_get(&self, id: u128) -> Option<Account> {
+        if let Some(account) = self.overlay.accounts.get(&id) {
+            return Some(*account);
+        }
+        fatal(self.committed.accounts.get(id), "reading an account").map(|guard| decode(guard.value()))
+    }
+
+    fn account_insert(&mut self, account: &Account) {
+        self.overlay.accounts.insert(account.id, *account);
+        self.overlay.accounts_created.push(*account);
+    }
+
+    fn account_update(&mut self, account: &Account) {
+        self.overlay.accounts.insert(account.id, *account);
+    }
+
+    fn account_rollback_insert(&mut self, account: &Account) {
+        let removed = self.overlay.accounts_created.pop().expect("rollback of an account that was not inserted");
+        assert_eq!(removed.id, account.id, "rollback out of insertion order");
+        self.overlay.accounts.remove(&account.id);
+    }
+
+    fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.accounts_by_time.range(range.min..=range.max), "scanning accounts");
+        scan_range(entries, direction, |_, id| visit(&self.account_get(id).expect("indexed account exists")));
+    }
+
+    fn transfer_get(&self, id: u128) -> Option<Transfer> {
+        if let Some(position) = self.overlay.transfer_positions.get(&id) {
+            return Some(self.overlay.transfers[*position]);
+        }
+        let timestamp = fatal(self.committed.transfer_ids.get(id), "reading a transfer id")?.value();
+        let bytes =
+            fatal(self.committed.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
+        Some(decode(bytes.value()))
+    }
+
+    fn transfer_insert(&mut self, transfer: &Transfer) {
+        self.overlay.transfer_positions.insert(transfer.id, self.overlay.transfers.len());
+        self.overlay.transfers.push(*transfer);
+    }
+
+    fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
+        let removed = self.overlay.transfers.pop().expect("rollback of a transfer that was not inserted");
+        assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
+        self.overlay.transfer_positions.remove(&transfer.id);
+    }
+
+    fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.transfers.range(range.min..=range.max), "scanning transfers");
+        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+    }
+
+    fn account_transfers_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<Transfer>,
+    ) {
+        self.assert_committed();
+        let bounds = (account_id, range.min)..=(account_id, range.max);
+        let entries = fatal(self.committed.account_transfers.range(bounds), "scanning an account's transfers");
+        scan_range(entries, direction, |(_, timestamp), ()| {
+            let bytes =
+                fatal(self.committed.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
+            visit(&decode(bytes.value()))
+        });
+    }
+
+    fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
+        if let Some(position) = self.overlay.failure_positions.get(&id) {
+            return Some(self.overlay.failures[*position]);
+        }
+        fatal(self.committed.failures.get(id), "reading a transfer failure").map(|guard| decode(guard.value()))
+    }
+
+    fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
+        self.overlay.failure_positions.insert(failure.id, self.overlay.failures.len());
+        self.overlay.failures.push(*failure);
+    }
+
+    fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.failures_by_time.range::<u64>(..), "scanning transfer failures");
+        scan_range(entries, Direction::Ascending, |_, id| {
+            visit(&self.transfer_failure_get(id).expect("indexed failure exists"))
+        });
+    }
+
+    fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus> {
+        if let Some(status) = self.overlay.pending_statuses.get(&pending_id) {
+            return *status;
+        }
+        fatal(self.committed.pending_statuses.get(pending_id), "reading a pending status")
+            .map(|guard| decode(guard.value()))
+    }
+
+    fn pending_status_put(&mut self, pending_id: u128, status: PendingStatus) {
+        self.overlay.pending_statuses.insert(pending_id, Some(status));
+    }
+
+    fn pending_status_remove(&mut self, pending_id: u128) {
+        self.overlay.pending_statuses.insert(pending_id, None);
+    }
+
+    fn expiry_insert(&mut self, expires_at: u64, pending_id: u128) {
+        let expiry = (expires_at, pending_id);
+        if !self.overlay.expiries_removed.remove(&expiry) {
+            self.overlay.expiries_added.insert(expiry);
+        }
+    }
+
+    fn expiry_remove(&mut self, expires_at: u64, pending_id: u128) {
+        let expiry = (expires_at, pending_id);
+        if !self.overlay.expiries_added.remove(&expiry) {
+            self.overlay.expiries_removed.insert(expiry);
+        }
+    }
+
+    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
+        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
+    }
+
+    fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance) {
+        self.overlay.balances.push((account_id, *balance));
+    }
+
+    fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance) {
+        let removed = self.overlay.balances.pop();
+        assert_eq!(removed, Some((account_id, *balance)), "rollback out of insertion order");
+    }
+
+    fn account_balances_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<AccountBalance>,
+    ) {
+        self.assert_committed();
+        let bounds = (account_id, range.min)..=(account_id, range.max);
+        let entries = fatal(self.committed.balances.range(bounds), "scanning balance history");
+        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+    }
+
+    fn meta_get(&self) -> StateMeta {
+        self.meta
+    }
+
+    fn meta_put(&mut self, meta: &StateMeta) {
+        self.commit(Some(meta));
+        self.meta = *meta;
+    }
+
+    fn flush_writes(&mut self) {
+        if !self.overlay.is_empty() {
+            self.commit(None);
+        }
+    }
+}
