@@ -20,7 +20,7 @@ use std::path::Path;
 use foldhash::fast::RandomState;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tally_state_machine::codec::Record;
-use tally_state_machine::storage::{Direction, Storage, TimestampRange, Visit};
+use tally_state_machine::storage::{Direction, Storage, StorageRead, TimestampRange, Visit};
 use tally_state_machine::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
 
 type Bytes = &'static [u8];
@@ -304,16 +304,12 @@ fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
     };
 }
 
-impl Storage for RedbLedgerStore {
+impl StorageRead for RedbLedgerStore {
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
         if let Some(ledger) = self.overlay.ledgers.iter().find(|ledger| ledger.id == id) {
             return Some(*ledger);
         }
         fatal(self.committed.ledgers.get(id), "reading a ledger").map(|guard| decode(guard.value()))
-    }
-
-    fn ledger_insert(&mut self, ledger: &Ledger) {
-        self.overlay.ledgers.push(*ledger);
     }
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
@@ -327,21 +323,6 @@ impl Storage for RedbLedgerStore {
             return Some(*account);
         }
         fatal(self.committed.accounts.get(id), "reading an account").map(|guard| decode(guard.value()))
-    }
-
-    fn account_insert(&mut self, account: &Account) {
-        self.overlay.accounts.insert(account.id, *account);
-        self.overlay.accounts_created.push(*account);
-    }
-
-    fn account_update(&mut self, account: &Account) {
-        self.overlay.accounts.insert(account.id, *account);
-    }
-
-    fn account_rollback_insert(&mut self, account: &Account) {
-        let removed = self.overlay.accounts_created.pop().expect("rollback of an account that was not inserted");
-        assert_eq!(removed.id, account.id, "rollback out of insertion order");
-        self.overlay.accounts.remove(&account.id);
     }
 
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
@@ -358,17 +339,6 @@ impl Storage for RedbLedgerStore {
         let bytes =
             fatal(self.committed.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
         Some(decode(bytes.value()))
-    }
-
-    fn transfer_insert(&mut self, transfer: &Transfer) {
-        self.overlay.transfer_positions.insert(transfer.id, self.overlay.transfers.len());
-        self.overlay.transfers.push(*transfer);
-    }
-
-    fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
-        let removed = self.overlay.transfers.pop().expect("rollback of a transfer that was not inserted");
-        assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
-        self.overlay.transfer_positions.remove(&transfer.id);
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
@@ -401,11 +371,6 @@ impl Storage for RedbLedgerStore {
         fatal(self.committed.failures.get(id), "reading a transfer failure").map(|guard| decode(guard.value()))
     }
 
-    fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
-        self.overlay.failure_positions.insert(failure.id, self.overlay.failures.len());
-        self.overlay.failures.push(*failure);
-    }
-
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
         self.assert_committed();
         let entries = fatal(self.committed.failures_by_time.range::<u64>(..), "scanning transfer failures");
@@ -420,6 +385,66 @@ impl Storage for RedbLedgerStore {
         }
         fatal(self.committed.pending_statuses.get(pending_id), "reading a pending status")
             .map(|guard| decode(guard.value()))
+    }
+
+    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
+        self.assert_committed();
+        let entries = fatal(self.committed.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
+        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
+    }
+
+    fn account_balances_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<AccountBalance>,
+    ) {
+        self.assert_committed();
+        let bounds = (account_id, range.min)..=(account_id, range.max);
+        let entries = fatal(self.committed.balances.range(bounds), "scanning balance history");
+        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+    }
+
+    fn meta_get(&self) -> StateMeta {
+        self.meta
+    }
+}
+
+impl Storage for RedbLedgerStore {
+    fn ledger_insert(&mut self, ledger: &Ledger) {
+        self.overlay.ledgers.push(*ledger);
+    }
+
+    fn account_insert(&mut self, account: &Account) {
+        self.overlay.accounts.insert(account.id, *account);
+        self.overlay.accounts_created.push(*account);
+    }
+
+    fn account_update(&mut self, account: &Account) {
+        self.overlay.accounts.insert(account.id, *account);
+    }
+
+    fn account_rollback_insert(&mut self, account: &Account) {
+        let removed = self.overlay.accounts_created.pop().expect("rollback of an account that was not inserted");
+        assert_eq!(removed.id, account.id, "rollback out of insertion order");
+        self.overlay.accounts.remove(&account.id);
+    }
+
+    fn transfer_insert(&mut self, transfer: &Transfer) {
+        self.overlay.transfer_positions.insert(transfer.id, self.overlay.transfers.len());
+        self.overlay.transfers.push(*transfer);
+    }
+
+    fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
+        let removed = self.overlay.transfers.pop().expect("rollback of a transfer that was not inserted");
+        assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
+        self.overlay.transfer_positions.remove(&transfer.id);
+    }
+
+    fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
+        self.overlay.failure_positions.insert(failure.id, self.overlay.failures.len());
+        self.overlay.failures.push(*failure);
     }
 
     fn pending_status_put(&mut self, pending_id: u128, status: PendingStatus) {
@@ -444,12 +469,6 @@ impl Storage for RedbLedgerStore {
         }
     }
 
-    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
-        self.assert_committed();
-        let entries = fatal(self.committed.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
-        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
-    }
-
     fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         self.overlay.balances.push((account_id, *balance));
     }
@@ -457,23 +476,6 @@ impl Storage for RedbLedgerStore {
     fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let removed = self.overlay.balances.pop();
         assert_eq!(removed, Some((account_id, *balance)), "rollback out of insertion order");
-    }
-
-    fn account_balances_scan(
-        &self,
-        account_id: u128,
-        range: TimestampRange,
-        direction: Direction,
-        visit: Visit<AccountBalance>,
-    ) {
-        self.assert_committed();
-        let bounds = (account_id, range.min)..=(account_id, range.max);
-        let entries = fatal(self.committed.balances.range(bounds), "scanning balance history");
-        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
-    }
-
-    fn meta_get(&self) -> StateMeta {
-        self.meta
     }
 
     fn meta_put(&mut self, meta: &StateMeta) {

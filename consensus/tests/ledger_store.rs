@@ -3,7 +3,7 @@
 
 use tally_consensus::{CACHE_BYTES_DEFAULT, LedgerStoreError, RedbLedgerStore};
 use tally_state_machine::storage::suite;
-use tally_state_machine::{Batch, StateMachine, Storage};
+use tally_state_machine::{Batch, StateMachine, Storage, StorageRead};
 
 #[test]
 fn the_redb_store_passes_the_storage_suite() {

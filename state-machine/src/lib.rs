@@ -53,4 +53,4 @@ pub use result::ResultCode;
 pub use snapshot::{SnapshotError, SnapshotSummary};
 pub use state_machine::StateMachine;
 pub use storage::memory::MemoryStorage;
-pub use storage::{Direction, Storage, TimestampRange};
+pub use storage::{Direction, Storage, StorageRead, TimestampRange};

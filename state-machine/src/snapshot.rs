@@ -23,7 +23,7 @@ use crate::constants::LEDGER_SCALE_MAX;
 use crate::flags::{AccountFlags, TransferFlags};
 use crate::model::{Account, StateMeta, Transfer};
 use crate::state_machine::StateMachine;
-use crate::storage::{Direction, Storage, TimestampRange};
+use crate::storage::{Direction, Storage, StorageRead, TimestampRange};
 
 const MAGIC: &[u8; 8] = b"TALLYSNP";
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -132,62 +132,70 @@ impl<W: Write> RecordWriter<W> {
 impl<S: Storage> StateMachine<S> {
     /// Streams the whole ledger to `writer`.
     pub fn write_snapshot<W: Write>(&self, writer: W) -> io::Result<SnapshotSummary> {
-        let mut summary = SnapshotSummary::default();
-        let mut out = RecordWriter { out: Hashing::new(BufWriter::new(writer)), scratch: Vec::new(), error: None };
-        let mut header = Vec::with_capacity(60);
-        header.put(*MAGIC);
-        header.put_u32(SNAPSHOT_FORMAT_VERSION);
-        header.put_u64(self.meta.timestamp_last);
-        header.put_u64(self.meta.batches_applied);
-        header.put(self.meta.digest);
-        out.out.write_all(&header)?;
+        write_snapshot(&self.storage, writer)
+    }
+}
 
-        let storage = &self.storage;
-        storage.ledgers_scan(TimestampRange::ALL, Direction::Ascending, &mut |ledger| {
-            summary.ledgers += 1;
-            out.record(TAG_LEDGER, |bytes| codec::put_ledger(bytes, ledger))
-        });
-        out.check()?;
-        storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
-            summary.accounts += 1;
-            out.record(TAG_ACCOUNT, |bytes| codec::put_account(bytes, account))?;
-            storage.account_balances_scan(account.id, TimestampRange::ALL, Direction::Ascending, &mut |balance| {
-                summary.account_balances += 1;
-                out.record(TAG_ACCOUNT_BALANCE, |bytes| {
-                    bytes.put_u128(account.id);
-                    codec::put_account_balance(bytes, balance);
-                })
-            });
-            if out.error.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        });
-        out.check()?;
-        storage.transfers_scan(TimestampRange::ALL, Direction::Ascending, &mut |transfer| {
-            summary.transfers += 1;
-            out.record(TAG_TRANSFER, |bytes| codec::put_transfer(bytes, transfer))?;
-            if !transfer.flags.contains(TransferFlags::PENDING) {
-                return ControlFlow::Continue(());
-            }
-            let status = storage.pending_status_get(transfer.id).expect("a pending transfer has a status");
-            out.record(TAG_PENDING_STATUS, |bytes| {
-                bytes.put_u128(transfer.id);
-                codec::put_pending_status(bytes, status);
+/// Streams the ledger held by `storage` to `writer`. Only reads are needed, so a durable store can
+/// write a snapshot from a consistent read view while batches keep being applied.
+pub fn write_snapshot<R: StorageRead, W: Write>(storage: &R, writer: W) -> io::Result<SnapshotSummary> {
+    let meta = storage.meta_get();
+    let mut summary = SnapshotSummary::default();
+    let mut out = RecordWriter { out: Hashing::new(BufWriter::new(writer)), scratch: Vec::new(), error: None };
+    let mut header = Vec::with_capacity(60);
+    header.put(*MAGIC);
+    header.put_u32(SNAPSHOT_FORMAT_VERSION);
+    header.put_u64(meta.timestamp_last);
+    header.put_u64(meta.batches_applied);
+    header.put(meta.digest);
+    out.out.write_all(&header)?;
+
+    storage.ledgers_scan(TimestampRange::ALL, Direction::Ascending, &mut |ledger| {
+        summary.ledgers += 1;
+        out.record(TAG_LEDGER, |bytes| codec::put_ledger(bytes, ledger))
+    });
+    out.check()?;
+    storage.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
+        summary.accounts += 1;
+        out.record(TAG_ACCOUNT, |bytes| codec::put_account(bytes, account))?;
+        storage.account_balances_scan(account.id, TimestampRange::ALL, Direction::Ascending, &mut |balance| {
+            summary.account_balances += 1;
+            out.record(TAG_ACCOUNT_BALANCE, |bytes| {
+                bytes.put_u128(account.id);
+                codec::put_account_balance(bytes, balance);
             })
         });
-        out.check()?;
-        storage.transfer_failures_scan(&mut |failure| {
-            summary.transfer_failures += 1;
-            out.record(TAG_TRANSFER_FAILURE, |bytes| codec::put_transfer_failure(bytes, failure))
-        });
-        out.check()?;
+        if out.error.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    out.check()?;
+    storage.transfers_scan(TimestampRange::ALL, Direction::Ascending, &mut |transfer| {
+        summary.transfers += 1;
+        out.record(TAG_TRANSFER, |bytes| codec::put_transfer(bytes, transfer))?;
+        if !transfer.flags.contains(TransferFlags::PENDING) {
+            return ControlFlow::Continue(());
+        }
+        let status = storage.pending_status_get(transfer.id).expect("a pending transfer has a status");
+        out.record(TAG_PENDING_STATUS, |bytes| {
+            bytes.put_u128(transfer.id);
+            codec::put_pending_status(bytes, status);
+        })
+    });
+    out.check()?;
+    storage.transfer_failures_scan(&mut |failure| {
+        summary.transfer_failures += 1;
+        out.record(TAG_TRANSFER_FAILURE, |bytes| codec::put_transfer_failure(bytes, failure))
+    });
+    out.check()?;
 
-        out.out.write_all(&[TAG_END])?;
-        let checksum = *out.out.hasher.finalize().as_bytes();
-        out.out.inner.write_all(&checksum)?;
-        out.out.flush()?;
-        summary.bytes = out.out.bytes + checksum.len() as u64;
-        Ok(summary)
-    }
+    out.out.write_all(&[TAG_END])?;
+    let checksum = *out.out.hasher.finalize().as_bytes();
+    out.out.inner.write_all(&checksum)?;
+    out.out.flush()?;
+    summary.bytes = out.out.bytes + checksum.len() as u64;
+    Ok(summary)
+}
 
+impl<S: Storage> StateMachine<S> {
     /// Rebuilds a ledger from a snapshot into empty `storage`, checking it as it goes. On error the
     /// storage holds a partial ledger and must be discarded.
     pub fn restore_snapshot<R: Read>(mut storage: S, reader: R) -> Result<StateMachine<S>, SnapshotError> {

@@ -20,7 +20,7 @@ use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
 
-use super::{Direction, Storage, TimestampRange, Visit};
+use super::{Direction, Storage, StorageRead, TimestampRange, Visit};
 use crate::model::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -155,16 +155,10 @@ fn scan_sorted<'record, T: 'record, I>(
     };
 }
 
-impl Storage for MemoryStorage {
+impl StorageRead for MemoryStorage {
     #[inline]
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
         self.ledger_positions.get(&id).map(|position| self.ledgers[*position])
-    }
-
-    fn ledger_insert(&mut self, ledger: &Ledger) {
-        let previous = self.ledger_positions.insert(ledger.id, self.ledgers.len());
-        assert!(previous.is_none(), "ledger {} inserted twice", ledger.id);
-        self.ledgers.push(*ledger);
     }
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
@@ -176,23 +170,6 @@ impl Storage for MemoryStorage {
         self.slot(id).map(|slot| slot.account)
     }
 
-    fn account_insert(&mut self, account: &Account) {
-        let previous = self.account_positions.insert(account.id, position(self.accounts.len()));
-        assert!(previous.is_none(), "account {} inserted twice", account.id);
-        self.accounts.push(AccountSlot { account: *account, transfer_positions: Vec::new(), balances: Vec::new() });
-    }
-
-    #[inline]
-    fn account_update(&mut self, account: &Account) {
-        self.slot_mut(account.id).account = *account;
-    }
-
-    fn account_rollback_insert(&mut self, account: &Account) {
-        let removed = self.accounts.pop().expect("rollback of an account that was not inserted");
-        assert_eq!(removed.account.id, account.id, "rollback out of insertion order");
-        self.account_positions.remove(&account.id);
-    }
-
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
         scan_sorted(&self.accounts, |slot| slot.account.timestamp, range, direction, |slot| &slot.account, visit);
     }
@@ -200,26 +177,6 @@ impl Storage for MemoryStorage {
     #[inline]
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
         self.transfer_positions.find(id, &self.transfers).map(|position| self.transfers[position as usize])
-    }
-
-    #[inline]
-    fn transfer_insert(&mut self, transfer: &Transfer) {
-        let index = position(self.transfers.len());
-        debug_assert!(self.transfer_get(transfer.id).is_none(), "transfer {} inserted twice", transfer.id);
-        self.transfer_positions.insert(transfer.id, index);
-        self.transfers.push(*transfer);
-        self.slot_mut(transfer.debit_account_id).transfer_positions.push(index);
-        self.slot_mut(transfer.credit_account_id).transfer_positions.push(index);
-    }
-
-    fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
-        let removed = self.transfers.pop().expect("rollback of a transfer that was not inserted");
-        assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
-        let index = position(self.transfers.len());
-        self.transfer_positions.remove(transfer.id, index);
-        for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
-            assert_eq!(self.slot_mut(account_id).transfer_positions.pop(), Some(index));
-        }
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
@@ -251,12 +208,6 @@ impl Storage for MemoryStorage {
         self.failure_positions.get(&id).map(|position| self.failures[*position])
     }
 
-    fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
-        let previous = self.failure_positions.insert(failure.id, self.failures.len());
-        assert!(previous.is_none(), "failure of transfer {} recorded twice", failure.id);
-        self.failures.push(*failure);
-    }
-
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
         let _ = self.failures.iter().try_for_each(visit);
     }
@@ -264,6 +215,76 @@ impl Storage for MemoryStorage {
     #[inline]
     fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus> {
         self.pending_statuses.get(&pending_id).copied()
+    }
+
+    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
+        let _ = self.expiries.range(..=(expires_at_max, u128::MAX)).try_for_each(visit);
+    }
+
+    fn account_balances_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<AccountBalance>,
+    ) {
+        let Some(slot) = self.slot(account_id) else { return };
+        scan_sorted(&slot.balances, |balance| balance.timestamp, range, direction, |balance| balance, visit);
+    }
+
+    fn meta_get(&self) -> StateMeta {
+        self.meta
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn ledger_insert(&mut self, ledger: &Ledger) {
+        let previous = self.ledger_positions.insert(ledger.id, self.ledgers.len());
+        assert!(previous.is_none(), "ledger {} inserted twice", ledger.id);
+        self.ledgers.push(*ledger);
+    }
+
+    fn account_insert(&mut self, account: &Account) {
+        let previous = self.account_positions.insert(account.id, position(self.accounts.len()));
+        assert!(previous.is_none(), "account {} inserted twice", account.id);
+        self.accounts.push(AccountSlot { account: *account, transfer_positions: Vec::new(), balances: Vec::new() });
+    }
+
+    #[inline]
+    fn account_update(&mut self, account: &Account) {
+        self.slot_mut(account.id).account = *account;
+    }
+
+    fn account_rollback_insert(&mut self, account: &Account) {
+        let removed = self.accounts.pop().expect("rollback of an account that was not inserted");
+        assert_eq!(removed.account.id, account.id, "rollback out of insertion order");
+        self.account_positions.remove(&account.id);
+    }
+
+    #[inline]
+    fn transfer_insert(&mut self, transfer: &Transfer) {
+        let index = position(self.transfers.len());
+        debug_assert!(self.transfer_get(transfer.id).is_none(), "transfer {} inserted twice", transfer.id);
+        self.transfer_positions.insert(transfer.id, index);
+        self.transfers.push(*transfer);
+        self.slot_mut(transfer.debit_account_id).transfer_positions.push(index);
+        self.slot_mut(transfer.credit_account_id).transfer_positions.push(index);
+    }
+
+    fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
+        let removed = self.transfers.pop().expect("rollback of a transfer that was not inserted");
+        assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
+        let index = position(self.transfers.len());
+        self.transfer_positions.remove(transfer.id, index);
+        for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+            assert_eq!(self.slot_mut(account_id).transfer_positions.pop(), Some(index));
+        }
+    }
+
+    fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
+        let previous = self.failure_positions.insert(failure.id, self.failures.len());
+        assert!(previous.is_none(), "failure of transfer {} recorded twice", failure.id);
+        self.failures.push(*failure);
     }
 
     #[inline]
@@ -283,10 +304,6 @@ impl Storage for MemoryStorage {
         assert!(self.expiries.remove(&(expires_at, pending_id)), "removing an expiry that is not indexed");
     }
 
-    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
-        let _ = self.expiries.range(..=(expires_at_max, u128::MAX)).try_for_each(visit);
-    }
-
     fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let slot = self.slot_mut(account_id);
         assert!(slot.balances.last().is_none_or(|last| last.timestamp < balance.timestamp));
@@ -296,21 +313,6 @@ impl Storage for MemoryStorage {
     fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let slot = self.slot_mut(account_id);
         assert_eq!(slot.balances.pop().as_ref(), Some(balance), "rollback out of insertion order");
-    }
-
-    fn account_balances_scan(
-        &self,
-        account_id: u128,
-        range: TimestampRange,
-        direction: Direction,
-        visit: Visit<AccountBalance>,
-    ) {
-        let Some(slot) = self.slot(account_id) else { return };
-        scan_sorted(&slot.balances, |balance| balance.timestamp, range, direction, |balance| balance, visit);
-    }
-
-    fn meta_get(&self) -> StateMeta {
-        self.meta
     }
 
     fn meta_put(&mut self, meta: &StateMeta) {

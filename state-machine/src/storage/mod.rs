@@ -47,22 +47,17 @@ pub enum Direction {
 /// A scan's callback: return `ControlFlow::Break(())` to stop early.
 pub type Visit<'a, T> = &'a mut dyn FnMut(&T) -> ControlFlow<()>;
 
-pub trait Storage {
+/// The reading half of a store: point reads, ordered scans and the meta record. Queries and
+/// snapshot writing need only this, so they can run on a consistent read view of a durable store
+/// while the ledger keeps applying batches.
+pub trait StorageRead {
     fn ledger_get(&self, id: u32) -> Option<Ledger>;
-    fn ledger_insert(&mut self, ledger: &Ledger);
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>);
 
     fn account_get(&self, id: u128) -> Option<Account>;
-    fn account_insert(&mut self, account: &Account);
-    /// Replaces the balances and flags of an existing account; the other fields never change.
-    fn account_update(&mut self, account: &Account);
-    fn account_rollback_insert(&mut self, account: &Account);
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>);
 
     fn transfer_get(&self, id: u128) -> Option<Transfer>;
-    /// Stores a transfer and indexes it under both of its accounts.
-    fn transfer_insert(&mut self, transfer: &Transfer);
-    fn transfer_rollback_insert(&mut self, transfer: &Transfer);
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>);
     /// The transfers that debit or credit `account_id`.
     fn account_transfers_scan(
@@ -74,24 +69,14 @@ pub trait Storage {
     );
 
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure>;
-    fn transfer_failure_insert(&mut self, failure: &TransferFailure);
     /// Failures in the order they were recorded (ascending timestamp).
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>);
 
     fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus>;
-    fn pending_status_put(&mut self, pending_id: u128, status: PendingStatus);
-    fn pending_status_remove(&mut self, pending_id: u128);
-
-    /// Indexes a pending transfer by its deadline.
-    fn expiry_insert(&mut self, expires_at: u64, pending_id: u128);
-    fn expiry_remove(&mut self, expires_at: u64, pending_id: u128);
     /// Deadlines at or before `expires_at_max`, ascending by `(expires_at, pending_id)`; the
     /// visitor gets `(expires_at, pending_id)`.
     fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>);
 
-    /// Appends to the balance history of an account flagged `history`.
-    fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance);
-    fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance);
     fn account_balances_scan(
         &self,
         account_id: u128,
@@ -102,6 +87,34 @@ pub trait Storage {
 
     /// The ledger-wide meta record; all zeros for an empty store.
     fn meta_get(&self) -> StateMeta;
+}
+
+/// A store the ledger can apply batches to.
+pub trait Storage: StorageRead {
+    fn ledger_insert(&mut self, ledger: &Ledger);
+
+    fn account_insert(&mut self, account: &Account);
+    /// Replaces the balances and flags of an existing account; the other fields never change.
+    fn account_update(&mut self, account: &Account);
+    fn account_rollback_insert(&mut self, account: &Account);
+
+    /// Stores a transfer and indexes it under both of its accounts.
+    fn transfer_insert(&mut self, transfer: &Transfer);
+    fn transfer_rollback_insert(&mut self, transfer: &Transfer);
+
+    fn transfer_failure_insert(&mut self, failure: &TransferFailure);
+
+    fn pending_status_put(&mut self, pending_id: u128, status: PendingStatus);
+    fn pending_status_remove(&mut self, pending_id: u128);
+
+    /// Indexes a pending transfer by its deadline.
+    fn expiry_insert(&mut self, expires_at: u64, pending_id: u128);
+    fn expiry_remove(&mut self, expires_at: u64, pending_id: u128);
+
+    /// Appends to the balance history of an account flagged `history`.
+    fn account_balance_insert(&mut self, account_id: u128, balance: &AccountBalance);
+    fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance);
+
     /// Called once at the end of every applied batch: an implementation that groups writes into
     /// transactions commits here, so the meta record is stored atomically with the batch's data.
     fn meta_put(&mut self, meta: &StateMeta);
