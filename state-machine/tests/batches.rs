@@ -4,7 +4,9 @@ mod support;
 
 use support::*;
 use tally_state_machine::constants::{EVENTS_PER_BATCH_MAX, EXPIRIES_PER_BATCH_MAX};
-use tally_state_machine::{Batch, BatchError, BatchOutcome, NewTransfer, Operation, ResultCode, StateMachine, Storage};
+use tally_state_machine::{
+    Batch, BatchError, BatchOutcome, NewTransfer, Operation, ResultCode, StateMachine, Storage, StorageRead,
+};
 
 fn transfers(count: usize, first_id: u128) -> Vec<NewTransfer> {
     (0..count as u128).map(|index| transfer(first_id + index, BANK, BOB, "0.01")).collect()

@@ -27,7 +27,7 @@ use rust_decimal::Decimal;
 use tally_state_machine::constants::NANOSECONDS_PER_SECOND;
 use tally_state_machine::{
     AccountFlags, Batch, Currency, Direction, MemoryStorage, NewAccount, NewLedger, NewTransfer, Operation, ResultCode,
-    StateMachine, Storage, TimestampRange, TransferFlags,
+    StateMachine, StorageRead, TimestampRange, TransferFlags,
 };
 
 const DEFAULT_SEED: u64 = 0x7A11_7A11_2026_1122;
