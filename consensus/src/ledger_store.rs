@@ -40,6 +40,9 @@ const BALANCES: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("acco
 const META: TableDefinition<&str, Bytes> = TableDefinition::new("meta");
 
 const META_STATE: &str = "state";
+/// The consensus layer's record of what the ledger has applied (log id and membership), committed
+/// with the batch it describes.
+const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
 const FORMAT_VERSION: &[u8] = b"tally-ledger-store/1";
@@ -71,9 +74,36 @@ fn decode<T: Record>(bytes: &[u8]) -> T {
 pub struct RedbLedgerStore {
     database: Database,
     durability: Durability,
-    committed: ReadHandles,
+    committed: LedgerReadView,
     overlay: Overlay,
+    /// The consensus record to write with the next commit.
+    consensus_staged: Option<Vec<u8>>,
+}
+
+/// A consistent, read-only view of one committed state of the ledger (one redb read transaction).
+/// It stays valid while the store goes on committing, so a snapshot can be written from it while
+/// batches are applied.
+#[derive(Debug)]
+pub struct LedgerReadView {
+    handles: ReadHandles,
     meta: StateMeta,
+    consensus: Option<Vec<u8>>,
+}
+
+impl LedgerReadView {
+    fn open(database: &Database) -> LedgerReadView {
+        let transaction = fatal(database.begin_read(), "beginning a read");
+        let meta_table = fatal(transaction.open_table(META), "opening a table");
+        let record = |key: &str| fatal(meta_table.get(key), "reading meta").map(|guard| guard.value().to_vec());
+        let meta = record(META_STATE).map_or_else(StateMeta::default, |bytes| decode(&bytes));
+        let consensus = record(META_CONSENSUS);
+        LedgerReadView { handles: ReadHandles::open(&transaction), meta, consensus }
+    }
+
+    /// The consensus record committed with this state, if any.
+    pub fn consensus_state(&self) -> Option<&[u8]> {
+        self.consensus.as_deref()
+    }
 }
 
 /// Read handles on the last committed state.
@@ -94,8 +124,7 @@ struct ReadHandles {
 }
 
 impl ReadHandles {
-    fn open(database: &Database) -> ReadHandles {
-        let transaction = fatal(database.begin_read(), "beginning a read");
+    fn open(transaction: &redb::ReadTransaction) -> ReadHandles {
         let open = "opening a table";
         ReadHandles {
             ledgers: fatal(transaction.open_table(LEDGERS), open),
@@ -156,13 +185,41 @@ impl RedbLedgerStore {
             .create(path)
             .map_err(|error| open_error(error.to_string()))?;
         Self::initialise(&database).map_err(open_error)?;
-        let (format, meta) = Self::read_meta(&database).map_err(open_error)?;
+        let format = Self::read_format(&database).map_err(open_error)?;
         if format != FORMAT_VERSION {
             let found = String::from_utf8_lossy(&format).into_owned();
             return Err(LedgerStoreError::WrongFormat { path: path.display().to_string(), found });
         }
-        let committed = ReadHandles::open(&database);
-        Ok(RedbLedgerStore { database, durability: Durability::None, committed, overlay: Overlay::default(), meta })
+        let committed = LedgerReadView::open(&database);
+        Ok(RedbLedgerStore {
+            database,
+            durability: Durability::None,
+            committed,
+            overlay: Overlay::default(),
+            consensus_staged: None,
+        })
+    }
+
+    /// A read view of the last committed state, independent of later commits.
+    pub fn read_view(&self) -> LedgerReadView {
+        LedgerReadView::open(&self.database)
+    }
+
+    /// The consensus record of the last commit.
+    pub fn consensus_state(&self) -> Option<&[u8]> {
+        self.committed.consensus_state()
+    }
+
+    /// Sets the consensus record to commit with the next batch, atomically with its data.
+    pub fn stage_consensus_state(&mut self, record: Vec<u8>) {
+        self.consensus_staged = Some(record);
+    }
+
+    /// Commits a consensus record on its own, for log entries that change no ledger data.
+    pub fn commit_consensus_state(&mut self, record: Vec<u8>) {
+        assert!(self.overlay.is_empty(), "a consensus record alone must not carry half a batch");
+        self.consensus_staged = Some(record);
+        self.commit(None);
     }
 
     /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
@@ -198,15 +255,11 @@ impl RedbLedgerStore {
         transaction.commit().map_err(|error| error.to_string())
     }
 
-    fn read_meta(database: &Database) -> Result<(Vec<u8>, StateMeta), String> {
+    fn read_format(database: &Database) -> Result<Vec<u8>, String> {
         let transaction = database.begin_read().map_err(|error| error.to_string())?;
         let meta = transaction.open_table(META).map_err(|error| error.to_string())?;
-        let format = meta.get(META_FORMAT).map_err(|error| error.to_string())?.map(|guard| guard.value().to_vec());
-        let state = match meta.get(META_STATE).map_err(|error| error.to_string())? {
-            Some(guard) => StateMeta::decode(guard.value()).map_err(|error| error.to_string())?,
-            None => StateMeta::default(),
-        };
-        Ok((format.unwrap_or_default(), state))
+        let format = meta.get(META_FORMAT).map_err(|error| error.to_string())?;
+        Ok(format.map(|guard| guard.value().to_vec()).unwrap_or_default())
     }
 
     fn assert_committed(&self) {
@@ -217,10 +270,11 @@ impl RedbLedgerStore {
     fn commit(&mut self, meta: Option<&StateMeta>) {
         let mut transaction = fatal(self.database.begin_write(), "beginning a write");
         fatal(transaction.set_durability(self.durability), "setting durability");
-        fatal(write_overlay(&transaction, &self.overlay, meta), "writing a batch");
+        fatal(write_overlay(&transaction, &self.overlay, meta, self.consensus_staged.as_deref()), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
         self.overlay = Overlay::default();
-        self.committed = ReadHandles::open(&self.database);
+        self.consensus_staged = None;
+        self.committed = LedgerReadView::open(&self.database);
     }
 }
 
@@ -228,6 +282,7 @@ fn write_overlay(
     transaction: &redb::WriteTransaction,
     overlay: &Overlay,
     meta: Option<&StateMeta>,
+    consensus: Option<&[u8]>,
 ) -> Result<(), redb::Error> {
     let mut ledgers = transaction.open_table(LEDGERS)?;
     let mut ledgers_by_time = transaction.open_table(LEDGERS_BY_TIME)?;
@@ -282,8 +337,12 @@ fn write_overlay(
     for (account_id, balance) in &overlay.balances {
         balances.insert((*account_id, balance.timestamp), balance.to_bytes().as_slice())?;
     }
+    let mut meta_table = transaction.open_table(META)?;
     if let Some(meta) = meta {
-        transaction.open_table(META)?.insert(META_STATE, meta.to_bytes().as_slice())?;
+        meta_table.insert(META_STATE, meta.to_bytes().as_slice())?;
+    }
+    if let Some(consensus) = consensus {
+        meta_table.insert(META_CONSENSUS, consensus)?;
     }
     Ok(())
 }
@@ -306,45 +365,39 @@ fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl StorageRead for RedbLedgerStore {
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
-        if let Some(ledger) = self.overlay.ledgers.iter().find(|ledger| ledger.id == id) {
-            return Some(*ledger);
+        match self.overlay.ledgers.iter().find(|ledger| ledger.id == id) {
+            Some(ledger) => Some(*ledger),
+            None => self.committed.ledger_get(id),
         }
-        fatal(self.committed.ledgers.get(id), "reading a ledger").map(|guard| decode(guard.value()))
     }
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
         self.assert_committed();
-        let entries = fatal(self.committed.ledgers_by_time.range(range.min..=range.max), "scanning ledgers");
-        scan_range(entries, direction, |_, id| visit(&self.ledger_get(id).expect("indexed ledger exists")));
+        self.committed.ledgers_scan(range, direction, visit);
     }
 
     fn account_get(&self, id: u128) -> Option<Account> {
-        if let Some(account) = self.overlay.accounts.get(&id) {
-            return Some(*account);
+        match self.overlay.accounts.get(&id) {
+            Some(account) => Some(*account),
+            None => self.committed.account_get(id),
         }
-        fatal(self.committed.accounts.get(id), "reading an account").map(|guard| decode(guard.value()))
     }
 
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
         self.assert_committed();
-        let entries = fatal(self.committed.accounts_by_time.range(range.min..=range.max), "scanning accounts");
-        scan_range(entries, direction, |_, id| visit(&self.account_get(id).expect("indexed account exists")));
+        self.committed.accounts_scan(range, direction, visit);
     }
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
-        if let Some(position) = self.overlay.transfer_positions.get(&id) {
-            return Some(self.overlay.transfers[*position]);
+        match self.overlay.transfer_positions.get(&id) {
+            Some(position) => Some(self.overlay.transfers[*position]),
+            None => self.committed.transfer_get(id),
         }
-        let timestamp = fatal(self.committed.transfer_ids.get(id), "reading a transfer id")?.value();
-        let bytes =
-            fatal(self.committed.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
-        Some(decode(bytes.value()))
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
         self.assert_committed();
-        let entries = fatal(self.committed.transfers.range(range.min..=range.max), "scanning transfers");
-        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+        self.committed.transfers_scan(range, direction, visit);
     }
 
     fn account_transfers_scan(
@@ -355,42 +408,31 @@ impl StorageRead for RedbLedgerStore {
         visit: Visit<Transfer>,
     ) {
         self.assert_committed();
-        let bounds = (account_id, range.min)..=(account_id, range.max);
-        let entries = fatal(self.committed.account_transfers.range(bounds), "scanning an account's transfers");
-        scan_range(entries, direction, |(_, timestamp), ()| {
-            let bytes =
-                fatal(self.committed.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
-            visit(&decode(bytes.value()))
-        });
+        self.committed.account_transfers_scan(account_id, range, direction, visit);
     }
 
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
-        if let Some(position) = self.overlay.failure_positions.get(&id) {
-            return Some(self.overlay.failures[*position]);
+        match self.overlay.failure_positions.get(&id) {
+            Some(position) => Some(self.overlay.failures[*position]),
+            None => self.committed.transfer_failure_get(id),
         }
-        fatal(self.committed.failures.get(id), "reading a transfer failure").map(|guard| decode(guard.value()))
     }
 
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
         self.assert_committed();
-        let entries = fatal(self.committed.failures_by_time.range::<u64>(..), "scanning transfer failures");
-        scan_range(entries, Direction::Ascending, |_, id| {
-            visit(&self.transfer_failure_get(id).expect("indexed failure exists"))
-        });
+        self.committed.transfer_failures_scan(visit);
     }
 
     fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus> {
-        if let Some(status) = self.overlay.pending_statuses.get(&pending_id) {
-            return *status;
+        match self.overlay.pending_statuses.get(&pending_id) {
+            Some(status) => *status,
+            None => self.committed.pending_status_get(pending_id),
         }
-        fatal(self.committed.pending_statuses.get(pending_id), "reading a pending status")
-            .map(|guard| decode(guard.value()))
     }
 
     fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
         self.assert_committed();
-        let entries = fatal(self.committed.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
-        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
+        self.committed.expiries_scan(expires_at_max, visit);
     }
 
     fn account_balances_scan(
@@ -401,8 +443,91 @@ impl StorageRead for RedbLedgerStore {
         visit: Visit<AccountBalance>,
     ) {
         self.assert_committed();
+        self.committed.account_balances_scan(account_id, range, direction, visit);
+    }
+
+    fn meta_get(&self) -> StateMeta {
+        self.committed.meta
+    }
+}
+
+impl StorageRead for LedgerReadView {
+    fn ledger_get(&self, id: u32) -> Option<Ledger> {
+        fatal(self.handles.ledgers.get(id), "reading a ledger").map(|guard| decode(guard.value()))
+    }
+
+    fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
+        let entries = fatal(self.handles.ledgers_by_time.range(range.min..=range.max), "scanning ledgers");
+        scan_range(entries, direction, |_, id| visit(&self.ledger_get(id).expect("indexed ledger exists")));
+    }
+
+    fn account_get(&self, id: u128) -> Option<Account> {
+        fatal(self.handles.accounts.get(id), "reading an account").map(|guard| decode(guard.value()))
+    }
+
+    fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
+        let entries = fatal(self.handles.accounts_by_time.range(range.min..=range.max), "scanning accounts");
+        scan_range(entries, direction, |_, id| visit(&self.account_get(id).expect("indexed account exists")));
+    }
+
+    fn transfer_get(&self, id: u128) -> Option<Transfer> {
+        let timestamp = fatal(self.handles.transfer_ids.get(id), "reading a transfer id")?.value();
+        let bytes =
+            fatal(self.handles.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
+        Some(decode(bytes.value()))
+    }
+
+    fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
+        let entries = fatal(self.handles.transfers.range(range.min..=range.max), "scanning transfers");
+        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+    }
+
+    fn account_transfers_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<Transfer>,
+    ) {
         let bounds = (account_id, range.min)..=(account_id, range.max);
-        let entries = fatal(self.committed.balances.range(bounds), "scanning balance history");
+        let entries = fatal(self.handles.account_transfers.range(bounds), "scanning an account's transfers");
+        scan_range(entries, direction, |(_, timestamp), ()| {
+            let bytes =
+                fatal(self.handles.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
+            visit(&decode(bytes.value()))
+        });
+    }
+
+    fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
+        fatal(self.handles.failures.get(id), "reading a transfer failure").map(|guard| decode(guard.value()))
+    }
+
+    fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
+        let entries = fatal(self.handles.failures_by_time.range::<u64>(..), "scanning transfer failures");
+        scan_range(entries, Direction::Ascending, |_, id| {
+            visit(&self.transfer_failure_get(id).expect("indexed failure exists"))
+        });
+    }
+
+    fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus> {
+        fatal(self.handles.pending_statuses.get(pending_id), "reading a pending status")
+            .map(|guard| decode(guard.value()))
+    }
+
+    fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
+        let entries = fatal(self.handles.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
+        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
+    }
+
+    fn account_balances_scan(
+        &self,
+        account_id: u128,
+        range: TimestampRange,
+        direction: Direction,
+        visit: Visit<AccountBalance>,
+    ) {
+        let bounds = (account_id, range.min)..=(account_id, range.max);
+        let entries = fatal(self.handles.balances.range(bounds), "scanning balance history");
         scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
     }
 
@@ -480,7 +605,7 @@ impl Storage for RedbLedgerStore {
 
     fn meta_put(&mut self, meta: &StateMeta) {
         self.commit(Some(meta));
-        self.meta = *meta;
+        debug_assert_eq!(self.committed.meta, *meta);
     }
 
     fn flush_writes(&mut self) {

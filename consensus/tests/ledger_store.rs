@@ -80,3 +80,54 @@ fn a_file_of_another_kind_is_refused() {
         other => panic!("expected an open error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_read_view_keeps_its_state_while_the_store_commits_more() {
+    let directory = tempfile::tempdir().unwrap();
+    let batches = suite::reference_batches();
+    let mut ledger =
+        StateMachine::open(RedbLedgerStore::open(&directory.path().join("ledger.redb"), CACHE_BYTES_DEFAULT).unwrap());
+    let mut reference = StateMachine::new();
+    for batch in &batches[..3] {
+        ledger.apply(batch).unwrap();
+        reference.apply(batch).unwrap();
+    }
+    let view = ledger.storage().read_view();
+    for batch in &batches[3..] {
+        ledger.apply(batch).unwrap();
+    }
+    let mut from_view = Vec::new();
+    tally_state_machine::snapshot::write_snapshot(&view, &mut from_view).unwrap();
+    assert_eq!(from_view, snapshot(&reference), "the view still shows the state after three batches");
+    assert_ne!(snapshot(&ledger), from_view);
+}
+
+#[test]
+fn the_consensus_record_commits_with_its_batch() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.redb");
+    let batches = suite::reference_batches();
+    {
+        let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+        assert_eq!(store.consensus_state(), None);
+        store.commit_consensus_state(b"membership at 1".to_vec());
+        assert_eq!(store.consensus_state(), Some(&b"membership at 1"[..]));
+        let mut ledger = StateMachine::open(store);
+        ledger.apply(&batches[0]).unwrap();
+        let mut store = ledger.into_storage();
+        store.stage_consensus_state(b"applied 2".to_vec());
+        let mut ledger = StateMachine::open(store);
+        ledger.apply(&batches[1]).unwrap();
+        assert_eq!(ledger.storage().consensus_state(), Some(&b"applied 2"[..]));
+        // Staged, but its batch never commits: the record must not move either.
+        let mut store = ledger.into_storage();
+        store.stage_consensus_state(b"applied 3".to_vec());
+        store.account_update(&tally_state_machine::Account {
+            credits_posted: tally_state_machine::Units(5),
+            ..store.account_get(1).unwrap()
+        });
+    }
+    let store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+    assert_eq!(store.consensus_state(), Some(&b"applied 2"[..]));
+    assert_eq!(store.meta_get().batches_applied, 2);
+}
