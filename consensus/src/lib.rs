@@ -5,7 +5,13 @@
 //! # Layout
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
 //!   the consensus record that says which log entry it applied; read views for snapshots.
+//! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
+//! - [`raft_state_machine`]: the ledger as openraft's state machine, with file snapshots.
+//! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod ledger_store;
+pub mod log_store;
+pub mod raft_state_machine;
+pub mod types;
 
 pub use ledger_store::{CACHE_BYTES_DEFAULT, LedgerReadView, LedgerStoreError, RedbLedgerStore};

@@ -70,6 +70,13 @@ impl<S: Storage> StateMachine<S> {
         &self.storage
     }
 
+    /// The store itself, for store-specific work between batches (a durable store staging the
+    /// consensus record it commits with the next batch, say). Ledger data must only ever change
+    /// through [`StateMachine::apply`]; writing it here would bypass every rule of the ledger.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     pub fn into_storage(self) -> S {
         self.storage
     }
