@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
@@ -72,7 +73,7 @@ fn decode<T: Record>(bytes: &[u8]) -> T {
 
 #[derive(Debug)]
 pub struct RedbLedgerStore {
-    database: Database,
+    database: Arc<Database>,
     durability: Durability,
     committed: LedgerReadView,
     overlay: Overlay,
@@ -91,7 +92,7 @@ pub struct LedgerReadView {
 }
 
 impl LedgerReadView {
-    fn open(database: &Database) -> LedgerReadView {
+    pub(crate) fn open(database: &Database) -> LedgerReadView {
         let transaction = fatal(database.begin_read(), "beginning a read");
         let meta_table = fatal(transaction.open_table(META), "opening a table");
         let record = |key: &str| fatal(meta_table.get(key), "reading meta").map(|guard| guard.value().to_vec());
@@ -192,7 +193,7 @@ impl RedbLedgerStore {
         }
         let committed = LedgerReadView::open(&database);
         Ok(RedbLedgerStore {
-            database,
+            database: Arc::new(database),
             durability: Durability::None,
             committed,
             overlay: Overlay::default(),
@@ -203,6 +204,11 @@ impl RedbLedgerStore {
     /// A read view of the last committed state, independent of later commits.
     pub fn read_view(&self) -> LedgerReadView {
         LedgerReadView::open(&self.database)
+    }
+
+    /// The database, shared with readers that take their own views.
+    pub(crate) fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.database)
     }
 
     /// The consensus record of the last commit.

@@ -7,10 +7,12 @@
 //!   the consensus record that says which log entry it applied; read views for snapshots.
 //! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
 //! - [`raft_state_machine`]: the ledger as openraft's state machine, with file snapshots.
+//! - [`network`]: openraft's RPCs over tonic gRPC, client and server.
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod ledger_store;
 pub mod log_store;
+pub mod network;
 pub mod raft_state_machine;
 pub mod types;
 

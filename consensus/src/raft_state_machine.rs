@@ -13,6 +13,7 @@
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
@@ -41,6 +42,32 @@ fn snapshot_error(verb: ErrorVerb, error: impl std::fmt::Display) -> StorageErro
     StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(error.to_string())).into()
 }
 
+/// Read views of the replica's ledger for anyone outside openraft (queries, status), valid across
+/// snapshot installs, which replace the store underneath.
+#[derive(Clone, Debug)]
+pub struct LedgerViews {
+    database: Arc<RwLock<Arc<redb::Database>>>,
+}
+
+impl LedgerViews {
+    /// A consistent view of the last committed state.
+    pub fn view(&self) -> LedgerReadView {
+        let database = Arc::clone(&self.database.read().expect("the views lock is never poisoned"));
+        LedgerReadView::open(&database)
+    }
+
+    fn replace(&self, database: Arc<redb::Database>) {
+        *self.database.write().expect("the views lock is never poisoned") = database;
+    }
+}
+
+/// The consensus record a view was committed with.
+pub fn consensus_record(view: &LedgerReadView) -> ConsensusRecord {
+    view.consensus_state()
+        .map(|bytes| decode(bytes, "consensus record").expect("the store holds a record it wrote"))
+        .unwrap_or_default()
+}
+
 /// The replica's ledger, driven by openraft.
 #[derive(Debug)]
 pub struct LedgerStateMachine {
@@ -52,6 +79,7 @@ pub struct LedgerStateMachine {
     received_snapshots: u64,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
+    views: LedgerViews,
 }
 
 impl LedgerStateMachine {
@@ -73,9 +101,11 @@ impl LedgerStateMachine {
             Some(bytes) => decode(bytes, "consensus record").map_err(|error| error.to_string())?,
             None => ConsensusRecord::default(),
         };
+        let views = LedgerViews { database: Arc::new(RwLock::new(store.database())) };
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),
             cache_bytes,
+            views,
             ledger: Some(StateMachine::open(store)),
             record,
             received_snapshots: 0,
@@ -83,7 +113,12 @@ impl LedgerStateMachine {
         })
     }
 
-    /// The ledger, for reads (queries run on it between applies).
+    /// Read views of this ledger that stay valid after the state machine moves into openraft.
+    pub fn views(&self) -> LedgerViews {
+        self.views.clone()
+    }
+
+    /// The ledger, for reads while this value is still owned here.
     pub fn ledger(&self) -> &StateMachine<RedbLedgerStore> {
         self.ledger.as_ref().expect("the ledger is present outside a snapshot install")
     }
@@ -286,6 +321,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         rename.map_err(|error| state_machine_error(ErrorVerb::Write, error))?;
         let store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
+        self.views.replace(store.database());
         self.ledger = Some(StateMachine::open(store));
         self.record = record;
         if let Some(received) = self.receiving.take() {

@@ -50,6 +50,8 @@ pub use model::{
 };
 pub use query::{AccountTransfersFilter, FieldFilter, Page, QueryError, Window};
 pub use result::ResultCode;
+/// The decimal type of amounts in `NewTransfer`, re-exported so callers use the same version.
+pub use rust_decimal::Decimal;
 pub use snapshot::{SnapshotError, SnapshotSummary};
 pub use state_machine::StateMachine;
 pub use storage::memory::MemoryStorage;
