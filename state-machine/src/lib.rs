@@ -48,7 +48,7 @@ pub use model::{
     Account, AccountBalance, Ledger, NewAccount, NewLedger, NewTransfer, PendingStatus, StateMeta, Transfer,
     TransferFailure,
 };
-pub use query::{AccountTransfersFilter, FieldFilter, Page, QueryError, Window};
+pub use query::{AccountTransfersFilter, FieldFilter, LedgerQueries, Page, QueryError, Window};
 pub use result::ResultCode;
 /// The decimal type of amounts in `NewTransfer`, re-exported so callers use the same version.
 pub use rust_decimal::Decimal;

@@ -8,8 +8,7 @@ use std::ops::ControlFlow;
 use crate::constants::{LOOKUP_IDS_MAX, QUERY_RESULTS_MAX, QUERY_SCAN_MAX};
 use crate::flags::AccountFlags;
 use crate::model::{Account, AccountBalance, Ledger, PendingStatus, Transfer, TransferFailure};
-use crate::state_machine::StateMachine;
-use crate::storage::{Direction, Storage, TimestampRange};
+use crate::storage::{Direction, StorageRead, TimestampRange};
 
 /// Why a query was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -174,46 +173,47 @@ fn check_ids<T>(ids: &[T]) -> Result<(), QueryError> {
     Ok(())
 }
 
-impl<S: Storage> StateMachine<S> {
+/// The ledger's queries, for any store or read view: `use tally_state_machine::LedgerQueries`.
+pub trait LedgerQueries: StorageRead {
     /// The ledgers with these ids, `None` where none exists, in the order asked.
-    pub fn lookup_ledgers(&self, ids: &[u32]) -> Result<Vec<Option<Ledger>>, QueryError> {
+    fn lookup_ledgers(&self, ids: &[u32]) -> Result<Vec<Option<Ledger>>, QueryError> {
         check_ids(ids)?;
-        Ok(ids.iter().map(|id| self.storage.ledger_get(*id)).collect())
+        Ok(ids.iter().map(|id| self.ledger_get(*id)).collect())
     }
 
-    pub fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, QueryError> {
+    fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, QueryError> {
         check_ids(ids)?;
-        Ok(ids.iter().map(|id| self.storage.account_get(*id)).collect())
+        Ok(ids.iter().map(|id| self.account_get(*id)).collect())
     }
 
-    pub fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, QueryError> {
+    fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, QueryError> {
         check_ids(ids)?;
-        Ok(ids.iter().map(|id| self.storage.transfer_get(*id)).collect())
+        Ok(ids.iter().map(|id| self.transfer_get(*id)).collect())
     }
 
     /// Where a pending transfer stands; `None` if no pending transfer has this id.
-    pub fn pending_status(&self, pending_id: u128) -> Option<PendingStatus> {
-        self.storage.pending_status_get(pending_id)
+    fn pending_status(&self, pending_id: u128) -> Option<PendingStatus> {
+        self.pending_status_get(pending_id)
     }
 
     /// The recorded failure of a transfer id (see `id_already_failed`).
-    pub fn transfer_failure(&self, id: u128) -> Option<TransferFailure> {
-        self.storage.transfer_failure_get(id)
+    fn transfer_failure(&self, id: u128) -> Option<TransferFailure> {
+        self.transfer_failure_get(id)
     }
 
     /// Ledgers in creation order.
-    pub fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, QueryError> {
+    fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, QueryError> {
         let range = window.check()?;
         let mut page = PageCollector::new(window.limit);
-        self.storage.ledgers_scan(range, window.direction(), &mut |ledger| page.offer(ledger, ledger.timestamp, true));
+        self.ledgers_scan(range, window.direction(), &mut |ledger| page.offer(ledger, ledger.timestamp, true));
         Ok(page.finish(window.direction(), range))
     }
 
     /// Accounts whose fields match `filter`, in creation order.
-    pub fn query_accounts(&self, filter: FieldFilter, window: Window) -> Result<Page<Account>, QueryError> {
+    fn query_accounts(&self, filter: FieldFilter, window: Window) -> Result<Page<Account>, QueryError> {
         let range = window.check()?;
         let mut page = PageCollector::new(window.limit);
-        self.storage.accounts_scan(range, window.direction(), &mut |account| {
+        self.accounts_scan(range, window.direction(), &mut |account| {
             let user_data = (account.user_data_128, account.user_data_64, account.user_data_32);
             page.offer(account, account.timestamp, filter.matches(account.ledger, account.code, user_data))
         });
@@ -221,10 +221,10 @@ impl<S: Storage> StateMachine<S> {
     }
 
     /// Transfers whose fields match `filter`, in the order they were applied.
-    pub fn query_transfers(&self, filter: FieldFilter, window: Window) -> Result<Page<Transfer>, QueryError> {
+    fn query_transfers(&self, filter: FieldFilter, window: Window) -> Result<Page<Transfer>, QueryError> {
         let range = window.check()?;
         let mut page = PageCollector::new(window.limit);
-        self.storage.transfers_scan(range, window.direction(), &mut |transfer| {
+        self.transfers_scan(range, window.direction(), &mut |transfer| {
             let user_data = (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32);
             page.offer(transfer, transfer.timestamp, filter.matches(transfer.ledger, transfer.code, user_data))
         });
@@ -232,7 +232,7 @@ impl<S: Storage> StateMachine<S> {
     }
 
     /// The transfers that debit and/or credit one account, in the order they were applied.
-    pub fn get_account_transfers(&self, filter: AccountTransfersFilter) -> Result<Page<Transfer>, QueryError> {
+    fn get_account_transfers(&self, filter: AccountTransfersFilter) -> Result<Page<Transfer>, QueryError> {
         let range = filter.window.check()?;
         if filter.account_id == 0 || filter.account_id == u128::MAX {
             return Err(QueryError::AccountIdInvalid);
@@ -249,7 +249,7 @@ impl<S: Storage> StateMachine<S> {
         };
         let direction = filter.window.direction();
         let mut page = PageCollector::new(filter.window.limit);
-        self.storage.account_transfers_scan(filter.account_id, range, direction, &mut |transfer| {
+        self.account_transfers_scan(filter.account_id, range, direction, &mut |transfer| {
             let side = (filter.debits && transfer.debit_account_id == filter.account_id)
                 || (filter.credits && transfer.credit_account_id == filter.account_id);
             let user_data = (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32);
@@ -259,19 +259,21 @@ impl<S: Storage> StateMachine<S> {
     }
 
     /// The balances of an account flagged `history` after each change, in time order.
-    pub fn get_account_balances(&self, account_id: u128, window: Window) -> Result<Page<AccountBalance>, QueryError> {
+    fn get_account_balances(&self, account_id: u128, window: Window) -> Result<Page<AccountBalance>, QueryError> {
         let range = window.check()?;
         if account_id == 0 || account_id == u128::MAX {
             return Err(QueryError::AccountIdInvalid);
         }
-        let account = self.storage.account_get(account_id).ok_or(QueryError::AccountNotFound(account_id))?;
+        let account = self.account_get(account_id).ok_or(QueryError::AccountNotFound(account_id))?;
         if !account.flags.contains(AccountFlags::HISTORY) {
             return Err(QueryError::AccountHistoryNotKept(account_id));
         }
         let mut page = PageCollector::new(window.limit);
-        self.storage.account_balances_scan(account_id, range, window.direction(), &mut |balance| {
+        self.account_balances_scan(account_id, range, window.direction(), &mut |balance| {
             page.offer(balance, balance.timestamp, true)
         });
         Ok(page.finish(window.direction(), range))
     }
 }
+
+impl<T: StorageRead + ?Sized> LedgerQueries for T {}

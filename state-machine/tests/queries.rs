@@ -3,6 +3,7 @@
 mod support;
 
 use support::*;
+use tally_state_machine::LedgerQueries;
 use tally_state_machine::constants::{LOOKUP_IDS_MAX, QUERY_RESULTS_MAX, QUERY_SCAN_MAX};
 use tally_state_machine::{
     AccountTransfersFilter, FieldFilter, NewTransfer, QueryError, ResultCode, Transfer, TransferFlags, Window,
@@ -26,13 +27,13 @@ fn harness_with_history() -> Harness {
 #[test]
 fn lookups_answer_in_the_order_asked() {
     let harness = harness_with_history();
-    let found = harness.ledger.lookup_transfers(&[3, 99, 1]).unwrap();
+    let found = harness.ledger.storage().lookup_transfers(&[3, 99, 1]).unwrap();
     assert_eq!(found.iter().map(|t| t.map(|t| t.id)).collect::<Vec<_>>(), [Some(3), None, Some(1)]);
-    let accounts = harness.ledger.lookup_accounts(&[BOB, 0]).unwrap();
+    let accounts = harness.ledger.storage().lookup_accounts(&[BOB, 0]).unwrap();
     assert_eq!((accounts[0].map(|a| a.id), accounts[1]), (Some(BOB), None));
     let too_many = vec![1u128; LOOKUP_IDS_MAX + 1];
     assert_eq!(
-        harness.ledger.lookup_transfers(&too_many),
+        harness.ledger.storage().lookup_transfers(&too_many),
         Err(QueryError::TooManyIds { count: LOOKUP_IDS_MAX + 1, max: LOOKUP_IDS_MAX })
     );
 }
@@ -41,14 +42,14 @@ fn lookups_answer_in_the_order_asked() {
 fn account_transfers_filter_by_side_fields_and_window() {
     let harness = harness_with_history();
     let all = AccountTransfersFilter::all(BOB, Window::first(100));
-    let get = |filter| ids(&harness.ledger.get_account_transfers(filter).unwrap().items);
+    let get = |filter| ids(&harness.ledger.storage().get_account_transfers(filter).unwrap().items);
     assert_eq!(get(all), [1, 2, 3, 4, 5, 6]);
     assert_eq!(get(AccountTransfersFilter { debits: false, ..all }), [1, 2, 3, 4, 5]);
     assert_eq!(get(AccountTransfersFilter { credits: false, ..all }), [6]);
     assert_eq!(get(AccountTransfersFilter { code: Some(3), ..all }), [3]);
     assert_eq!(get(AccountTransfersFilter { user_data_64: Some(42), ..all }), [6]);
     assert_eq!(get(AccountTransfersFilter { window: Window::last(2), ..all }), [6, 5]);
-    let third = harness.ledger.lookup_transfers(&[3]).unwrap()[0].unwrap().timestamp;
+    let third = harness.ledger.storage().lookup_transfers(&[3]).unwrap()[0].unwrap().timestamp;
     let window = Window { timestamp_min: Some(third), timestamp_max: Some(third + 1), limit: 10, reversed: false };
     assert_eq!(get(AccountTransfersFilter { window, ..all }), [3, 4]);
 }
@@ -60,7 +61,8 @@ fn pages_chain_through_their_cursors() {
         let mut seen = Vec::new();
         let mut window = Window { reversed, ..Window::first(4) };
         loop {
-            let page = harness.ledger.get_account_transfers(AccountTransfersFilter::all(BOB, window)).unwrap();
+            let page =
+                harness.ledger.storage().get_account_transfers(AccountTransfersFilter::all(BOB, window)).unwrap();
             seen.extend(ids(&page.items));
             match page.cursor {
                 Some(cursor) if reversed => window.timestamp_max = Some(cursor),
@@ -77,11 +79,11 @@ fn pages_chain_through_their_cursors() {
 fn accounts_and_transfers_are_queried_by_field() {
     let harness = harness_with_history();
     let usd = FieldFilter { ledger: Some(USD), ..FieldFilter::default() };
-    let accounts = harness.ledger.query_accounts(usd, Window::first(100)).unwrap().items;
+    let accounts = harness.ledger.storage().query_accounts(usd, Window::first(100)).unwrap().items;
     assert_eq!(accounts.iter().map(|a| a.id).collect::<Vec<_>>(), [BANK, ALICE, BOB, CAROL, USD_LIQUIDITY]);
     let by_code = FieldFilter { code: Some(4), ..FieldFilter::default() };
-    assert_eq!(ids(&harness.ledger.query_transfers(by_code, Window::first(10)).unwrap().items), [4]);
-    let ledgers = harness.ledger.query_ledgers(Window::last(10)).unwrap().items;
+    assert_eq!(ids(&harness.ledger.storage().query_transfers(by_code, Window::first(10)).unwrap().items), [4]);
+    let ledgers = harness.ledger.storage().query_ledgers(Window::last(10)).unwrap().items;
     assert_eq!(ledgers.iter().map(|l| l.id).collect::<Vec<_>>(), [JPY, USD]);
 }
 
@@ -103,10 +105,10 @@ fn a_sparse_filter_stops_at_the_scan_budget_and_hands_back_a_cursor() {
         [ResultCode::Ok]
     );
     let rare = FieldFilter { code: Some(9), ..FieldFilter::default() };
-    let first = harness.ledger.query_transfers(rare, Window::first(10)).unwrap();
+    let first = harness.ledger.storage().query_transfers(rare, Window::first(10)).unwrap();
     assert!(first.items.is_empty() && first.cursor.is_some(), "the budget stops the scan before the match");
     let window = Window { timestamp_min: first.cursor, ..Window::first(10) };
-    let second = harness.ledger.query_transfers(rare, window).unwrap();
+    let second = harness.ledger.storage().query_transfers(rare, window).unwrap();
     assert_eq!((ids(&second.items), second.cursor), (vec![next_id], None));
 }
 
@@ -117,36 +119,39 @@ fn malformed_queries_are_refused_with_the_reason() {
     let all = AccountTransfersFilter::all(BOB, Window::first(10));
     let limit = |limit| AccountTransfersFilter { window: Window::first(limit), ..all };
     assert_eq!(
-        ledger.get_account_transfers(limit(0)),
+        ledger.storage().get_account_transfers(limit(0)),
         Err(QueryError::LimitOutOfRange { limit: 0, max: QUERY_RESULTS_MAX })
     );
     assert!(matches!(
-        ledger.get_account_transfers(limit(QUERY_RESULTS_MAX + 1)),
+        ledger.storage().get_account_transfers(limit(QUERY_RESULTS_MAX + 1)),
         Err(QueryError::LimitOutOfRange { .. })
     ));
     let inverted = Window { timestamp_min: Some(5), timestamp_max: Some(4), ..Window::first(1) };
     assert_eq!(
-        ledger.query_accounts(FieldFilter::default(), inverted),
+        ledger.storage().query_accounts(FieldFilter::default(), inverted),
         Err(QueryError::TimestampRangeInverted { min: 5, max: 4 })
     );
     assert_eq!(
-        ledger.get_account_transfers(AccountTransfersFilter { account_id: 0, ..all }),
+        ledger.storage().get_account_transfers(AccountTransfersFilter { account_id: 0, ..all }),
         Err(QueryError::AccountIdInvalid)
     );
     assert_eq!(
-        ledger.get_account_transfers(AccountTransfersFilter { debits: false, credits: false, ..all }),
+        ledger.storage().get_account_transfers(AccountTransfersFilter { debits: false, credits: false, ..all }),
         Err(QueryError::NoSideSelected)
     );
-    assert_eq!(ledger.get_account_balances(99, Window::first(1)), Err(QueryError::AccountNotFound(99)));
-    assert_eq!(ledger.get_account_balances(BOB, Window::first(1)), Err(QueryError::AccountHistoryNotKept(BOB)));
+    assert_eq!(ledger.storage().get_account_balances(99, Window::first(1)), Err(QueryError::AccountNotFound(99)));
+    assert_eq!(
+        ledger.storage().get_account_balances(BOB, Window::first(1)),
+        Err(QueryError::AccountHistoryNotKept(BOB))
+    );
 }
 
 #[test]
 fn pending_status_follows_a_reservation() {
     let mut harness = Harness::new();
-    assert_eq!(harness.ledger.pending_status(1), None);
+    assert_eq!(harness.ledger.storage().pending_status(1), None);
     harness
         .transfers(vec![with_flags(transfer(1, BANK, BOB, "1"), TransferFlags::PENDING), transfer(2, BANK, BOB, "1")]);
-    assert_eq!(harness.ledger.pending_status(2), None, "only pending transfers have a status");
-    assert!(harness.ledger.pending_status(1).is_some());
+    assert_eq!(harness.ledger.storage().pending_status(2), None, "only pending transfers have a status");
+    assert!(harness.ledger.storage().pending_status(1).is_some());
 }

@@ -12,6 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rust_decimal::Decimal;
 use support::*;
+use tally_state_machine::LedgerQueries;
 use tally_state_machine::ResultCode::{self, *};
 use tally_state_machine::constants::NANOSECONDS_PER_SECOND;
 use tally_state_machine::{
@@ -46,7 +47,7 @@ const SCENARIOS: &[Scenario] = &[
                 scale: 2,
                 ..NewLedger::default()
             }]);
-            let ledger = h.ledger.lookup_ledgers(&[3]).unwrap()[0].unwrap();
+            let ledger = h.ledger.storage().lookup_ledgers(&[3]).unwrap()[0].unwrap();
             assert_eq!((ledger.currency.to_string().as_str(), ledger.scale), ("EUR", 2));
             codes
         },
@@ -168,7 +169,7 @@ const SCENARIOS: &[Scenario] = &[
                 account(52, 99, AccountFlags::empty()),
                 account(53, USD, AccountFlags::empty()),
             ]);
-            let found = h.ledger.lookup_accounts(&[50, 51, 53]).unwrap();
+            let found = h.ledger.storage().lookup_accounts(&[50, 51, 53]).unwrap();
             assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [false, false, true]);
             codes
         },
@@ -182,7 +183,7 @@ const SCENARIOS: &[Scenario] = &[
                 account(51, USD, AccountFlags::LINKED),
                 account(52, USD, AccountFlags::LINKED),
             ]);
-            let found = h.ledger.lookup_accounts(&[50, 51, 52]).unwrap();
+            let found = h.ledger.storage().lookup_accounts(&[50, 51, 52]).unwrap();
             assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, false]);
             codes
         },
@@ -205,7 +206,7 @@ const SCENARIOS: &[Scenario] = &[
             let codes = h.transfers(vec![transfer(1, ALICE, BOB, "12.34")]);
             assert_eq!(h.balances(ALICE), [0, 1_234, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0, 0, 0, 1_234]);
-            let stored = h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap();
+            let stored = h.ledger.storage().lookup_transfers(&[1]).unwrap()[0].unwrap();
             assert_eq!((stored.amount, stored.timestamp, stored.ledger), (Units(1_234), timestamp, USD));
             codes
         },
@@ -395,7 +396,7 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             assert_eq!(h.transfers(vec![transfer(1, ALICE, BOB, "200")]), [ExceedsCredits]);
             assert_eq!(h.transfers(vec![transfer(2, BANK, ALICE, "500")]), [Ok]);
-            let failure = h.ledger.transfer_failure(1).expect("failure recorded");
+            let failure = h.ledger.storage().transfer_failure(1).expect("failure recorded");
             assert_eq!(failure.code, ExceedsCredits);
             h.transfers(vec![transfer(1, ALICE, BOB, "200"), transfer(3, ALICE, BOB, "200")])
         },
@@ -405,7 +406,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "idempotency: a failure that depends only on the event is not recorded",
         run: |h| {
             assert_eq!(h.transfers(vec![transfer(1, BANK, BOB, "0")]), [AmountMustBePositive]);
-            assert!(h.ledger.transfer_failure(1).is_none());
+            assert!(h.ledger.storage().transfer_failure(1).is_none());
             h.transfers(vec![transfer(1, BANK, BOB, "1")])
         },
         expected: &[Ok],
@@ -424,7 +425,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "balancing: a balancing debit moves what the limit allows",
         run: |h| {
             let codes = h.transfers(vec![with_flags(transfer(1, ALICE, BOB, "500"), TransferFlags::BALANCING_DEBIT)]);
-            assert_eq!(h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap().amount, Units(10_000));
+            assert_eq!(h.ledger.storage().lookup_transfers(&[1]).unwrap()[0].unwrap().amount, Units(10_000));
             assert_eq!(h.balances(ALICE), [0, 10_000, 0, 10_000]);
             codes
         },
@@ -465,7 +466,7 @@ const SCENARIOS: &[Scenario] = &[
             let codes = h.transfers(vec![pending(1, ALICE, BOB, "30")]);
             assert_eq!(h.balances(ALICE), [3_000, 0, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0, 0, 3_000, 0]);
-            assert_eq!(h.ledger.pending_status(1), Some(PendingStatus::Pending));
+            assert_eq!(h.ledger.storage().pending_status(1), Some(PendingStatus::Pending));
             codes
         },
         expected: &[Ok],
@@ -478,7 +479,7 @@ const SCENARIOS: &[Scenario] = &[
             let codes = h.transfers(vec![post(2, 1, None)]);
             assert_eq!(h.balances(ALICE), [0, 3_000, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0, 0, 0, 3_000]);
-            assert_eq!(h.ledger.pending_status(1), Some(PendingStatus::Posted { timestamp }));
+            assert_eq!(h.ledger.storage().pending_status(1), Some(PendingStatus::Posted { timestamp }));
             codes
         },
         expected: &[Ok],
@@ -491,7 +492,7 @@ const SCENARIOS: &[Scenario] = &[
             let codes = h.transfers(vec![post(2, 1, Some("30.00"))]);
             assert_eq!(h.balances(ALICE), [0, 3_000, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0, 0, 0, 3_000]);
-            let capture = h.ledger.lookup_transfers(&[2]).unwrap()[0].unwrap();
+            let capture = h.ledger.storage().lookup_transfers(&[2]).unwrap()[0].unwrap();
             assert_eq!((capture.debit_account_id, capture.credit_account_id), (ALICE, BOB));
             assert_eq!(
                 (capture.amount, capture.code, capture.user_data_128, capture.pending_id),
@@ -591,12 +592,16 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let authorisation = NewTransfer { timeout_seconds: 1, ..pending(1, ALICE, BOB, "30") };
             assert_eq!(h.transfers(vec![authorisation]), [Ok]);
-            let deadline = h.ledger.lookup_transfers(&[1]).unwrap()[0].unwrap().timestamp + NANOSECONDS_PER_SECOND;
+            let deadline =
+                h.ledger.storage().lookup_transfers(&[1]).unwrap()[0].unwrap().timestamp + NANOSECONDS_PER_SECOND;
             assert_eq!(h.ledger.expiry_next(), Some(deadline));
             h.advance_seconds(2);
             let expiry_timestamp = h.clock;
             assert_eq!(h.expire(), [1]);
-            assert_eq!(h.ledger.pending_status(1), Some(PendingStatus::Expired { timestamp: expiry_timestamp }));
+            assert_eq!(
+                h.ledger.storage().pending_status(1),
+                Some(PendingStatus::Expired { timestamp: expiry_timestamp })
+            );
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
             assert_eq!(h.ledger.expiry_next(), None);
             h.transfers(vec![post(2, 1, None), void(3, 1)])
@@ -735,7 +740,7 @@ const SCENARIOS: &[Scenario] = &[
                 yen(2, JPY_LIQUIDITY, YEN_A, "1.5"),
             ]);
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
-            assert!(h.ledger.lookup_transfers(&[1]).unwrap()[0].is_none());
+            assert!(h.ledger.storage().lookup_transfers(&[1]).unwrap()[0].is_none());
             codes
         },
         expected: &[LinkedEventFailed, AmountScaleExceedsLedgerScale],
@@ -743,7 +748,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "chain: a failed chain undoes reservations, posts and history",
         run: |h| {
-            let history_before = h.ledger.get_account_balances(ALICE, Window::first(100)).unwrap().items;
+            let history_before = h.ledger.storage().get_account_balances(ALICE, Window::first(100)).unwrap().items;
             let codes = h.transfers(vec![
                 with_flags(NewTransfer { timeout_seconds: 60, ..pending(1, ALICE, BOB, "30") }, LINKED),
                 with_flags(post(2, 1, Some("10")), LINKED),
@@ -752,9 +757,12 @@ const SCENARIOS: &[Scenario] = &[
             ]);
             assert_eq!(h.balances(ALICE), [0, 0, 0, 10_000]);
             assert_eq!(h.balances(BOB), [0; 4]);
-            assert_eq!(h.ledger.pending_status(1), None);
+            assert_eq!(h.ledger.storage().pending_status(1), None);
             assert_eq!(h.ledger.expiry_next(), None);
-            assert_eq!(h.ledger.get_account_balances(ALICE, Window::first(100)).unwrap().items, history_before);
+            assert_eq!(
+                h.ledger.storage().get_account_balances(ALICE, Window::first(100)).unwrap().items,
+                history_before
+            );
             codes
         },
         expected: &[LinkedEventFailed, LinkedEventFailed, LinkedEventFailed, ExceedsCredits],
@@ -777,11 +785,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "history: an account flagged history keeps its balances after every change",
         run: |h| {
             let codes = h.transfers(vec![pending(1, ALICE, BOB, "30"), transfer(2, ALICE, BOB, "5")]);
-            let history = h.ledger.get_account_balances(ALICE, Window::first(10)).unwrap().items;
+            let history = h.ledger.storage().get_account_balances(ALICE, Window::first(10)).unwrap().items;
             let debits: Vec<_> =
                 history.iter().map(|b| (b.debits_pending.0, b.debits_posted.0, b.credits_posted.0)).collect();
             assert_eq!(debits, [(0, 0, 10_000), (3_000, 0, 10_000), (3_000, 500, 10_000)]);
-            assert!(h.ledger.get_account_balances(BOB, Window::first(10)).is_err(), "Bob keeps no history");
+            assert!(h.ledger.storage().get_account_balances(BOB, Window::first(10)).is_err(), "Bob keeps no history");
             codes
         },
         expected: &[Ok, Ok],

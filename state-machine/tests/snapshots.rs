@@ -3,6 +3,7 @@
 mod support;
 
 use support::*;
+use tally_state_machine::LedgerQueries;
 use tally_state_machine::codec::{ACCOUNT_SIZE, LEDGER_SIZE, NEW_ACCOUNT_SIZE};
 use tally_state_machine::{
     AccountTransfersFilter, MemoryStorage, NewTransfer, PendingStatus, SnapshotError, StateMachine, TransferFlags,
@@ -54,16 +55,17 @@ fn a_restored_ledger_is_identical_and_continues_identically() {
     assert_eq!(snapshot_bytes(&restored.ledger), bytes, "writing the restored ledger gives the same bytes");
     assert_eq!(restored.ledger.expiry_next(), original.ledger.expiry_next());
     assert_eq!(
-        restored.ledger.pending_status(2),
+        restored.ledger.storage().pending_status(2),
         Some(PendingStatus::Posted {
-            timestamp: original.ledger.lookup_transfers(&[7]).unwrap()[0].unwrap().timestamp
+            timestamp: original.ledger.storage().lookup_transfers(&[7]).unwrap()[0].unwrap().timestamp
         })
     );
-    let history =
-        |ledger: &StateMachine<MemoryStorage>| ledger.get_account_balances(ALICE, Window::first(100)).unwrap();
+    let history = |ledger: &StateMachine<MemoryStorage>| {
+        ledger.storage().get_account_balances(ALICE, Window::first(100)).unwrap()
+    };
     assert_eq!(history(&restored.ledger), history(&original.ledger));
     let bob = |ledger: &StateMachine<MemoryStorage>| {
-        ledger.get_account_transfers(AccountTransfersFilter::all(BOB, Window::first(100))).unwrap()
+        ledger.storage().get_account_transfers(AccountTransfersFilter::all(BOB, Window::first(100))).unwrap()
     };
     assert_eq!(bob(&restored.ledger), bob(&original.ledger));
 

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
+use tally_state_machine::LedgerQueries;
 use tally_state_machine::constants::NANOSECONDS_PER_SECOND;
 use tally_state_machine::{
     Account, AccountFlags, Batch, BatchOutcome, Currency, NewAccount, NewLedger, NewTransfer, Operation, ResultCode,
@@ -135,7 +136,7 @@ impl Harness {
     }
 
     pub fn account(&self, id: u128) -> Account {
-        self.ledger.lookup_accounts(&[id]).unwrap()[0].expect("account exists")
+        self.ledger.storage().lookup_accounts(&[id]).unwrap()[0].expect("account exists")
     }
 
     /// `[debits_pending, debits_posted, credits_pending, credits_posted]` in minor units.

@@ -1,0 +1,277 @@
+//! The replica's configuration: one TOML file, checked before anything starts.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Recorded in the data directory on first start; a replica refuses a directory of another cluster.
+    pub cluster_name: String,
+    /// Never reused: a replica that lost its disk joins again under a new id.
+    pub node_id: u64,
+    /// The site (data centre) this replica runs in.
+    pub site: String,
+    /// Where the gRPC server listens.
+    pub listen_address: SocketAddr,
+    /// `host:port` that peers and clients use to reach this replica.
+    pub advertise_address: String,
+    /// Where `/metrics`, `/health` and `/ready` are served over HTTP; none when absent.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+    pub data_directory: PathBuf,
+    /// The voters a new cluster starts with. The member with the lowest id bootstraps the cluster
+    /// once, when its log is empty; afterwards membership changes only through the admin API.
+    #[serde(default)]
+    pub initial_members: Vec<Member>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub group_commit: GroupCommitSettings,
+    #[serde(default)]
+    pub storage: StorageSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub address: String,
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot, so briefly absent replicas catch up from the log.
+    pub log_entries_kept_after_snapshot: u64,
+    pub snapshot_chunk_bytes: u64,
+    /// Entries per AppendEntries message (each entry is one batch, at most ~1 MiB).
+    pub entries_per_message_max: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_after_entries: 20_000,
+            log_entries_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 4 * 1024 * 1024,
+            entries_per_message_max: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest request or response a client may exchange with the gateway.
+    pub message_bytes_max: usize,
+    /// Client requests being served at once; more are refused with RESOURCE_EXHAUSTED.
+    pub requests_in_flight_max: usize,
+    /// Open client and peer connections; more are closed at once.
+    pub connections_max: usize,
+    /// How long a request may wait for the leader and a quorum before it fails with UNAVAILABLE.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_bytes_max: 4 * 1024 * 1024,
+            requests_in_flight_max: 4_096,
+            connections_max: 1_024,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitSettings {
+    /// How long the leader waits for more requests before proposing a batch that is not full.
+    pub linger_us: u64,
+    /// Events per proposed batch, at most `EVENTS_PER_BATCH_MAX`.
+    pub events_per_batch_max: usize,
+    /// Batches proposed and not yet applied at once.
+    pub batches_in_flight_max: usize,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        GroupCommitSettings { linger_us: 200, events_per_batch_max: EVENTS_PER_BATCH_MAX, batches_in_flight_max: 8 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// redb page cache of the ledger store.
+    pub cache_bytes: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings { cache_bytes: tally_consensus::CACHE_BYTES_DEFAULT }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path} is not valid: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config: NodeConfig = toml::from_str(&text)
+            .map_err(|error| ConfigError::Parse { path: path.display().to_string(), detail: error.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |detail: String| Err(ConfigError::Invalid(detail));
+        if self.node_id == 0 {
+            return invalid("node_id must not be 0".into());
+        }
+        if self.cluster_name.trim().is_empty() {
+            return invalid("cluster_name must not be empty".into());
+        }
+        let ids: BTreeSet<u64> = self.initial_members.iter().map(|member| member.id).collect();
+        if ids.len() != self.initial_members.len() {
+            return invalid("initial_members lists an id twice".into());
+        }
+        if ids.contains(&0) {
+            return invalid("initial_members: id 0 is reserved".into());
+        }
+        if let Some(me) = self.initial_members.iter().find(|member| member.id == self.node_id)
+            && me.address != self.advertise_address
+        {
+            return invalid(format!(
+                "initial_members gives node {} the address {}, but advertise_address is {}",
+                self.node_id, me.address, self.advertise_address
+            ));
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2 {
+            return invalid("raft.election_timeout_min_ms must exceed twice raft.heartbeat_interval_ms".into());
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return invalid("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());
+        }
+        if raft.snapshot_chunk_bytes == 0
+            || raft.snapshot_chunk_bytes > (tally_consensus::network::RAFT_MESSAGE_BYTES_MAX / 2) as u64
+        {
+            return invalid("raft.snapshot_chunk_bytes must be between 1 and half the peer message limit".into());
+        }
+        let batch_max = self.group_commit.events_per_batch_max;
+        if batch_max == 0 || batch_max > EVENTS_PER_BATCH_MAX {
+            return invalid(format!("group_commit.events_per_batch_max must be 1..={EVENTS_PER_BATCH_MAX}"));
+        }
+        if self.group_commit.batches_in_flight_max == 0 {
+            return invalid("group_commit.batches_in_flight_max must be at least 1".into());
+        }
+        let limits = &self.limits;
+        if limits.requests_in_flight_max == 0 || limits.connections_max == 0 || limits.request_timeout_ms == 0 {
+            return invalid("limits must all be above 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    /// openraft's configuration derived from ours.
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let raft = &self.raft;
+        let config = openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: raft.heartbeat_interval_ms,
+            election_timeout_min: raft.election_timeout_min_ms,
+            election_timeout_max: raft.election_timeout_max_ms,
+            max_payload_entries: raft.entries_per_message_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: raft.log_entries_kept_after_snapshot,
+            snapshot_max_chunk_size: raft.snapshot_chunk_bytes,
+            // openraft 0.9 treats a follower whose log went backwards as a fatal error on the leader:
+            // a replica that lost its disk must rejoin under a new id (see ARCHITECTURE.md).
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|error| ConfigError::Invalid(format!("raft: {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> &'static str {
+        r#"
+cluster_name = "test"
+node_id = 1
+site = "a"
+listen_address = "127.0.0.1:7001"
+advertise_address = "127.0.0.1:7001"
+data_directory = "/tmp/tally-test-1"
+initial_members = [
+  { id = 1, address = "127.0.0.1:7001", site = "a" },
+  { id = 2, address = "127.0.0.1:7002", site = "b" },
+]
+"#
+    }
+
+    fn parse(text: &str) -> Result<NodeConfig, String> {
+        let config: NodeConfig = toml::from_str(text).map_err(|error| error.to_string())?;
+        config.validate().map_err(|error| error.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn a_minimal_config_takes_the_defaults() {
+        let config = parse(minimal()).unwrap();
+        assert_eq!(config.group_commit.events_per_batch_max, EVENTS_PER_BATCH_MAX);
+        assert_eq!(config.request_timeout(), Duration::from_secs(5));
+        assert!(config.openraft().is_ok());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let unknown = format!("{}\nlistening_port = 3", minimal());
+        assert!(parse(&unknown).unwrap_err().contains("unknown field `listening_port`"));
+        let zero = minimal().replace("node_id = 1", "node_id = 0");
+        assert!(parse(&zero).unwrap_err().contains("node_id must not be 0"));
+        let mismatch =
+            minimal().replace("advertise_address = \"127.0.0.1:7001\"", "advertise_address = \"10.0.0.1:7001\"");
+        assert!(parse(&mismatch).unwrap_err().contains("advertise_address is 10.0.0.1:7001"));
+        let twice = minimal().replace("id = 2,", "id = 1,");
+        assert!(parse(&twice).unwrap_err().contains("lists an id twice"));
+        let timeouts = format!("{}\n[raft]\nheartbeat_interval_ms = 400\n", minimal());
+        assert!(parse(&timeouts).unwrap_err().contains("election_timeout_min_ms"));
+        let batch = format!("{}\n[group_commit]\nevents_per_batch_max = 9000\n", minimal());
+        assert!(parse(&batch).unwrap_err().contains("events_per_batch_max"));
+    }
+}
