@@ -3,6 +3,25 @@
 //! One Tally replica: configuration, the gRPC gateway and admin API, group commit, metrics.
 //!
 //! # Layout
+//! - [`admin`]: the `AdminService`: node and cluster status, membership, leadership, snapshots.
+//! - [`clock`]: wall-clock time behind a trait.
 //! - [`config`]: the TOML configuration and its checks.
+//! - [`convert`]: wire types to ledger types and back, with field-naming errors.
+//! - [`gateway`]: the `LedgerService` any replica serves: writes forwarded to the leader and group
+//!   committed there, linearizable reads.
+//! - [`group_commit`]: the leader's batcher: concurrent requests into one log entry.
+//! - [`observe`]: Prometheus metrics, `/health` and `/ready`.
+//! - [`server`]: `run(config, listeners, shutdown)`: data directory checks, bootstrap, services,
+//!   the expiry proposer, connection limits, clean shutdown.
 
+pub mod admin;
+pub mod clock;
 pub mod config;
+pub mod convert;
+pub mod gateway;
+pub mod group_commit;
+pub mod observe;
+pub mod server;
+
+pub use config::NodeConfig;
+pub use server::{NodeError, run, run_from_config};

@@ -191,6 +191,17 @@ pub trait LedgerQueries: StorageRead {
         Ok(ids.iter().map(|id| self.transfer_get(*id)).collect())
     }
 
+    /// The earliest deadline of a pending transfer still reserved. Once cluster time reaches it,
+    /// the log should carry an `ExpirePendingTransfers` batch.
+    fn expiry_next(&self) -> Option<u64> {
+        let mut next = None;
+        self.expiries_scan(u64::MAX, &mut |(expires_at, _)| {
+            next = Some(*expires_at);
+            ControlFlow::Break(())
+        });
+        next
+    }
+
     /// Where a pending transfer stands; `None` if no pending transfer has this id.
     fn pending_status(&self, pending_id: u128) -> Option<PendingStatus> {
         self.pending_status_get(pending_id)

@@ -1,7 +1,5 @@
 //! The state machine: applies batches to a [`Storage`], one event after another, in log order.
 
-use std::ops::ControlFlow;
-
 use crate::apply::Event;
 use crate::batch::{Batch, BatchError, BatchOutcome, Operation};
 use crate::codec::put_batch_header;
@@ -102,12 +100,7 @@ impl<S: Storage> StateMachine<S> {
     /// The earliest deadline of a pending transfer still reserved. Once cluster time reaches it,
     /// the log should carry an `ExpirePendingTransfers` batch.
     pub fn expiry_next(&self) -> Option<u64> {
-        let mut next = None;
-        self.storage.expiries_scan(u64::MAX, &mut |(expires_at, _)| {
-            next = Some(*expires_at);
-            ControlFlow::Break(())
-        });
-        next
+        crate::query::LedgerQueries::expiry_next(&self.storage)
     }
 
     /// Applies one batch. A refused batch (see [`BatchError`]) changes nothing; an accepted one

@@ -1,0 +1,283 @@
+//! The `AdminService`: status for operators, and membership changes.
+//!
+//! Membership changes run on the leader (a follower forwards them) and one at a time: concurrent
+//! changes can leave a joint configuration in place. Leadership is handed over by asking the target
+//! to start an election; it wins when its log is up to date, which the caller can check first in
+//! the cluster status (replication lag 0).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{ChangeMembers, ServerState};
+use tally_consensus::raft_state_machine::consensus_record;
+use tally_consensus::types::PeerNode;
+use tally_proto::v1 as wire;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::admin_service_server::AdminService;
+use tally_state_machine::StorageRead;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::{Leader, Replica};
+
+/// How long cluster status waits for each member.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a snapshot requested by an operator may take before the call returns.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    replica: Arc<Replica>,
+    site: String,
+    membership_changes: Arc<Mutex<()>>,
+}
+
+impl Admin {
+    pub fn new(replica: Arc<Replica>, site: String) -> Admin {
+        Admin { replica, site, membership_changes: Arc::new(Mutex::new(())) }
+    }
+
+    fn local_status(&self) -> wire::NodeStatus {
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        let view = self.replica.views.view();
+        let membership = metrics.membership_config.membership();
+        let role = match metrics.state {
+            ServerState::Leader => wire::Role::Leader,
+            ServerState::Candidate => wire::Role::Candidate,
+            ServerState::Shutdown => wire::Role::Shutdown,
+            ServerState::Follower | ServerState::Learner if !membership.voter_ids().any(|id| id == metrics.id) => {
+                wire::Role::Learner
+            }
+            ServerState::Follower | ServerState::Learner => wire::Role::Follower,
+        };
+        wire::NodeStatus {
+            id: metrics.id,
+            address: membership.get_node(&metrics.id).map(|node| node.address.clone()).unwrap_or_default(),
+            site: self.site.clone(),
+            role: role as i32,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: consensus_record(&view).applied.map_or(0, |log_id| log_id.index),
+            digest: view.meta_get().digest.to_vec(),
+            leader_id: metrics.current_leader.unwrap_or(0),
+            replication_lag: None,
+            reachable: true,
+            error: String::new(),
+            voter: membership.voter_ids().any(|id| id == metrics.id),
+        }
+    }
+
+    fn client(&self, address: &str) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+        Ok(AdminServiceClient::new(self.replica.channel(address)?))
+    }
+
+    /// Runs `call` on the leader: here, or forwarded.
+    async fn on_leader<T, F, Fut>(
+        &self,
+        local: impl AsyncFnOnce() -> Result<T, Status>,
+        forward: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(AdminServiceClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.replica.request_timeout;
+        match self.replica.known_leader(deadline).await? {
+            Leader::Me => local().await,
+            Leader::Other { address, .. } => Ok(forward(self.client(&address)?).await?.into_inner()),
+            Leader::Unknown => unreachable!("known_leader returns a known leader"),
+        }
+    }
+
+    fn membership_response(&self, log_index: u64) -> wire::MembershipResponse {
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners = membership.nodes().map(|(id, _)| *id).filter(|id| !voters.contains(id)).collect();
+        wire::MembershipResponse {
+            leader_id: metrics.current_leader.unwrap_or(0),
+            voters: voters.into_iter().collect(),
+            learners,
+            log_index,
+        }
+    }
+}
+
+fn raft_error(error: impl std::fmt::Display) -> Status {
+    Status::failed_precondition(error.to_string())
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn node_status(
+        &self,
+        _request: Request<wire::NodeStatusRequest>,
+    ) -> Result<Response<wire::NodeStatus>, Status> {
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<wire::ClusterStatusRequest>,
+    ) -> Result<Response<wire::ClusterStatusResponse>, Status> {
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let matched: BTreeMap<u64, u64> = metrics
+            .replication
+            .as_ref()
+            .map(|replication| {
+                replication.iter().map(|(id, log_id)| (*id, log_id.map_or(0, |log_id| log_id.index))).collect()
+            })
+            .unwrap_or_default();
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let mut nodes = Vec::new();
+        for (id, node) in membership.nodes() {
+            let mut status =
+                if *id == self.replica.node_id { self.local_status() } else { self.member_status(*id, node).await };
+            status.voter = voters.contains(id);
+            if let Some(matched) = matched.get(id) {
+                status.replication_lag = Some(last_index.saturating_sub(*matched));
+            }
+            nodes.push(status);
+        }
+        Ok(Response::new(wire::ClusterStatusResponse { leader_id: metrics.current_leader.unwrap_or(0), nodes }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<wire::AddLearnerRequest>,
+    ) -> Result<Response<wire::MembershipResponse>, Status> {
+        let message = request.into_inner();
+        if message.node_id == 0 || message.address.is_empty() {
+            return Err(Status::invalid_argument("node_id must not be 0 and address must be set"));
+        }
+        let forwarded = message.clone();
+        let response = self
+            .on_leader(
+                async || {
+                    let _serialised = self.membership_changes.lock().await;
+                    let node = PeerNode { address: message.address.clone(), site: message.site.clone() };
+                    let written =
+                        self.replica.raft.add_learner(message.node_id, node, false).await.map_err(raft_error)?;
+                    Ok(self.membership_response(written.log_id.index))
+                },
+                |mut client| async move { client.add_learner(forwarded).await },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<wire::ChangeMembershipRequest>,
+    ) -> Result<Response<wire::MembershipResponse>, Status> {
+        let message = request.into_inner();
+        let voters: BTreeSet<u64> = message.voters.iter().copied().collect();
+        if voters.is_empty() || voters.contains(&0) {
+            return Err(Status::invalid_argument("voters must name at least one member and not 0"));
+        }
+        let forwarded = message.clone();
+        let response = self
+            .on_leader(
+                async || {
+                    let _serialised = self.membership_changes.lock().await;
+                    let known: BTreeSet<u64> = self
+                        .replica
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
+                        return Err(Status::invalid_argument(format!(
+                            "node {unknown} is not a member: add it as a learner first"
+                        )));
+                    }
+                    let changes = ChangeMembers::ReplaceAllVoters(voters.clone());
+                    let written = self
+                        .replica
+                        .raft
+                        .change_membership(changes, message.retain_as_learners)
+                        .await
+                        .map_err(raft_error)?;
+                    Ok(self.membership_response(written.log_id.index))
+                },
+                |mut client| async move { client.change_membership(forwarded).await },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<wire::TransferLeaderRequest>,
+    ) -> Result<Response<wire::TransferLeaderResponse>, Status> {
+        let target = request.into_inner().node_id;
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        if target == self.replica.node_id {
+            self.replica.raft.trigger().elect().await.map_err(raft_error)?;
+            let deadline = Some(self.replica.request_timeout);
+            let elected =
+                self.replica.raft.wait(deadline).metrics(|m| m.current_leader == Some(target), "leadership").await;
+            elected.map_err(|error| Status::unavailable(format!("node {target} did not win the election: {error}")))?;
+            return Ok(Response::new(wire::TransferLeaderResponse { leader_id: target }));
+        }
+        let membership = metrics.membership_config.membership();
+        if !membership.voter_ids().any(|id| id == target) {
+            return Err(Status::invalid_argument(format!("node {target} is not a voter")));
+        }
+        let node = membership.get_node(&target).expect("voters are nodes");
+        let mut client = self.client(&node.address)?;
+        client.transfer_leader(wire::TransferLeaderRequest { node_id: target }).await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<wire::TriggerSnapshotRequest>,
+    ) -> Result<Response<wire::TriggerSnapshotResponse>, Status> {
+        let applied = self.replica.raft.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index);
+        self.replica.raft.trigger().snapshot().await.map_err(raft_error)?;
+        let built = self
+            .replica
+            .raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(|m| m.snapshot.is_some_and(|log_id| log_id.index >= applied), "snapshot")
+            .await
+            .map_err(|error| Status::deadline_exceeded(format!("the snapshot is still being built: {error}")))?;
+        Ok(Response::new(wire::TriggerSnapshotResponse {
+            snapshot_index: built.snapshot.map_or(0, |log_id| log_id.index),
+        }))
+    }
+}
+
+impl Admin {
+    async fn member_status(&self, id: u64, node: &PeerNode) -> wire::NodeStatus {
+        let unreachable = |error: String| wire::NodeStatus {
+            id,
+            address: node.address.clone(),
+            site: node.site.clone(),
+            reachable: false,
+            error,
+            ..wire::NodeStatus::default()
+        };
+        let mut client = match self.client(&node.address) {
+            Ok(client) => client,
+            Err(status) => return unreachable(status.message().to_owned()),
+        };
+        let mut request = Request::new(wire::NodeStatusRequest {});
+        request.set_timeout(MEMBER_STATUS_TIMEOUT);
+        match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.node_status(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => unreachable(format!("{}: {}", node.address, status.message())),
+            Err(_) => {
+                unreachable(format!("{}: no answer within {} ms", node.address, MEMBER_STATUS_TIMEOUT.as_millis()))
+            }
+        }
+    }
+}

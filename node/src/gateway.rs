@@ -1,0 +1,567 @@
+//! The `LedgerService` every replica serves: any replica accepts any request.
+//!
+//! Writes are checked field by field, then handed to group commit on the leader, or forwarded once
+//! to the leader by a follower. Reads are linearizable: the leader confirms it still leads (read
+//! index) and answers from a read view that includes everything committed before the request; a
+//! follower forwards reads to the leader. Every answer names the leader, and every error that a
+//! different replica could answer carries the leader in its metadata (`x-tally-leader-id`,
+//! `x-tally-leader-address`). Requests in flight are bounded; a request that cannot reach a quorum
+//! fails with `UNAVAILABLE` when its deadline passes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::Raft;
+use tally_consensus::LedgerReadView;
+use tally_consensus::raft_state_machine::{LedgerViews, consensus_record};
+use tally_consensus::types::TypeConfig;
+use tally_proto::v1 as wire;
+use tally_proto::v1::ledger_service_client::LedgerServiceClient;
+use tally_proto::v1::ledger_service_server::LedgerService;
+use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
+use tally_state_machine::{LedgerQueries, QueryError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{self, FieldError, Renderer};
+use crate::group_commit::{Events, GroupCommit, WriteError};
+
+/// Metadata a replica adds to a request it forwards, so that it is never forwarded twice.
+const FORWARDED: &str = "x-tally-forwarded";
+const LEADER_ID: &str = "x-tally-leader-id";
+const LEADER_ADDRESS: &str = "x-tally-leader-address";
+
+/// Who leads, as this replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leader {
+    Me,
+    Other { id: u64, address: String },
+    Unknown,
+}
+
+/// Shared by the gateway and the admin service.
+pub struct Replica {
+    pub node_id: u64,
+    pub raft: Raft<TypeConfig>,
+    pub views: LedgerViews,
+    pub request_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+    message_bytes_max: usize,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Replica({})", self.node_id)
+    }
+}
+
+impl Replica {
+    pub fn new(
+        node_id: u64,
+        raft: Raft<TypeConfig>,
+        views: LedgerViews,
+        request_timeout: Duration,
+        message_bytes_max: usize,
+    ) -> Replica {
+        Replica { node_id, raft, views, request_timeout, channels: Mutex::new(HashMap::new()), message_bytes_max }
+    }
+
+    pub fn leader(&self) -> Leader {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(id) if id == self.node_id => Leader::Me,
+            Some(id) => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Other { id, address: node.address.clone() },
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Waits (until `deadline`) for a leader to be known.
+    pub async fn known_leader(&self, deadline: Instant) -> Result<Leader, Status> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = self.leader();
+            if leader != Leader::Unknown {
+                return Ok(leader);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(Status::unavailable(format!(
+                    "no leader within {} ms: fewer than a majority of replicas can be reached",
+                    self.request_timeout.as_millis()
+                )));
+            }
+        }
+    }
+
+    /// A channel to a peer, opened once and reused.
+    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("the channel cache lock is never poisoned");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| Status::internal(format!("leader address {address:?} is invalid: {error}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn ledger_client(&self, address: &str) -> Result<LedgerServiceClient<Channel>, Status> {
+        Ok(LedgerServiceClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max))
+    }
+
+    pub fn header(&self, view: Option<&LedgerReadView>) -> wire::ResponseHeader {
+        let (leader_id, leader_address) = match self.leader() {
+            Leader::Me => (self.node_id, String::new()),
+            Leader::Other { id, address } => (id, address),
+            Leader::Unknown => (0, String::new()),
+        };
+        let leader_address = if leader_id == self.node_id {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&self.node_id)
+                .map(|node| node.address.clone())
+                .unwrap_or_default()
+        } else {
+            leader_address
+        };
+        let applied_index = view
+            .map(|view| consensus_record(view).applied.map_or(0, |log_id| log_id.index))
+            .unwrap_or_else(|| self.raft.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index));
+        wire::ResponseHeader { served_by: self.node_id, leader_id, leader_address, applied_index }
+    }
+
+    /// Adds the leader to an error, so that a client can go there directly.
+    pub fn with_leader(&self, mut status: Status) -> Status {
+        if let Leader::Other { id, address } = self.leader() {
+            if let Ok(value) = MetadataValue::try_from(id.to_string()) {
+                status.metadata_mut().insert(LEADER_ID, value);
+            }
+            if let Ok(value) = MetadataValue::try_from(address) {
+                status.metadata_mut().insert(LEADER_ADDRESS, value);
+            }
+        }
+        status
+    }
+}
+
+/// The gateway's service.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    replica: Arc<Replica>,
+    group_commit: GroupCommit,
+    in_flight: Arc<Semaphore>,
+    requests_in_flight_max: usize,
+}
+
+fn invalid(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn query_error(error: QueryError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn check_count(field: &str, count: usize, max: usize) -> Result<(), Status> {
+    if count == 0 {
+        return Err(Status::invalid_argument(format!("{field}: the request has no events")));
+    }
+    if count > max {
+        return Err(Status::invalid_argument(format!("{field}: {count} events, above the limit of {max} per request")));
+    }
+    Ok(())
+}
+
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+impl Gateway {
+    pub fn new(replica: Arc<Replica>, group_commit: GroupCommit, requests_in_flight_max: usize) -> Gateway {
+        Gateway {
+            replica,
+            group_commit,
+            in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
+            requests_in_flight_max,
+        }
+    }
+
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "more than {} requests in flight on this replica",
+                self.requests_in_flight_max
+            ))
+        })
+    }
+
+    /// Sends a request on to the leader, with what remains of the deadline.
+    async fn forward<Req, Resp, Call, Fut>(
+        &self,
+        address: &str,
+        message: Req,
+        deadline: Instant,
+        call: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let client = self.replica.ledger_client(address)?;
+        let answer = tokio::time::timeout_at(deadline, call(client, request)).await;
+        answer.unwrap_or_else(|_| Err(Status::unavailable(format!("the leader at {address} did not answer in time"))))
+    }
+
+    /// Writes through group commit on the leader, or forwards to it.
+    async fn write<Req, Call, Fut>(
+        &self,
+        request: Request<Req>,
+        events: Events,
+        call: Call,
+    ) -> Result<Response<wire::CreateResponse>, Status>
+    where
+        Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<wire::CreateResponse>, Status>>,
+    {
+        let deadline = Instant::now() + self.replica.request_timeout;
+        let was_forwarded = forwarded(&request);
+        let started = std::time::Instant::now();
+        let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
+        let result = match leader {
+            Leader::Other { address, .. } if !was_forwarded => {
+                self.forward(&address, request.into_inner(), deadline, call).await
+            }
+            Leader::Other { id, address } => {
+                Err(Status::unavailable(format!("not the leader; the leader is {id} at {address}")))
+            }
+            Leader::Unknown => unreachable!("known_leader returns a known leader"),
+            Leader::Me => self.commit(events, deadline).await,
+        };
+        metrics::histogram!("tally_write_seconds").record(started.elapsed().as_secs_f64());
+        result.map_err(|status| self.replica.with_leader(status))
+    }
+
+    async fn commit(&self, events: Events, deadline: Instant) -> Result<Response<wire::CreateResponse>, Status> {
+        let written = match tokio::time::timeout_at(deadline, self.group_commit.submit(events)).await {
+            Ok(written) => written,
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "no quorum confirmed the write within {} ms; it may still be applied: retry with the same ids",
+                    self.replica.request_timeout.as_millis()
+                )));
+            }
+        };
+        let written = written.map_err(|error| match error {
+            WriteError::NotLeader { leader: Some((id, node)) } => {
+                Status::unavailable(format!("leadership moved to {id} at {}; retry there", node.address))
+            }
+            WriteError::NotLeader { leader: None } => Status::unavailable("leadership moved; retry".to_string()),
+            WriteError::Unavailable(detail) => Status::unavailable(detail),
+            WriteError::Refused(reason) => Status::aborted(format!("{reason}; nothing was applied: retry")),
+            WriteError::Overloaded => Status::resource_exhausted(error.to_string()),
+        })?;
+        let mut header = self.replica.header(None);
+        header.applied_index = header.applied_index.max(written.log_index);
+        let results = written.results.iter().map(|code| i32::from(*code)).collect();
+        Ok(Response::new(wire::CreateResponse { header: Some(header), results }))
+    }
+
+    /// Answers a read on the leader after a read-index barrier, or forwards it there.
+    async fn read<Req, Resp, Local, Call, Fut>(
+        &self,
+        request: Request<Req>,
+        local: Local,
+        call: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Local: FnOnce(&Req, &LedgerReadView, wire::ResponseHeader) -> Result<Resp, Status>,
+        Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let _permit = self.admit()?;
+        let deadline = Instant::now() + self.replica.request_timeout;
+        let was_forwarded = forwarded(&request);
+        let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
+        let result = match leader {
+            Leader::Other { address, .. } if !was_forwarded => {
+                self.forward(&address, request.into_inner(), deadline, call).await
+            }
+            Leader::Other { id, address } => {
+                Err(Status::unavailable(format!("not the leader; the leader is {id} at {address}")))
+            }
+            Leader::Unknown => unreachable!("known_leader returns a known leader"),
+            Leader::Me => {
+                match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        return Err(self
+                            .replica
+                            .with_leader(Status::unavailable(format!("read not confirmed: {error}"))));
+                    }
+                    Err(_) => return Err(Status::unavailable("no quorum confirmed leadership for this read in time")),
+                }
+                let view = self.replica.views.view();
+                let header = self.replica.header(Some(&view));
+                local(request.get_ref(), &view, header).map(Response::new)
+            }
+        };
+        result.map_err(|status| self.replica.with_leader(status))
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerService for Gateway {
+    async fn create_ledgers(
+        &self,
+        request: Request<wire::CreateLedgersRequest>,
+    ) -> Result<Response<wire::CreateResponse>, Status> {
+        let _permit = self.admit()?;
+        let message = request.get_ref();
+        check_count("ledgers", message.ledgers.len(), EVENTS_PER_BATCH_MAX)?;
+        let events = message
+            .ledgers
+            .iter()
+            .enumerate()
+            .map(|(index, ledger)| convert::new_ledger(ledger, index))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        self.write(request, Events::Ledgers(events), |mut client, request| async move {
+            client.create_ledgers(request).await
+        })
+        .await
+    }
+
+    async fn create_accounts(
+        &self,
+        request: Request<wire::CreateAccountsRequest>,
+    ) -> Result<Response<wire::CreateResponse>, Status> {
+        let _permit = self.admit()?;
+        let message = request.get_ref();
+        check_count("accounts", message.accounts.len(), EVENTS_PER_BATCH_MAX)?;
+        let events = message
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| convert::new_account(account, index))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        self.write(request, Events::Accounts(events), |mut client, request| async move {
+            client.create_accounts(request).await
+        })
+        .await
+    }
+
+    async fn create_transfers(
+        &self,
+        request: Request<wire::CreateTransfersRequest>,
+    ) -> Result<Response<wire::CreateResponse>, Status> {
+        let _permit = self.admit()?;
+        let message = request.get_ref();
+        check_count("transfers", message.transfers.len(), EVENTS_PER_BATCH_MAX)?;
+        let events = message
+            .transfers
+            .iter()
+            .enumerate()
+            .map(|(index, transfer)| convert::new_transfer(transfer, index))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        self.write(request, Events::Transfers(events), |mut client, request| async move {
+            client.create_transfers(request).await
+        })
+        .await
+    }
+
+    async fn lookup_ledgers(
+        &self,
+        request: Request<wire::LookupLedgersRequest>,
+    ) -> Result<Response<wire::LookupLedgersResponse>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let found = view.lookup_ledgers(&message.ids).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let ledgers = found
+                    .iter()
+                    .map(|ledger| wire::LedgerLookup {
+                        found: ledger.is_some(),
+                        ledger: ledger.as_ref().map(|ledger| render.ledger(ledger)),
+                    })
+                    .collect();
+                Ok(wire::LookupLedgersResponse { header: Some(header), ledgers })
+            },
+            |mut client, request| async move { client.lookup_ledgers(request).await },
+        )
+        .await
+    }
+
+    async fn lookup_accounts(
+        &self,
+        request: Request<wire::LookupRequest>,
+    ) -> Result<Response<wire::LookupAccountsResponse>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let ids: Vec<u128> = message.ids.iter().map(|id| convert::u128_from(Some(id))).collect();
+                let found = view.lookup_accounts(&ids).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let accounts = found
+                    .iter()
+                    .map(|account| wire::AccountLookup {
+                        found: account.is_some(),
+                        account: account.as_ref().map(|account| render.account(account)),
+                    })
+                    .collect();
+                Ok(wire::LookupAccountsResponse { header: Some(header), accounts })
+            },
+            |mut client, request| async move { client.lookup_accounts(request).await },
+        )
+        .await
+    }
+
+    async fn lookup_transfers(
+        &self,
+        request: Request<wire::LookupRequest>,
+    ) -> Result<Response<wire::LookupTransfersResponse>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let ids: Vec<u128> = message.ids.iter().map(|id| convert::u128_from(Some(id))).collect();
+                let found = view.lookup_transfers(&ids).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let transfers = found
+                    .iter()
+                    .map(|transfer| wire::TransferLookup {
+                        found: transfer.is_some(),
+                        transfer: transfer.as_ref().map(|transfer| render.transfer(transfer)),
+                    })
+                    .collect();
+                Ok(wire::LookupTransfersResponse { header: Some(header), transfers })
+            },
+            |mut client, request| async move { client.lookup_transfers(request).await },
+        )
+        .await
+    }
+
+    async fn get_account_transfers(
+        &self,
+        request: Request<wire::AccountTransfersRequest>,
+    ) -> Result<Response<wire::TransfersPage>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let filter = convert::account_transfers_filter(message).map_err(invalid)?;
+                let page = view.get_account_transfers(filter).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let transfers = page.items.iter().map(|transfer| render.transfer(transfer)).collect();
+                Ok(wire::TransfersPage { header: Some(header), transfers, cursor: page.cursor })
+            },
+            |mut client, request| async move { client.get_account_transfers(request).await },
+        )
+        .await
+    }
+
+    async fn get_account_balances(
+        &self,
+        request: Request<wire::AccountBalancesRequest>,
+    ) -> Result<Response<wire::AccountBalancesPage>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let account_id = convert::u128_from(message.account_id.as_ref());
+                let page = view
+                    .get_account_balances(account_id, convert::window(message.window.as_ref()))
+                    .map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let scale = render.account_scale(account_id);
+                let balances = page.items.iter().map(|balance| render.balance(balance, scale)).collect();
+                Ok(wire::AccountBalancesPage { header: Some(header), balances, cursor: page.cursor })
+            },
+            |mut client, request| async move { client.get_account_balances(request).await },
+        )
+        .await
+    }
+
+    async fn query_ledgers(
+        &self,
+        request: Request<wire::QueryLedgersRequest>,
+    ) -> Result<Response<wire::LedgersPage>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let page = view.query_ledgers(convert::window(message.window.as_ref())).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let ledgers = page.items.iter().map(|ledger| render.ledger(ledger)).collect();
+                Ok(wire::LedgersPage { header: Some(header), ledgers, cursor: page.cursor })
+            },
+            |mut client, request| async move { client.query_ledgers(request).await },
+        )
+        .await
+    }
+
+    async fn query_accounts(
+        &self,
+        request: Request<wire::QueryRequest>,
+    ) -> Result<Response<wire::AccountsPage>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let filter = convert::field_filter(message).map_err(invalid)?;
+                let page =
+                    view.query_accounts(filter, convert::window(message.window.as_ref())).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let accounts = page.items.iter().map(|account| render.account(account)).collect();
+                Ok(wire::AccountsPage { header: Some(header), accounts, cursor: page.cursor })
+            },
+            |mut client, request| async move { client.query_accounts(request).await },
+        )
+        .await
+    }
+
+    async fn query_transfers(
+        &self,
+        request: Request<wire::QueryRequest>,
+    ) -> Result<Response<wire::TransfersPage>, Status> {
+        self.read(
+            request,
+            |message, view, header| {
+                let filter = convert::field_filter(message).map_err(invalid)?;
+                let page =
+                    view.query_transfers(filter, convert::window(message.window.as_ref())).map_err(query_error)?;
+                let render = Renderer { storage: view };
+                let transfers = page.items.iter().map(|transfer| render.transfer(transfer)).collect();
+                Ok(wire::TransfersPage { header: Some(header), transfers, cursor: page.cursor })
+            },
+            |mut client, request| async move { client.query_transfers(request).await },
+        )
+        .await
+    }
+}
+
+/// The gRPC status code of an error, for metrics labels.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::InvalidArgument => "invalid_argument",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Unavailable => "unavailable",
+        Code::Aborted => "aborted",
+        _ => "other",
+    }
+}

@@ -1,0 +1,315 @@
+//! Group commit: the leader coalesces concurrent client requests into one log entry.
+//!
+//! Requests queue in a bounded channel. The batcher takes the first, then keeps taking requests of
+//! the same kind until the batch holds `events_per_batch_max` events or `linger_us` has passed, and
+//! proposes the batch to Raft. A request's events stay together in one batch, so its linked chains
+//! are never split. Batches are proposed one after another, in the order their timestamps were
+//! assigned, while up to `batches_in_flight_max` of them wait to commit; each request gets its own
+//! slice of the results once its entry is committed and applied.
+//!
+//! Cluster time: a batch is stamped `max(now, floor)` where `floor` is one past every timestamp the
+//! log holds. When this replica becomes leader it first waits until everything committed before
+//! its term is applied (a read-index barrier) and takes the floor from the applied state, so
+//! timestamps keep increasing across leader changes even when clocks disagree.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::Raft;
+use openraft::error::ClientWriteError;
+use tally_consensus::raft_state_machine::LedgerViews;
+use tally_consensus::types::{ApplyResponse, LogPayload, NodeId, PeerNode, TypeConfig};
+use tally_state_machine::codec::encode_batch;
+use tally_state_machine::constants::EXPIRIES_PER_BATCH_MAX;
+use tally_state_machine::{Batch, NewAccount, NewLedger, NewTransfer, Operation, StorageRead};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::GroupCommitSettings;
+
+/// Requests waiting for the batcher; beyond this, submitters get `Overloaded`.
+pub const QUEUE_DEPTH_MAX: usize = 4_096;
+
+/// What a client asked to write.
+#[derive(Debug)]
+pub enum Events {
+    Ledgers(Vec<NewLedger>),
+    Accounts(Vec<NewAccount>),
+    Transfers(Vec<NewTransfer>),
+    /// Release pending transfers that are due (proposed by the leader itself).
+    Expire,
+}
+
+impl Events {
+    fn len(&self) -> usize {
+        match self {
+            Events::Ledgers(events) => events.len(),
+            Events::Accounts(events) => events.len(),
+            Events::Transfers(events) => events.len(),
+            Events::Expire => 0,
+        }
+    }
+
+    fn same_kind(&self, other: &Events) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && !matches!(self, Events::Expire)
+    }
+}
+
+/// A committed and applied write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// One `ResultCode` number per event of the request (empty for an expiry).
+    pub results: Vec<u8>,
+    /// For an expiry, the pending transfers released.
+    pub expired: Vec<u128>,
+    pub log_index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("this replica is not the leader")]
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the ledger refused the batch: {0}")]
+    Refused(String),
+    #[error("more than {QUEUE_DEPTH_MAX} writes are waiting")]
+    Overloaded,
+}
+
+struct Submission {
+    events: Events,
+    reply: oneshot::Sender<Result<Written, WriteError>>,
+}
+
+/// The handle requests are submitted through.
+#[derive(Clone, Debug)]
+pub struct GroupCommit {
+    sender: mpsc::Sender<Submission>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Submission({} events)", self.events.len())
+    }
+}
+
+impl GroupCommit {
+    /// Starts the batcher task; it ends when every handle is dropped.
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        views: LedgerViews,
+        clock: Arc<dyn Clock>,
+        settings: GroupCommitSettings,
+    ) -> GroupCommit {
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
+        let batcher = Batcher {
+            raft,
+            views,
+            clock,
+            in_flight: Arc::new(Semaphore::new(settings.batches_in_flight_max)),
+            settings,
+            receiver,
+            carried: None,
+            synced_term: None,
+            resync: Arc::new(AtomicBool::new(false)),
+            floor: 0,
+        };
+        tokio::spawn(batcher.run());
+        GroupCommit { sender }
+    }
+
+    /// Submits events and waits until they are committed and applied (or refused).
+    pub async fn submit(&self, events: Events) -> Result<Written, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Submission { events, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => WriteError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => WriteError::Unavailable("the replica is shutting down".into()),
+        })?;
+        answer.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the replica is shutting down".into())))
+    }
+}
+
+struct Batcher {
+    raft: Raft<TypeConfig>,
+    views: LedgerViews,
+    clock: Arc<dyn Clock>,
+    settings: GroupCommitSettings,
+    in_flight: Arc<Semaphore>,
+    receiver: mpsc::Receiver<Submission>,
+    /// A request of another kind that ended the last group; it starts the next one.
+    carried: Option<Submission>,
+    /// The leader term whose timestamp floor was taken from the applied state.
+    synced_term: Option<u64>,
+    /// Set when the ledger refused a batch: the floor is re-read from the applied state before the
+    /// next proposal rather than trusted.
+    resync: Arc<AtomicBool>,
+    /// One past the last timestamp any proposed batch may use.
+    floor: u64,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        while let Some(group) = self.next_group().await {
+            if let Err(error) = self.propose(group).await {
+                tracing::warn!(%error, "group commit could not propose a batch");
+            }
+        }
+    }
+
+    /// Waits for a request, then gathers more of the same kind until the batch is full or the
+    /// linger has passed.
+    async fn next_group(&mut self) -> Option<Vec<Submission>> {
+        let first = match self.carried.take() {
+            Some(submission) => submission,
+            None => self.receiver.recv().await?,
+        };
+        let mut events = first.events.len();
+        let mut group = vec![first];
+        let deadline = Instant::now() + Duration::from_micros(self.settings.linger_us);
+        while events < self.settings.events_per_batch_max && !matches!(group[0].events, Events::Expire) {
+            let next = match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                Ok(Some(next)) => next,
+                Ok(None) | Err(_) => break,
+            };
+            let fits = events + next.events.len() <= self.settings.events_per_batch_max;
+            if !(next.events.same_kind(&group[0].events) && fits) {
+                self.carried = Some(next);
+                break;
+            }
+            events += next.events.len();
+            group.push(next);
+        }
+        Some(group)
+    }
+
+    /// Makes sure this replica leads, and that the timestamp floor covers every entry committed
+    /// before its term.
+    async fn ensure_leading(&mut self) -> Result<(), WriteError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            let leader = metrics
+                .current_leader
+                .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|node| (id, node.clone())));
+            return Err(WriteError::NotLeader { leader });
+        }
+        if self.resync.swap(false, Ordering::Relaxed) {
+            self.synced_term = None;
+        }
+        if self.synced_term == Some(metrics.current_term) {
+            return Ok(());
+        }
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|error| WriteError::Unavailable(format!("leadership not confirmed: {error}")))?;
+        self.floor = self.floor.max(self.views.view().meta_get().timestamp_last + 1);
+        self.synced_term = Some(metrics.current_term);
+        Ok(())
+    }
+
+    async fn propose(&mut self, group: Vec<Submission>) -> Result<(), WriteError> {
+        if let Err(error) = self.ensure_leading().await {
+            fail(group, &error);
+            return Err(error);
+        }
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await.expect("the semaphore is never closed");
+        let (batch, sizes) = self.stamp(&group);
+        let mut bytes = Vec::new();
+        encode_batch(&batch, &mut bytes);
+        metrics::histogram!("tally_group_commit_events").record(batch.operation.event_count() as f64);
+        metrics::histogram!("tally_group_commit_requests").record(group.len() as f64);
+        let receiver = match self.raft.client_write_ff(LogPayload::Batch(bytes)).await {
+            Ok(receiver) => receiver,
+            Err(fatal) => {
+                let error = WriteError::Unavailable(format!("raft stopped: {fatal}"));
+                fail(group, &error);
+                return Err(error);
+            }
+        };
+        let resync = Arc::clone(&self.resync);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = receiver.await;
+            let outcome = match result {
+                Ok(Ok(response)) => Ok((response.log_id.index, response.data)),
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                    let leader = forward.leader_id.zip(forward.leader_node);
+                    Err(WriteError::NotLeader { leader })
+                }
+                Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
+                Err(_) => Err(WriteError::Unavailable("the replica is shutting down".into())),
+            };
+            if let Ok((_, ApplyResponse::Refused { .. })) = &outcome {
+                resync.store(true, Ordering::Relaxed);
+            }
+            distribute(group, sizes, outcome);
+        });
+        Ok(())
+    }
+
+    /// Assigns the batch its timestamp and concatenates the requests' events.
+    fn stamp(&mut self, group: &[Submission]) -> (Batch, Vec<usize>) {
+        let timestamp = self.clock.now_nanoseconds().max(self.floor);
+        let sizes: Vec<usize> = group.iter().map(|submission| submission.events.len()).collect();
+        let operation = match &group[0].events {
+            Events::Ledgers(_) => Operation::CreateLedgers(collect(group, |events| match events {
+                Events::Ledgers(events) => events,
+                _ => unreachable!("a group holds one kind"),
+            })),
+            Events::Accounts(_) => Operation::CreateAccounts(collect(group, |events| match events {
+                Events::Accounts(events) => events,
+                _ => unreachable!("a group holds one kind"),
+            })),
+            Events::Transfers(_) => Operation::CreateTransfers(collect(group, |events| match events {
+                Events::Transfers(events) => events,
+                _ => unreachable!("a group holds one kind"),
+            })),
+            Events::Expire => Operation::ExpirePendingTransfers,
+        };
+        let timestamps_used = match operation {
+            Operation::ExpirePendingTransfers => EXPIRIES_PER_BATCH_MAX,
+            _ => operation.event_count().max(1),
+        };
+        self.floor = timestamp + timestamps_used as u64;
+        (Batch { timestamp, operation }, sizes)
+    }
+}
+
+fn collect<T: Clone>(group: &[Submission], events: impl Fn(&Events) -> &Vec<T>) -> Vec<T> {
+    group.iter().flat_map(|submission| events(&submission.events).iter().cloned()).collect()
+}
+
+fn fail(group: Vec<Submission>, error: &WriteError) {
+    for submission in group {
+        let _ = submission.reply.send(Err(error.clone()));
+    }
+}
+
+/// Hands each request its slice of the batch's results.
+fn distribute(group: Vec<Submission>, sizes: Vec<usize>, outcome: Result<(u64, ApplyResponse), WriteError>) {
+    let (log_index, response) = match outcome {
+        Ok(committed) => committed,
+        Err(error) => return fail(group, &error),
+    };
+    match response {
+        ApplyResponse::Created { results } => {
+            assert_eq!(results.len(), sizes.iter().sum::<usize>(), "one result per event");
+            let mut offset = 0;
+            for (submission, size) in group.into_iter().zip(sizes) {
+                let results = results[offset..offset + size].to_vec();
+                offset += size;
+                let _ = submission.reply.send(Ok(Written { results, expired: Vec::new(), log_index }));
+            }
+        }
+        ApplyResponse::Expired { ids } => {
+            for submission in group {
+                let _ = submission.reply.send(Ok(Written { results: Vec::new(), expired: ids.clone(), log_index }));
+            }
+        }
+        ApplyResponse::Refused { reason } => fail(group, &WriteError::Refused(reason)),
+        ApplyResponse::NoOp => fail(group, &WriteError::Refused("the entry carried no batch".into())),
+    }
+}

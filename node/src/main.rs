@@ -1,0 +1,54 @@
+//! `tally-node --config <file>`: one Tally replica. Everything but argument parsing, logging and
+//! signals lives in the library, so that tests can run replicas in-process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tally_node::NodeConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "tally-node", version, about = "A replica of a Tally ledger cluster")]
+struct Arguments {
+    /// The replica's TOML configuration.
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: PathBuf,
+}
+
+/// Exit code for a configuration or data directory the replica refuses to start with.
+const EXIT_REFUSED: u8 = 2;
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let config = match NodeConfig::load(&arguments.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tally-node: {error}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(tally_node::run_from_config(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tally-node: {error}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

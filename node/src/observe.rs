@@ -1,0 +1,161 @@
+//! Metrics and health: a Prometheus endpoint, `/health` and `/ready`, and the gauges and counters
+//! fed from Raft's own metrics and from every gRPC request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use openraft::ServerState;
+use tokio::net::TcpListener;
+
+use crate::gateway::{Leader, Replica};
+
+/// Latency buckets in seconds, for every `*_seconds` histogram: from 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Size buckets for group commit: events and requests per proposed batch.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8190.0];
+
+/// A replica with its applied index this far behind its own log is not ready to serve.
+const READY_LAG_ENTRIES_MAX: u64 = 100;
+
+/// The process-wide Prometheus recorder, installed once (every replica in a process shares it).
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // Without explicit buckets the exporter renders histograms as summaries.
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Prefix("tally_group_commit_".into()), BATCH_BUCKETS)
+                })
+                .expect("bucket lists are not empty")
+                .install_recorder()
+                .expect("the recorder is installed once")
+        })
+        .clone()
+}
+
+/// Whether the replica can serve: a leader is known and it has applied (nearly) all of its log.
+pub fn ready(replica: &Replica) -> Result<(), String> {
+    let metrics = replica.raft.metrics().borrow().clone();
+    if replica.leader() == Leader::Unknown {
+        return Err("no leader is known".into());
+    }
+    let last = metrics.last_log_index.unwrap_or(0);
+    let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
+    if last.saturating_sub(applied) > READY_LAG_ENTRIES_MAX {
+        return Err(format!("applied index {applied} is behind log index {last}"));
+    }
+    Ok(())
+}
+
+/// Serves `/metrics`, `/health` (the process runs) and `/ready` (it can serve requests).
+pub async fn serve_http(
+    listener: TcpListener,
+    replica: Arc<Replica>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let handle = recorder();
+    let router = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let answer = match ready(&replica) {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                };
+                std::future::ready(answer)
+            }),
+        );
+    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!(%error, "the metrics endpoint stopped");
+    }
+}
+
+/// Turns Raft's metrics into gauges and counters until the replica stops.
+pub async fn watch_raft(replica: Arc<Replica>) {
+    let mut watch = replica.raft.metrics();
+    let mut leader = None;
+    let mut snapshot = None;
+    loop {
+        let metrics = watch.borrow_and_update().clone();
+        metrics::gauge!("tally_raft_term").set(metrics.current_term as f64);
+        metrics::gauge!("tally_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("tally_raft_applied_index").set(metrics.last_applied.map_or(0, |log_id| log_id.index) as f64);
+        metrics::gauge!("tally_raft_is_leader").set(if metrics.state == ServerState::Leader { 1.0 } else { 0.0 });
+        if metrics.current_leader != leader {
+            metrics::counter!("tally_raft_leader_changes_total").increment(1);
+            leader = metrics.current_leader;
+        }
+        if metrics.snapshot != snapshot {
+            metrics::counter!("tally_snapshots_total").increment(1);
+            metrics::gauge!("tally_snapshot_index").set(metrics.snapshot.map_or(0, |log_id| log_id.index) as f64);
+            snapshot = metrics.snapshot;
+        }
+        if metrics.state == ServerState::Shutdown || watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A tower layer counting gRPC requests by method and status, and timing them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestMetricsLayer;
+
+impl<S> tower::Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+    fn layer(&self, inner: S) -> RequestMetrics<S> {
+        RequestMetrics { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestMetrics<S> {
+    inner: S,
+}
+
+impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for RequestMetrics<S>
+where
+    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<ResponseBody>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
+        // The method is the last path segment: /tally.v1.LedgerService/CreateTransfers.
+        let method = request.uri().path().rsplit('/').next().unwrap_or("unknown").to_owned();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            let status = match &response {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or("ok", |code| crate::gateway::code_label(tonic::Code::from_i32(code))),
+                Err(_) => "transport_error",
+            };
+            metrics::counter!("tally_requests_total", "method" => method.clone(), "status" => status).increment(1);
+            metrics::histogram!("tally_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! Starting and stopping a replica: `run(config, listeners, shutdown)`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tally_consensus::log_store::RedbLogStore;
+use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
+use tally_consensus::raft_state_machine::LedgerStateMachine;
+use tally_consensus::types::{PeerNode, TypeConfig};
+use tally_proto::v1::admin_service_server::AdminServiceServer;
+use tally_proto::v1::ledger_service_server::LedgerServiceServer;
+use tally_state_machine::LedgerQueries;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::admin::Admin;
+use crate::clock::{Clock, SystemClock};
+use crate::config::NodeConfig;
+use crate::gateway::{Gateway, Leader, Replica};
+use crate::group_commit::{Events, GroupCommit};
+use crate::observe;
+
+/// How often the leader checks whether pending transfers are due to expire.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+const IDENTITY_FILE: &str = "identity.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("data directory {path}: {detail}")]
+    DataDirectory { path: String, detail: String },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// What a data directory belongs to, written on first start and checked on every start after.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    cluster_name: String,
+    node_id: u64,
+}
+
+fn check_identity(directory: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+    let error = |detail: String| NodeError::DataDirectory { path: directory.display().to_string(), detail };
+    std::fs::create_dir_all(directory).map_err(|source| error(source.to_string()))?;
+    let path = directory.join(IDENTITY_FILE);
+    let expected = Identity { cluster_name: config.cluster_name.clone(), node_id: config.node_id };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Identity =
+                toml::from_str(&text).map_err(|source| error(format!("{IDENTITY_FILE} is damaged: {source}")))?;
+            if found != expected {
+                return Err(error(format!(
+                    "belongs to node {} of cluster {:?}, not node {} of cluster {:?}; refusing to start",
+                    found.node_id, found.cluster_name, expected.node_id, expected.cluster_name
+                )));
+            }
+            Ok(())
+        }
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+            let text = toml::to_string(&expected).expect("an identity serialises");
+            std::fs::write(&path, text).map_err(|source| error(source.to_string()))
+        }
+        Err(source) => Err(error(source.to_string())),
+    }
+}
+
+/// Binds the configured addresses and runs until `shutdown` completes.
+pub async fn run_from_config(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let listen = |address: std::net::SocketAddr| async move {
+        TcpListener::bind(address).await.map_err(|source| NodeError::Listen { address: address.to_string(), source })
+    };
+    let grpc = listen(config.listen_address).await?;
+    let metrics = match config.metrics_address {
+        Some(address) => Some(listen(address).await?),
+        None => None,
+    };
+    run(config, grpc, metrics, shutdown).await
+}
+
+/// Runs a replica on already bound listeners (tests bind 127.0.0.1:0) until `shutdown` completes.
+pub async fn run(
+    config: NodeConfig,
+    grpc_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    observe::recorder();
+    check_identity(&config.data_directory, &config)?;
+    let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb")).map_err(NodeError::Storage)?;
+    let state_machine =
+        LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
+    let views = state_machine.views();
+    let openraft_config = Arc::new(config.openraft()?);
+    let raft = Raft::new(config.node_id, openraft_config, GrpcNetwork::new(), log, state_machine)
+        .await
+        .map_err(|error| NodeError::Raft(error.to_string()))?;
+    bootstrap(&raft, &config).await?;
+
+    let replica = Arc::new(Replica::new(
+        config.node_id,
+        raft.clone(),
+        views.clone(),
+        config.request_timeout(),
+        config.limits.message_bytes_max,
+    ));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let group_commit = GroupCommit::start(raft.clone(), views, Arc::clone(&clock), config.group_commit.clone());
+    let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), config.limits.requests_in_flight_max);
+    let admin = Admin::new(Arc::clone(&replica), config.site.clone());
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
+    };
+    tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, clock, until_stopped()));
+    tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<LedgerServiceServer<Gateway>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| NodeError::Server(error.to_string()))?;
+    let message_bytes_max = config.limits.message_bytes_max;
+    let server = tonic::transport::Server::builder()
+        .layer(observe::RequestMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            LedgerServiceServer::new(gateway)
+                .max_decoding_message_size(message_bytes_max)
+                .max_encoding_message_size(message_bytes_max),
+        )
+        .add_service(AdminServiceServer::new(admin))
+        .add_service(RaftGrpcService::new(raft.clone()).into_server())
+        .serve_with_incoming_shutdown(limited_incoming(grpc_listener, config.limits.connections_max), shutdown);
+    tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
+    let served = server.await;
+    tracing::info!(node = config.node_id, "replica stopping");
+    let _ = stop.send(true);
+    raft.shutdown().await.map_err(|error| NodeError::Raft(error.to_string()))?;
+    served.map_err(|error| NodeError::Server(error.to_string()))
+}
+
+/// The member with the lowest id of `initial_members` initialises a new cluster, once: only while
+/// its log is empty and no vote was ever cast.
+async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), NodeError> {
+    let lowest = config.initial_members.iter().map(|member| member.id).min();
+    if lowest != Some(config.node_id)
+        || raft.is_initialized().await.map_err(|error| NodeError::Raft(error.to_string()))?
+    {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, PeerNode> = config
+        .initial_members
+        .iter()
+        .map(|member| (member.id, PeerNode { address: member.address.clone(), site: member.site.clone() }))
+        .collect();
+    tracing::info!(members = members.len(), "bootstrapping a new cluster");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Another start already initialised it (the log was written but not yet visible).
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(error) => Err(NodeError::Raft(format!("bootstrap failed: {error}"))),
+    }
+}
+
+/// On the leader, proposes an expiry batch whenever a pending transfer's deadline has passed.
+async fn propose_expiries(
+    replica: Arc<Replica>,
+    group_commit: GroupCommit,
+    clock: Arc<dyn Clock>,
+    stopped: impl Future<Output = ()>,
+) {
+    let mut interval = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = interval.tick() => {}
+        }
+        if replica.leader() != Leader::Me {
+            continue;
+        }
+        let due = replica.views.view().expiry_next().is_some_and(|deadline| deadline <= clock.now_nanoseconds());
+        if due {
+            match group_commit.submit(Events::Expire).await {
+                Ok(written) => {
+                    metrics::counter!("tally_pending_transfers_expired_total").increment(written.expired.len() as u64)
+                }
+                Err(error) => tracing::debug!(%error, "expiry batch not applied"),
+            }
+        }
+    }
+}
+
+/// Accepted connections beyond `connections_max` are closed at once.
+fn limited_incoming(
+    listener: TcpListener,
+    connections_max: usize,
+) -> ReceiverStream<std::io::Result<LimitedConnection>> {
+    let (sender, receiver) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(connections_max));
+    tokio::spawn(async move {
+        loop {
+            let accepted = listener.accept().await;
+            let connection = match accepted {
+                Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        Ok(LimitedConnection { stream, _permit: permit })
+                    }
+                    Err(_) => {
+                        metrics::counter!("tally_connections_refused_total").increment(1);
+                        continue;
+                    }
+                },
+                Err(error) => Err(error),
+            };
+            if sender.send(connection).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// A TCP connection that holds one of the connection permits while it is open.
+#[derive(Debug)]
+pub struct LimitedConnection {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for LimitedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for LimitedConnection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}

@@ -1,0 +1,216 @@
+//! Three replicas in this process, over real gRPC on 127.0.0.1: the gateway, forwarding, group
+//! commit, linearizable reads, admin status and metrics, end to end.
+
+use std::time::Duration;
+
+use tally_node::NodeConfig;
+use tally_node::config::{GroupCommitSettings, Limits, Member, RaftSettings, StorageSettings};
+use tally_proto::v1 as wire;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::ledger_service_client::LedgerServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+struct Cluster {
+    addresses: Vec<String>,
+    metrics_addresses: Vec<String>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), tally_node::NodeError>>>,
+    _directory: tempfile::TempDir,
+}
+
+async fn start_cluster(size: u64) -> Cluster {
+    let directory = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..size {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listeners.push((grpc, metrics));
+    }
+    let addresses: Vec<String> = listeners.iter().map(|(grpc, _)| grpc.local_addr().unwrap().to_string()).collect();
+    let metrics_addresses = listeners.iter().map(|(_, metrics)| metrics.local_addr().unwrap().to_string()).collect();
+    let members: Vec<Member> = addresses
+        .iter()
+        .enumerate()
+        .map(|(index, address)| Member {
+            id: index as u64 + 1,
+            address: address.clone(),
+            site: format!("site-{}", index % 2),
+        })
+        .collect();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for (index, (grpc, metrics)) in listeners.into_iter().enumerate() {
+        let config = NodeConfig {
+            cluster_name: "in-process".into(),
+            node_id: index as u64 + 1,
+            site: members[index].site.clone(),
+            listen_address: grpc.local_addr().unwrap(),
+            advertise_address: addresses[index].clone(),
+            metrics_address: Some(metrics.local_addr().unwrap()),
+            data_directory: directory.path().join(format!("node-{}", index + 1)),
+            initial_members: members.clone(),
+            raft: RaftSettings {
+                heartbeat_interval_ms: 50,
+                election_timeout_min_ms: 300,
+                election_timeout_max_ms: 600,
+                ..RaftSettings::default()
+            },
+            limits: Limits { request_timeout_ms: 5_000, ..Limits::default() },
+            group_commit: GroupCommitSettings::default(),
+            storage: StorageSettings { cache_bytes: 8 * 1024 * 1024 },
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        tasks.push(tokio::spawn(tally_node::run(config, grpc, Some(metrics), async {
+            let _ = stopped.await;
+        })));
+    }
+    Cluster { addresses, metrics_addresses, stops, tasks, _directory: directory }
+}
+
+impl Cluster {
+    async fn ledger(&self, index: usize) -> LedgerServiceClient<Channel> {
+        LedgerServiceClient::connect(format!("http://{}", self.addresses[index])).await.unwrap()
+    }
+
+    async fn admin(&self, index: usize) -> AdminServiceClient<Channel> {
+        AdminServiceClient::connect(format!("http://{}", self.addresses[index])).await.unwrap()
+    }
+
+    async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            let outcome = tokio::time::timeout(Duration::from_secs(10), task).await.expect("a replica stops in time");
+            outcome.unwrap().expect("a replica stops cleanly");
+        }
+    }
+}
+
+fn id(value: u128) -> Option<wire::Uint128> {
+    tally_node::convert::uint128(value)
+}
+
+fn transfer(transfer_id: u128, debit: u128, credit: u128, amount: &str) -> wire::NewTransfer {
+    wire::NewTransfer {
+        id: id(transfer_id),
+        debit_account_id: id(debit),
+        credit_account_id: id(credit),
+        amount: amount.into(),
+        ledger: 1,
+        code: 1,
+        ..wire::NewTransfer::default()
+    }
+}
+
+fn ok_codes(count: usize) -> Vec<i32> {
+    vec![wire::ResultCode::Ok as i32; count]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_writes_and_reads_through_any_replica() {
+    let cluster = start_cluster(3).await;
+    let mut follower_or_leader = cluster.ledger(1).await;
+    let created = follower_or_leader
+        .create_ledgers(wire::CreateLedgersRequest {
+            ledgers: vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }],
+        })
+        .await
+        .expect("a ledger is created through any replica")
+        .into_inner();
+    assert_eq!(created.results, ok_codes(1));
+    let header = created.header.unwrap();
+    assert_ne!(header.leader_id, 0, "the response names the leader");
+
+    let accounts = (1..=3u128)
+        .map(|account| wire::NewAccount {
+            id: id(account),
+            ledger: 1,
+            code: 10,
+            flags: if account == 2 { 2 } else { 0 },
+            ..wire::NewAccount::default()
+        })
+        .collect();
+    let mut third = cluster.ledger(2).await;
+    let created = third.create_accounts(wire::CreateAccountsRequest { accounts }).await.unwrap().into_inner();
+    assert_eq!(created.results, ok_codes(3));
+
+    // Concurrent writers through different replicas: group commit and forwarding at once.
+    let mut writers = Vec::new();
+    for writer in 0..6u128 {
+        let mut client = cluster.ledger((writer % 3) as usize).await;
+        writers.push(tokio::spawn(async move {
+            let transfers = (0..50u128).map(|index| transfer(1_000 + writer * 100 + index, 1, 3, "1.25")).collect();
+            client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap().into_inner().results
+        }));
+    }
+    for writer in writers {
+        assert_eq!(writer.await.unwrap(), ok_codes(50));
+    }
+    // A failure with its code, and a retry that reports `exists` and moves nothing.
+    let overdraft = vec![transfer(5_000, 2, 3, "0.01")];
+    let codes = third
+        .create_transfers(wire::CreateTransfersRequest { transfers: overdraft })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(codes, vec![wire::ResultCode::ExceedsCredits as i32]);
+    let retried = vec![transfer(1_000, 1, 3, "1.25")];
+    let codes =
+        third.create_transfers(wire::CreateTransfersRequest { transfers: retried }).await.unwrap().into_inner().results;
+    assert_eq!(codes, vec![wire::ResultCode::Exists as i32]);
+
+    // Reads are linearizable from any replica: every acknowledged write is visible.
+    for index in 0..3 {
+        let mut client = cluster.ledger(index).await;
+        let found =
+            client.lookup_accounts(wire::LookupRequest { ids: vec![id(3).unwrap()] }).await.unwrap().into_inner();
+        let account = found.accounts[0].account.clone().unwrap();
+        assert_eq!(account.credits_posted, "375.00", "replica {index} sees all 300 transfers of 1.25");
+    }
+
+    // Bad input names the field and changes nothing.
+    let bad = vec![wire::NewTransfer { amount: "12,50".into(), ..transfer(6_000, 1, 3, "") }];
+    let status = third.create_transfers(wire::CreateTransfersRequest { transfers: bad }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("transfers[0].amount"), "{}", status.message());
+
+    // Every replica reaches the same applied index and digest.
+    let mut admin = cluster.admin(0).await;
+    let mut converged = false;
+    for _ in 0..50 {
+        let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(status.nodes.len(), 3);
+        let first = &status.nodes[0];
+        if status
+            .nodes
+            .iter()
+            .all(|node| node.reachable && node.applied_index == first.applied_index && node.digest == first.digest)
+        {
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(converged, "replicas converge on one applied index and digest");
+
+    let metrics = reqwest_like_get(&cluster.metrics_addresses[0], "/metrics").await;
+    assert!(metrics.contains("tally_requests_total"), "{metrics}");
+    assert!(metrics.contains("tally_raft_term"));
+    assert!(reqwest_like_get(&cluster.metrics_addresses[0], "/ready").await.contains("ready"));
+    cluster.stop().await;
+}
+
+/// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
+async fn reqwest_like_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
