@@ -323,6 +323,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
         self.views.replace(store.database());
         self.ledger = Some(StateMachine::open(store));
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         self.record = record;
         if let Some(received) = self.receiving.take() {
             remove_if_present(&received).map_err(|error| snapshot_error(ErrorVerb::Delete, error))?;

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{Leader, Replica};
+use crate::gateway::{FORWARDED, Leader, Replica};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -109,19 +109,9 @@ fn raft_error(error: impl std::fmt::Display) -> Status {
     Status::failed_precondition(error.to_string())
 }
 
-#[tonic::async_trait]
-impl AdminService for Admin {
-    async fn node_status(
-        &self,
-        _request: Request<wire::NodeStatusRequest>,
-    ) -> Result<Response<wire::NodeStatus>, Status> {
-        Ok(Response::new(self.local_status()))
-    }
-
-    async fn cluster_status(
-        &self,
-        _request: Request<wire::ClusterStatusRequest>,
-    ) -> Result<Response<wire::ClusterStatusResponse>, Status> {
+impl Admin {
+    /// Cluster status as this replica sees it; replication lag is known only on the leader.
+    async fn local_cluster_status(&self) -> wire::ClusterStatusResponse {
         let metrics = self.replica.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -143,7 +133,45 @@ impl AdminService for Admin {
             }
             nodes.push(status);
         }
-        Ok(Response::new(wire::ClusterStatusResponse { leader_id: metrics.current_leader.unwrap_or(0), nodes }))
+        wire::ClusterStatusResponse { leader_id: metrics.current_leader.unwrap_or(0), nodes }
+    }
+
+    /// Asks the leader, which knows how far each member lags; answers locally when there is no
+    /// leader to ask (or it does not answer).
+    async fn leader_cluster_status(
+        &self,
+        request: &Request<wire::ClusterStatusRequest>,
+    ) -> wire::ClusterStatusResponse {
+        if let (Leader::Other { address, .. }, false) =
+            (self.replica.leader(), request.metadata().contains_key(FORWARDED))
+        {
+            let mut forward = Request::new(wire::ClusterStatusRequest {});
+            forward.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            forward.set_timeout(self.replica.request_timeout);
+            if let Ok(client) = self.client(&address)
+                && let Ok(response) = client.clone().cluster_status(forward).await
+            {
+                return response.into_inner();
+            }
+        }
+        self.local_cluster_status().await
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn node_status(
+        &self,
+        _request: Request<wire::NodeStatusRequest>,
+    ) -> Result<Response<wire::NodeStatus>, Status> {
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<wire::ClusterStatusRequest>,
+    ) -> Result<Response<wire::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.leader_cluster_status(&request).await))
     }
 
     async fn add_learner(

@@ -32,7 +32,7 @@ use crate::convert::{self, FieldError, Renderer};
 use crate::group_commit::{Events, GroupCommit, WriteError};
 
 /// Metadata a replica adds to a request it forwards, so that it is never forwarded twice.
-const FORWARDED: &str = "x-tally-forwarded";
+pub(crate) const FORWARDED: &str = "x-tally-forwarded";
 const LEADER_ID: &str = "x-tally-leader-id";
 const LEADER_ADDRESS: &str = "x-tally-leader-address";
 
@@ -226,7 +226,18 @@ impl Gateway {
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let client = self.replica.ledger_client(address)?;
         let answer = tokio::time::timeout_at(deadline, call(client, request)).await;
-        answer.unwrap_or_else(|_| Err(Status::unavailable(format!("the leader at {address} did not answer in time"))))
+        match answer {
+            Err(_) => Err(Status::unavailable(format!("the leader at {address} did not answer in time; retry"))),
+            // Replicas never answer `Unknown` or `Cancelled` themselves: it is the connection to the
+            // leader that failed (it may have just died), which the client should retry.
+            Ok(Err(status)) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
+                Err(Status::unavailable(format!(
+                    "the leader at {address} could not be reached ({}); retry, the write may have been applied",
+                    status.message()
+                )))
+            }
+            Ok(answer) => answer,
+        }
     }
 
     /// Writes through group commit on the leader, or forwards to it.

@@ -1,0 +1,390 @@
+//! # A local cluster of real `tally-node` processes, for tests
+//!
+//! Each replica runs as its own process with its own data directory and log file under one
+//! temporary directory, listening on 127.0.0.1. Everything is killed and removed when the
+//! [`LocalCluster`] is dropped, whatever the test's outcome.
+//!
+//! # Layout
+//! - [`LocalCluster`]: start, kill (SIGKILL), restart, add replicas; clients and status.
+//! - [`serialised`]: cluster tests take turns, so that seven replicas never compete with another
+//!   seven for the machine's two cores.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tally_proto::v1 as wire;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::ledger_service_client::LedgerServiceClient;
+use tonic::transport::Channel;
+
+/// Ports are drawn from below the kernel's range for outgoing connections (32768-60999), so a
+/// port chosen here cannot be taken by a client socket before the replica binds it.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// Holds the cluster-test lock for the life of a test. A test that fails releases it like any other.
+pub async fn serialised() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// The `tally-node` binary of this build. It is (re)built once per test process: `cargo test` of
+/// this package alone does not build another package's binary, and a stale one would test old code.
+pub fn node_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let test = std::env::current_exe().expect("the test's own path");
+            // target/<profile>/deps/<test> -> target/<profile>/tally-node
+            let profile_directory = test.parent().and_then(Path::parent).expect("a cargo target layout");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "tally-node", "--bin", "tally-node"]);
+            if profile_directory.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building tally-node failed");
+            profile_directory.join("tally-node")
+        })
+        .clone()
+}
+
+fn free_port(taken: &[u16]) -> u16 {
+    // Start the search somewhere different in every process, so parallel test processes rarely race.
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761) ^ u64::from(since_epoch.subsec_nanos());
+    let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
+    (0..span)
+        .map(|step| PORT_RANGE.start + u16::try_from((seed.wrapping_add(step * 7_919)) % span).expect("below the span"))
+        .find(|port| !taken.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below 32768")
+}
+
+/// Timing settings that make elections quick on a busy two-core machine without flapping.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub snapshot_after_entries: u64,
+    pub log_entries_kept_after_snapshot: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { snapshot_after_entries: 20_000, log_entries_kept_after_snapshot: 1_000, request_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug)]
+struct Replica {
+    id: u64,
+    site: String,
+    grpc_port: u16,
+    metrics_port: u16,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// Replicas of one cluster, as processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    directory: tempfile::TempDir,
+    replicas: BTreeMap<u64, Replica>,
+    settings: Settings,
+    initial_members: String,
+}
+
+impl LocalCluster {
+    /// Starts replicas `1..=sites.len()`, replica `i` in `sites[i - 1]`, all initial voters.
+    pub fn start(sites: &[&str], settings: Settings) -> LocalCluster {
+        let directory = tempfile::Builder::new().prefix("tally-cluster-").tempdir().expect("a temporary directory");
+        let mut taken = Vec::new();
+        let mut replicas = BTreeMap::new();
+        for (index, site) in sites.iter().enumerate() {
+            let id = index as u64 + 1;
+            let grpc_port = free_port(&taken);
+            taken.push(grpc_port);
+            let metrics_port = free_port(&taken);
+            taken.push(metrics_port);
+            let replica = Replica {
+                id,
+                site: (*site).to_owned(),
+                grpc_port,
+                metrics_port,
+                config_path: directory.path().join(format!("node-{id}.toml")),
+                log_path: directory.path().join(format!("node-{id}.log")),
+                child: None,
+            };
+            replicas.insert(id, replica);
+        }
+        let mut initial_members = String::from("initial_members = [\n");
+        for replica in replicas.values() {
+            let _ = writeln!(
+                initial_members,
+                "  {{ id = {}, address = \"127.0.0.1:{}\", site = \"{}\" }},",
+                replica.id, replica.grpc_port, replica.site
+            );
+        }
+        initial_members.push_str("]\n");
+        let mut cluster = LocalCluster { directory, replicas, settings, initial_members };
+        let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
+        for id in ids {
+            cluster.write_config(id, true);
+            cluster.launch(id);
+        }
+        cluster
+    }
+
+    fn write_config(&self, id: u64, initial_member: bool) {
+        let replica = &self.replicas[&id];
+        let data = self.directory.path().join(format!("data-{id}"));
+        let members = if initial_member { self.initial_members.clone() } else { String::new() };
+        let config = format!(
+            "cluster_name = \"test\"\nnode_id = {id}\nsite = \"{site}\"\nlisten_address = \"127.0.0.1:{grpc}\"\n\
+             advertise_address = \"127.0.0.1:{grpc}\"\nmetrics_address = \"127.0.0.1:{metrics}\"\ndata_directory = \"{data}\"\n\
+             {members}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n\
+             snapshot_after_entries = {snapshot}\nlog_entries_kept_after_snapshot = {kept}\n\n[limits]\nrequest_timeout_ms = {timeout}\n\n\
+             [storage]\ncache_bytes = 33554432\n",
+            site = replica.site,
+            grpc = replica.grpc_port,
+            metrics = replica.metrics_port,
+            data = data.display(),
+            snapshot = self.settings.snapshot_after_entries,
+            kept = self.settings.log_entries_kept_after_snapshot,
+            timeout = self.settings.request_timeout_ms,
+        );
+        std::fs::write(&replica.config_path, config).expect("the config is written");
+    }
+
+    fn launch(&mut self, id: u64) {
+        let binary = node_binary();
+        let replica = self.replicas.get_mut(&id).expect("a known replica");
+        assert!(replica.child.is_none(), "replica {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&replica.log_path).expect("a log file");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&replica.config_path)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("tally-node starts");
+        replica.child = Some(child);
+    }
+
+    /// SIGKILLs a replica: no shutdown, no flush, like a power cut.
+    pub fn kill(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("a known replica");
+        if let Some(mut child) = replica.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.launch(id);
+    }
+
+    /// Adds a replica that is not a member yet (to be added as a learner); returns its id.
+    pub fn add_replica(&mut self, site: &str) -> u64 {
+        let id = self.replicas.keys().max().copied().unwrap_or(0) + 1;
+        let taken: Vec<u16> =
+            self.replicas.values().flat_map(|replica| [replica.grpc_port, replica.metrics_port]).collect();
+        let grpc_port = free_port(&taken);
+        let metrics_port = free_port(&[taken.as_slice(), &[grpc_port]].concat());
+        let replica = Replica {
+            id,
+            site: site.to_owned(),
+            grpc_port,
+            metrics_port,
+            config_path: self.directory.path().join(format!("node-{id}.toml")),
+            log_path: self.directory.path().join(format!("node-{id}.log")),
+            child: None,
+        };
+        self.replicas.insert(id, replica);
+        self.write_config(id, false);
+        self.launch(id);
+        id
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.replicas[&id].grpc_port)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.replicas.values().filter(|replica| replica.child.is_some()).map(|replica| replica.id).collect()
+    }
+
+    pub fn ids_in_site(&self, site: &str) -> Vec<u64> {
+        self.replicas.values().filter(|replica| replica.site == site).map(|replica| replica.id).collect()
+    }
+
+    /// The last lines of a replica's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.replicas[&id].log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub async fn ledger(&self, id: u64) -> LedgerServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.address(id)))
+            .expect("a valid address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        LedgerServiceClient::new(channel)
+    }
+
+    pub async fn admin(&self, id: u64) -> AdminServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.address(id)))
+            .expect("a valid address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        AdminServiceClient::new(channel)
+    }
+
+    /// This replica's own status, if it answers.
+    pub async fn node_status(&self, id: u64) -> Option<wire::NodeStatus> {
+        let mut admin = self.admin(id).await;
+        let mut request = tonic::Request::new(wire::NodeStatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        admin.node_status(request).await.ok().map(tonic::Response::into_inner)
+    }
+
+    /// Waits until the running replicas agree on a leader among them; returns it.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                if let Some(status) = self.node_status(id).await {
+                    leaders.push(status.leader_id);
+                }
+            }
+            let leader = leaders.first().copied().unwrap_or(0);
+            if leader != 0 && leaders.iter().all(|seen| *seen == leader) && self.running().contains(&leader) {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader within {within:?}; logs of replica 1:\n{}", self.log_tail(1));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every listed replica reports the same applied index and digest; returns them.
+    pub async fn wait_converged(&self, ids: &[u64], within: Duration) -> (u64, Vec<u8>) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut statuses = Vec::new();
+            for id in ids {
+                statuses.push(self.node_status(*id).await);
+            }
+            if let Some(Some(first)) = statuses.first()
+                && statuses.iter().all(|status| {
+                    status.as_ref().is_some_and(|status| {
+                        status.applied_index == first.applied_index && status.digest == first.digest
+                    })
+                })
+            {
+                return (first.applied_index, first.digest.clone());
+            }
+            if Instant::now() >= deadline {
+                let summary: Vec<String> = ids
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(id, status)| match status {
+                        Some(status) => format!(
+                            "{id}: applied {} digest {:02x?}",
+                            status.applied_index,
+                            &status.digest[..4.min(status.digest.len())]
+                        ),
+                        None => format!("{id}: unreachable"),
+                    })
+                    .collect();
+                panic!("replicas did not converge within {within:?}: {summary:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for replica in self.replicas.values_mut() {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn uint128(value: u128) -> Option<wire::Uint128> {
+    let high = u64::try_from(value >> 64).expect("the high half fits");
+    let low = u64::try_from(value & u128::from(u64::MAX)).expect("the low half fits");
+    Some(wire::Uint128 { high, low })
+}
+
+pub fn transfer(id: u128, debit: u128, credit: u128, amount: &str) -> wire::NewTransfer {
+    wire::NewTransfer {
+        id: uint128(id),
+        debit_account_id: uint128(debit),
+        credit_account_id: uint128(credit),
+        amount: amount.into(),
+        ledger: 1,
+        code: 1,
+        ..wire::NewTransfer::default()
+    }
+}
+
+/// Creates ledger 1 (EUR, scale 2) and accounts `1..=count`, retrying through leader changes.
+pub async fn create_ledger_and_accounts(cluster: &LocalCluster, via: u64, count: u128) {
+    let client = cluster.ledger(via).await;
+    let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
+    let results = retry(|| {
+        let mut client = client.clone();
+        let ledger = ledger.clone();
+        async move { client.create_ledgers(wire::CreateLedgersRequest { ledgers: vec![ledger] }).await }
+    })
+    .await;
+    assert!(results.results.iter().all(|code| *code == 0 || *code == 1), "ledger: {:?}", results.results);
+    let accounts: Vec<wire::NewAccount> = (1..=count)
+        .map(|id| wire::NewAccount { id: uint128(id), ledger: 1, code: 1, ..wire::NewAccount::default() })
+        .collect();
+    let results = retry(|| {
+        let accounts = accounts.clone();
+        let mut client = client.clone();
+        async move { client.create_accounts(wire::CreateAccountsRequest { accounts }).await }
+    })
+    .await;
+    assert!(results.results.iter().all(|code| *code == 0 || *code == 1), "accounts: {:?}", results.results);
+}
+
+/// Retries a write through elections: UNAVAILABLE and ABORTED are worth retrying with the same ids.
+pub async fn retry<F, Fut>(mut call: F) -> wire::CreateResponse
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<wire::CreateResponse>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(status)
+                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Aborted)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("write failed: {status}"),
+        }
+    }
+}
