@@ -159,3 +159,73 @@ where
         })
     }
 }
+
+/// A tower layer that turns tonic's own `OUT_OF_RANGE` for an oversized message into
+/// `RESOURCE_EXHAUSTED` naming the limit. Tally's services never answer `OUT_OF_RANGE` themselves,
+/// so only the codec's size check is rewritten.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageLimitLayer {
+    pub message_bytes_max: usize,
+}
+
+impl<S> tower::Layer<S> for MessageLimitLayer {
+    type Service = MessageLimit<S>;
+    fn layer(&self, inner: S) -> MessageLimit<S> {
+        MessageLimit { inner, message_bytes_max: self.message_bytes_max }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MessageLimit<S> {
+    inner: S,
+    message_bytes_max: usize,
+}
+
+impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for MessageLimit<S>
+where
+    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<ResponseBody>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
+        let limit = self.message_bytes_max;
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let out_of_range = tonic::Code::OutOfRange as i32;
+            let status = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<i32>().ok());
+            if status == Some(out_of_range) {
+                let message = format!(
+                    "message_bytes_max: the message is larger than the limit of {limit} bytes; send fewer events per request"
+                );
+                let headers = response.headers_mut();
+                headers.insert("grpc-status", (tonic::Code::ResourceExhausted as i32).into());
+                if let Ok(value) = axum::http::HeaderValue::from_str(&percent_encode(&message)) {
+                    headers.insert("grpc-message", value);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The percent-encoding gRPC requires of `grpc-message`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b' '..=b'~' if byte != b'%' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}

@@ -151,6 +151,7 @@ pub async fn run(
     let message_bytes_max = config.limits.message_bytes_max;
     let server = tonic::transport::Server::builder()
         .layer(observe::RequestMetricsLayer)
+        .layer(observe::MessageLimitLayer { message_bytes_max: config.limits.message_bytes_max })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -187,6 +187,25 @@ impl LocalCluster {
         }
     }
 
+    /// Sends SIGTERM and waits (up to `within`) for the replica to exit; returns its exit status.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> std::process::ExitStatus {
+        let replica = self.replicas.get_mut(&id).expect("a known replica");
+        let mut child = replica.child.take().expect("the replica is running");
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM could not be sent");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("the child can be waited for") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("replica {id} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.launch(id);
     }

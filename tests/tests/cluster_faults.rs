@@ -302,3 +302,19 @@ async fn learners_are_added_promoted_and_voters_removed_while_serving() {
     cluster.wait_converged(&[2, 3, learner], CONVERGE_WITHIN).await;
     assert_all_present(&cluster, learner, &written).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_replica_cleanly_and_it_rejoins() {
+    let _turn = serialised().await;
+    let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let status = cluster.terminate(follower, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(cluster.log_tail(follower).contains("replica stopping"));
+    let written = write_until_acknowledged(&clients(&cluster, &[leader]).await, 1, 2, 50).await;
+    cluster.restart(follower);
+    cluster.wait_converged(&cluster.ids(), CONVERGE_WITHIN).await;
+    assert_all_present(&cluster, follower, &written).await;
+}
