@@ -51,6 +51,11 @@ const FORMAT_VERSION: &[u8] = b"tally-ledger-store/1";
 /// Memory redb may use for its page cache, by default.
 pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 
+/// Accounts kept decoded in memory (about 150 bytes each). Every transfer reads two accounts, so
+/// keeping them out of the B-tree is the largest saving on the apply path; beyond this many, the
+/// rest are read from redb.
+pub const ACCOUNTS_CACHED_MAX: usize = 1_000_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerStoreError {
     #[error("cannot open the ledger store at {path}: {detail}")]
@@ -79,6 +84,9 @@ pub struct RedbLedgerStore {
     overlay: Overlay,
     /// The consensus record to write with the next commit.
     consensus_staged: Option<Vec<u8>>,
+    /// Committed accounts, decoded; holds every account while `accounts_cache_complete`.
+    accounts_cache: HashMap<u128, Account, RandomState>,
+    accounts_cache_complete: bool,
 }
 
 /// A consistent, read-only view of one committed state of the ledger (one redb read transaction).
@@ -192,12 +200,15 @@ impl RedbLedgerStore {
             return Err(LedgerStoreError::WrongFormat { path: path.display().to_string(), found });
         }
         let committed = LedgerReadView::open(&database);
+        let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
         Ok(RedbLedgerStore {
             database: Arc::new(database),
             durability: Durability::None,
             committed,
             overlay: Overlay::default(),
             consensus_staged: None,
+            accounts_cache,
+            accounts_cache_complete,
         })
     }
 
@@ -273,14 +284,54 @@ impl RedbLedgerStore {
     }
 
     /// Writes the overlay (and the meta record, when given) in one transaction.
+    fn cache_accounts(&mut self) {
+        for (id, account) in &self.overlay.accounts {
+            if self.accounts_cache.len() < ACCOUNTS_CACHED_MAX || self.accounts_cache.contains_key(id) {
+                self.accounts_cache.insert(*id, *account);
+            } else {
+                self.accounts_cache_complete = false;
+            }
+        }
+    }
+
     fn commit(&mut self, meta: Option<&StateMeta>) {
         let mut transaction = fatal(self.database.begin_write(), "beginning a write");
         fatal(transaction.set_durability(self.durability), "setting durability");
         fatal(write_overlay(&transaction, &self.overlay, meta, self.consensus_staged.as_deref()), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
+        self.cache_accounts();
         self.overlay = Overlay::default();
         self.consensus_staged = None;
         self.committed = LedgerReadView::open(&self.database);
+    }
+}
+
+/// Decodes up to `ACCOUNTS_CACHED_MAX` accounts; says whether that was all of them.
+fn load_accounts(view: &LedgerReadView) -> (HashMap<u128, Account, RandomState>, bool) {
+    let mut cache = HashMap::default();
+    let mut complete = true;
+    view.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
+        if cache.len() == ACCOUNTS_CACHED_MAX {
+            complete = false;
+            return ControlFlow::Break(());
+        }
+        cache.insert(account.id, *account);
+        ControlFlow::Continue(())
+    });
+    (cache, complete)
+}
+
+/// Encodes records into one reused buffer, so writing a batch allocates nothing per record.
+#[derive(Default)]
+struct Encoder {
+    buffer: Vec<u8>,
+}
+
+impl Encoder {
+    fn bytes<T: Record>(&mut self, record: &T) -> &[u8] {
+        self.buffer.clear();
+        record.encode(&mut self.buffer);
+        &self.buffer
     }
 }
 
@@ -290,10 +341,11 @@ fn write_overlay(
     meta: Option<&StateMeta>,
     consensus: Option<&[u8]>,
 ) -> Result<(), redb::Error> {
+    let mut encoder = Encoder::default();
     let mut ledgers = transaction.open_table(LEDGERS)?;
     let mut ledgers_by_time = transaction.open_table(LEDGERS_BY_TIME)?;
     for ledger in &overlay.ledgers {
-        ledgers.insert(ledger.id, ledger.to_bytes().as_slice())?;
+        ledgers.insert(ledger.id, encoder.bytes(ledger))?;
         ledgers_by_time.insert(ledger.timestamp, ledger.id)?;
     }
     let mut accounts_by_time = transaction.open_table(ACCOUNTS_BY_TIME)?;
@@ -306,13 +358,13 @@ fn write_overlay(
     accounts.sort_unstable_by_key(|account| account.id);
     let mut accounts_table = transaction.open_table(ACCOUNTS)?;
     for account in accounts {
-        accounts_table.insert(account.id, account.to_bytes().as_slice())?;
+        accounts_table.insert(account.id, encoder.bytes(account))?;
     }
     let mut transfers = transaction.open_table(TRANSFERS)?;
     let mut transfer_ids = transaction.open_table(TRANSFER_IDS)?;
     let mut account_transfers = transaction.open_table(ACCOUNT_TRANSFERS)?;
     for transfer in &overlay.transfers {
-        transfers.insert(transfer.timestamp, transfer.to_bytes().as_slice())?;
+        transfers.insert(transfer.timestamp, encoder.bytes(transfer))?;
         transfer_ids.insert(transfer.id, transfer.timestamp)?;
         account_transfers.insert((transfer.debit_account_id, transfer.timestamp), ())?;
         account_transfers.insert((transfer.credit_account_id, transfer.timestamp), ())?;
@@ -320,7 +372,7 @@ fn write_overlay(
     let mut failures = transaction.open_table(FAILURES)?;
     let mut failures_by_time = transaction.open_table(FAILURES_BY_TIME)?;
     for failure in &overlay.failures {
-        failures.insert(failure.id, failure.to_bytes().as_slice())?;
+        failures.insert(failure.id, encoder.bytes(failure))?;
         failures_by_time.insert(failure.timestamp, failure.id)?;
     }
     let mut statuses: Vec<_> = overlay.pending_statuses.iter().collect();
@@ -328,7 +380,7 @@ fn write_overlay(
     let mut pending_statuses = transaction.open_table(PENDING_STATUSES)?;
     for (id, status) in statuses {
         match status {
-            Some(status) => pending_statuses.insert(*id, status.to_bytes().as_slice())?,
+            Some(status) => pending_statuses.insert(*id, encoder.bytes(status))?,
             None => pending_statuses.remove(*id)?,
         };
     }
@@ -341,11 +393,11 @@ fn write_overlay(
     }
     let mut balances = transaction.open_table(BALANCES)?;
     for (account_id, balance) in &overlay.balances {
-        balances.insert((*account_id, balance.timestamp), balance.to_bytes().as_slice())?;
+        balances.insert((*account_id, balance.timestamp), encoder.bytes(balance))?;
     }
     let mut meta_table = transaction.open_table(META)?;
     if let Some(meta) = meta {
-        meta_table.insert(META_STATE, meta.to_bytes().as_slice())?;
+        meta_table.insert(META_STATE, encoder.bytes(meta))?;
     }
     if let Some(consensus) = consensus {
         meta_table.insert(META_CONSENSUS, consensus)?;
@@ -383,10 +435,10 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn account_get(&self, id: u128) -> Option<Account> {
-        match self.overlay.accounts.get(&id) {
-            Some(account) => Some(*account),
-            None => self.committed.account_get(id),
+        if let Some(account) = self.overlay.accounts.get(&id).or_else(|| self.accounts_cache.get(&id)) {
+            return Some(*account);
         }
+        if self.accounts_cache_complete { None } else { self.committed.account_get(id) }
     }
 
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
