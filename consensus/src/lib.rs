@@ -3,6 +3,7 @@
 //! The pieces that turn the pure ledger of `tally-state-machine` into a replicated, durable one.
 //!
 //! # Layout
+//! - [`blocking`]: running synchronous storage work without stalling heartbeats.
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
 //!   the consensus record that says which log entry it applied; read views for snapshots.
 //! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
@@ -10,6 +11,7 @@
 //! - [`network`]: openraft's RPCs over tonic gRPC, client and server.
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
+pub mod blocking;
 pub mod ledger_store;
 pub mod log_store;
 pub mod network;

@@ -145,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_state(VOTE, vote, ErrorSubject::Vote)
+        crate::blocking::blocking(|| self.write_state(VOTE, vote, ErrorSubject::Vote))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -153,7 +153,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf>) -> Result<(), StorageError> {
-        self.write_state(COMMITTED, &committed, ErrorSubject::Store)
+        crate::blocking::blocking(|| self.write_state(COMMITTED, &committed, ErrorSubject::Store))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf>, StorageError> {
@@ -175,17 +175,19 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
             }
         }
         // The entries are on disk (fsynced) once commit returns; only then may openraft act on them.
-        let result = transaction.commit();
+        let result = crate::blocking::blocking(|| transaction.commit());
         callback
             .log_io_completed(result.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string())));
         result.map_err(|error| failed(&error))
     }
 
     async fn truncate(&mut self, log_id: LogIdOf) -> Result<(), StorageError> {
-        self.remove_entries((Bound::Included(log_id.index), Bound::Unbounded), None)
+        crate::blocking::blocking(|| self.remove_entries((Bound::Included(log_id.index), Bound::Unbounded), None))
     }
 
     async fn purge(&mut self, log_id: LogIdOf) -> Result<(), StorageError> {
-        self.remove_entries((Bound::Unbounded, Bound::Included(log_id.index)), Some(&log_id))
+        crate::blocking::blocking(|| {
+            self.remove_entries((Bound::Unbounded, Bound::Included(log_id.index)), Some(&log_id))
+        })
     }
 }

@@ -260,23 +260,27 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
-        for entry in entries {
-            self.record.applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => {
-                    self.commit_record();
-                    ApplyResponse::NoOp
-                }
-                EntryPayload::Membership(membership) => {
-                    self.record.membership = Membership::new(Some(entry.log_id), membership);
-                    self.commit_record();
-                    ApplyResponse::NoOp
-                }
-                EntryPayload::Normal(LogPayload::Batch(bytes)) => self.apply_batch(&bytes),
-            };
-            responses.push(response);
-        }
+        // Applying a batch commits to redb synchronously; keep heartbeats flowing meanwhile.
+        let responses = crate::blocking::blocking(|| {
+            let mut responses = Vec::new();
+            for entry in entries {
+                self.record.applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => {
+                        self.commit_record();
+                        ApplyResponse::NoOp
+                    }
+                    EntryPayload::Membership(membership) => {
+                        self.record.membership = Membership::new(Some(entry.log_id), membership);
+                        self.commit_record();
+                        ApplyResponse::NoOp
+                    }
+                    EntryPayload::Normal(LogPayload::Batch(bytes)) => self.apply_batch(&bytes),
+                };
+                responses.push(response);
+            }
+            responses
+        });
         Ok(responses)
     }
 
