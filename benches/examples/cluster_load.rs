@@ -1,0 +1,106 @@
+//! A fixed load against a running cluster: `concurrency` clients each send requests of
+//! `transfers_per_request` single-phase transfers until `requests` have been acknowledged; prints
+//! transfers per second and request latency. (The full load generator, with open-loop rates and
+//! histograms over time, is `tally-bench`, still to come.)
+//!
+//! `scripts/cluster.sh up && cargo run --release -p tally-benches --example cluster_load -- --requests 40`
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tally_proto::v1 as wire;
+use tally_proto::v1::ledger_service_client::LedgerServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+struct Arguments {
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    endpoint: String,
+    #[arg(long, default_value_t = 40)]
+    requests: u64,
+    #[arg(long, default_value_t = 4)]
+    concurrency: u64,
+    #[arg(long, default_value_t = 8_190)]
+    transfers_per_request: u64,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+}
+
+fn id(value: u128) -> Option<wire::Uint128> {
+    let high = u64::try_from(value >> 64).expect("the high half fits");
+    let low = u64::try_from(value & u128::from(u64::MAX)).expect("the low half fits");
+    Some(wire::Uint128 { high, low })
+}
+
+async fn setup(client: &mut LedgerServiceClient<Channel>, accounts: u64) {
+    let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
+    client.create_ledgers(wire::CreateLedgersRequest { ledgers: vec![ledger] }).await.expect("the ledger");
+    let all: Vec<_> = (1..=u128::from(accounts))
+        .map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 1, ..wire::NewAccount::default() })
+        .collect();
+    for chunk in all.chunks(8_190) {
+        client.create_accounts(wire::CreateAccountsRequest { accounts: chunk.to_vec() }).await.expect("the accounts");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let arguments = Arguments::parse();
+    let channel = Channel::from_shared(format!("http://{}", arguments.endpoint)).expect("an endpoint").connect_lazy();
+    let mut client =
+        LedgerServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    setup(&mut client, arguments.accounts).await;
+    // Ids unique to this run, so the example can run again on the same cluster.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() << 24;
+    let per_request = u128::from(arguments.transfers_per_request);
+    let accounts = u128::from(arguments.accounts);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..arguments.concurrency {
+        let mut client = client.clone();
+        let (requests, concurrency) = (arguments.requests, arguments.concurrency);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut request = worker;
+            while request < requests {
+                let first = run + u128::from(request) * per_request;
+                let transfers = (first..first + per_request)
+                    .map(|transfer| wire::NewTransfer {
+                        id: id(transfer),
+                        debit_account_id: id(1 + transfer % accounts),
+                        credit_account_id: id(1 + (transfer * 7 + 1) % accounts),
+                        amount: "1.00".into(),
+                        ledger: 1,
+                        code: 1,
+                        ..wire::NewTransfer::default()
+                    })
+                    .collect();
+                let sent = Instant::now();
+                let response = client.create_transfers(wire::CreateTransfersRequest { transfers }).await;
+                let results = response
+                    .unwrap_or_else(|status| panic!("request failed: {} {}", status.code(), status.message()))
+                    .into_inner()
+                    .results;
+                assert!(results.iter().all(|code| *code == 0), "a transfer failed");
+                latencies.push(sent.elapsed());
+                request += concurrency;
+            }
+            latencies
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("a worker"));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let transfers = arguments.requests * arguments.transfers_per_request;
+    // Nearest-rank percentiles over the sorted latencies, in per mille.
+    let percentile = |per_mille: usize| latencies[(latencies.len() * per_mille / 1_000).min(latencies.len() - 1)];
+    println!(
+        "{transfers} transfers in {seconds:.2} s: {:.0} transfers/s; request latency p50 {:?}, p99 {:?}",
+        transfers as f64 / seconds,
+        percentile(500),
+        percentile(990)
+    );
+}
