@@ -564,15 +564,3 @@ impl LedgerService for Gateway {
         .await
     }
 }
-
-/// The gRPC status code of an error, for metrics labels.
-pub fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::InvalidArgument => "invalid_argument",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::Unavailable => "unavailable",
-        Code::Aborted => "aborted",
-        _ => "other",
-    }
-}

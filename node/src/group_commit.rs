@@ -210,13 +210,13 @@ impl Batcher {
         Ok(())
     }
 
-    async fn propose(&mut self, group: Vec<Submission>) -> Result<(), WriteError> {
+    async fn propose(&mut self, mut group: Vec<Submission>) -> Result<(), WriteError> {
         if let Err(error) = self.ensure_leading().await {
             fail(group, &error);
             return Err(error);
         }
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.expect("the semaphore is never closed");
-        let (batch, sizes) = self.stamp(&group);
+        let (batch, sizes) = self.stamp(&mut group);
         let mut bytes = Vec::new();
         encode_batch(&batch, &mut bytes);
         metrics::histogram!("tally_group_commit_events").record(batch.operation.event_count() as f64);
@@ -251,19 +251,21 @@ impl Batcher {
     }
 
     /// Assigns the batch its timestamp and concatenates the requests' events.
-    fn stamp(&mut self, group: &[Submission]) -> (Batch, Vec<usize>) {
+    /// Assigns the batch its timestamp and moves the requests' events into it (the submissions
+    /// keep only their reply channels and sizes).
+    fn stamp(&mut self, group: &mut [Submission]) -> (Batch, Vec<usize>) {
         let timestamp = self.clock.now_nanoseconds().max(self.floor);
         let sizes: Vec<usize> = group.iter().map(|submission| submission.events.len()).collect();
         let operation = match &group[0].events {
-            Events::Ledgers(_) => Operation::CreateLedgers(collect(group, |events| match events {
+            Events::Ledgers(_) => Operation::CreateLedgers(take_events(group, |events| match events {
                 Events::Ledgers(events) => events,
                 _ => unreachable!("a group holds one kind"),
             })),
-            Events::Accounts(_) => Operation::CreateAccounts(collect(group, |events| match events {
+            Events::Accounts(_) => Operation::CreateAccounts(take_events(group, |events| match events {
                 Events::Accounts(events) => events,
                 _ => unreachable!("a group holds one kind"),
             })),
-            Events::Transfers(_) => Operation::CreateTransfers(collect(group, |events| match events {
+            Events::Transfers(_) => Operation::CreateTransfers(take_events(group, |events| match events {
                 Events::Transfers(events) => events,
                 _ => unreachable!("a group holds one kind"),
             })),
@@ -278,8 +280,13 @@ impl Batcher {
     }
 }
 
-fn collect<T: Clone>(group: &[Submission], events: impl Fn(&Events) -> &Vec<T>) -> Vec<T> {
-    group.iter().flat_map(|submission| events(&submission.events).iter().cloned()).collect()
+/// Moves every submission's events into one vector, without copying them one by one.
+fn take_events<T>(group: &mut [Submission], events: impl Fn(&mut Events) -> &mut Vec<T>) -> Vec<T> {
+    let mut all = std::mem::take(events(&mut group[0].events));
+    for submission in &mut group[1..] {
+        all.append(events(&mut submission.events));
+    }
+    all
 }
 
 fn fail(group: Vec<Submission>, error: &WriteError) {

@@ -108,23 +108,34 @@ pub async fn watch_raft(replica: Arc<Replica>) {
     }
 }
 
-/// A tower layer counting gRPC requests by method and status, and timing them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestMetricsLayer;
+/// The tower layer in front of every gRPC service. It counts requests by method and status and
+/// times them, and it turns tonic's own `OUT_OF_RANGE` for an oversized message into
+/// `RESOURCE_EXHAUSTED` naming the limit (Tally's services never answer `OUT_OF_RANGE` themselves,
+/// so only the codec's size check is rewritten).
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeLayer {
+    pub message_bytes_max: usize,
+}
 
-impl<S> tower::Layer<S> for RequestMetricsLayer {
-    type Service = RequestMetrics<S>;
-    fn layer(&self, inner: S) -> RequestMetrics<S> {
-        RequestMetrics { inner }
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge { inner, message_bytes_max: self.message_bytes_max }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct RequestMetrics<S> {
+pub struct Edge<S> {
     inner: S,
+    message_bytes_max: usize,
 }
 
-impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for RequestMetrics<S>
+fn grpc_status<B>(response: &axum::http::Response<B>) -> Option<tonic::Code> {
+    let value = response.headers().get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for Edge<S>
 where
     S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<ResponseBody>> + Send,
     S::Future: Send + 'static,
@@ -140,72 +151,14 @@ where
     fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
         // The method is the last path segment: /tally.v1.LedgerService/CreateTransfers.
         let method = request.uri().path().rsplit('/').next().unwrap_or("unknown").to_owned();
+        let limit = self.message_bytes_max;
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await;
-            let status = match &response {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or("ok", |code| crate::gateway::code_label(tonic::Code::from_i32(code))),
-                Err(_) => "transport_error",
-            };
-            metrics::counter!("tally_requests_total", "method" => method.clone(), "status" => status).increment(1);
-            metrics::histogram!("tally_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
-            response
-        })
-    }
-}
-
-/// A tower layer that turns tonic's own `OUT_OF_RANGE` for an oversized message into
-/// `RESOURCE_EXHAUSTED` naming the limit. Tally's services never answer `OUT_OF_RANGE` themselves,
-/// so only the codec's size check is rewritten.
-#[derive(Clone, Copy, Debug)]
-pub struct MessageLimitLayer {
-    pub message_bytes_max: usize,
-}
-
-impl<S> tower::Layer<S> for MessageLimitLayer {
-    type Service = MessageLimit<S>;
-    fn layer(&self, inner: S) -> MessageLimit<S> {
-        MessageLimit { inner, message_bytes_max: self.message_bytes_max }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct MessageLimit<S> {
-    inner: S,
-    message_bytes_max: usize,
-}
-
-impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for MessageLimit<S>
-where
-    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<ResponseBody>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
-        let limit = self.message_bytes_max;
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            let out_of_range = tonic::Code::OutOfRange as i32;
-            let status = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse::<i32>().ok());
-            if status == Some(out_of_range) {
+            let mut response = future.await;
+            if let Ok(response) = &mut response
+                && grpc_status(response) == Some(tonic::Code::OutOfRange)
+            {
                 let message = format!(
                     "message_bytes_max: the message is larger than the limit of {limit} bytes; send fewer events per request"
                 );
@@ -215,7 +168,14 @@ where
                     headers.insert("grpc-message", value);
                 }
             }
-            Ok(response)
+            let status = match &response {
+                // A successful unary call carries its status in the trailers, not the headers.
+                Ok(response) => grpc_status(response).map_or("ok", code_label),
+                Err(_) => "transport_error",
+            };
+            metrics::counter!("tally_requests_total", "method" => method.clone(), "status" => status).increment(1);
+            metrics::histogram!("tally_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+            response
         })
     }
 }
@@ -228,4 +188,16 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{byte:02X}"),
         })
         .collect()
+}
+
+/// The gRPC status code of an error, for metrics labels.
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Aborted => "aborted",
+        _ => "other",
+    }
 }

@@ -150,8 +150,7 @@ pub async fn run(
         .map_err(|error| NodeError::Server(error.to_string()))?;
     let message_bytes_max = config.limits.message_bytes_max;
     let server = tonic::transport::Server::builder()
-        .layer(observe::RequestMetricsLayer)
-        .layer(observe::MessageLimitLayer { message_bytes_max: config.limits.message_bytes_max })
+        .layer(observe::EdgeLayer { message_bytes_max: config.limits.message_bytes_max })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
