@@ -7,6 +7,13 @@
 //! through read handles that are refreshed after each commit; the ledger never scans with a batch
 //! half applied.
 //!
+//! An account's transfers are indexed by `(account id, transfer timestamp)`. Writing that index
+//! key by key would dirty one B-tree leaf per account a batch touches, which cost about 70% of the
+//! store's time (BENCHMARKS.md); instead each batch appends its postings as one sorted *run*, and
+//! once enough runs have gathered they are merged into the B-tree together, so each leaf is
+//! rewritten once per merge rather than once per batch. Every merged posting is older than every
+//! posting still in a run, so a scan reads the B-tree and then the runs, in order.
+//!
 //! Commits use `Durability::None` by default: the Raft log is the durable record, and a replica
 //! that restarts re-applies the log from the applied index this store recorded. An I/O error while
 //! applying is not something a replica can answer for a client: the store stops the process
@@ -33,6 +40,9 @@ const ACCOUNTS_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("accou
 const TRANSFERS: TableDefinition<u64, Bytes> = TableDefinition::new("transfers");
 const TRANSFER_IDS: TableDefinition<u128, u64> = TableDefinition::new("transfer_ids");
 const ACCOUNT_TRANSFERS: TableDefinition<(u128, u64), ()> = TableDefinition::new("account_transfers");
+/// Postings not yet merged into `ACCOUNT_TRANSFERS`: one sorted run per batch, keyed by the timestamp
+/// of the batch's first transfer (see [`postings`]).
+const ACCOUNT_TRANSFER_RUNS: TableDefinition<u64, Bytes> = TableDefinition::new("account_transfer_runs");
 const FAILURES: TableDefinition<u128, Bytes> = TableDefinition::new("transfer_failures");
 const FAILURES_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("transfer_failures_by_time");
 const PENDING_STATUSES: TableDefinition<u128, Bytes> = TableDefinition::new("pending_statuses");
@@ -46,7 +56,7 @@ const META_STATE: &str = "state";
 const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
-const FORMAT_VERSION: &[u8] = b"tally-ledger-store/1";
+const FORMAT_VERSION: &[u8] = b"tally-ledger-store/2";
 
 /// Memory redb may use for its page cache, by default.
 pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
@@ -55,6 +65,15 @@ pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// keeping them out of the B-tree is the largest saving on the apply path; beyond this many, the
 /// rest are read from redb.
 pub const ACCOUNTS_CACHED_MAX: usize = 1_000_000;
+
+/// Postings (two per transfer) gathered in runs before they are merged into the account index.
+/// About 32 full batches: large enough that a merge rewrites each leaf for many postings at once,
+/// small enough that a merge takes a fraction of a second.
+pub const INDEX_MERGE_POSTINGS_DEFAULT: usize = 1 << 19;
+
+/// Runs kept at most, whatever their size: an account's scan binary-searches every run, so small
+/// batches must not pile up unmerged.
+pub const INDEX_RUNS_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerStoreError {
@@ -87,6 +106,59 @@ pub struct RedbLedgerStore {
     /// Committed accounts, decoded; holds every account while `accounts_cache_complete`.
     accounts_cache: HashMap<u128, Account, RandomState>,
     accounts_cache_complete: bool,
+    index: AccountIndexRuns,
+}
+
+/// The runs of account-index postings not yet merged, and when to merge them.
+#[derive(Debug)]
+struct AccountIndexRuns {
+    runs: usize,
+    postings: usize,
+    merge_postings: usize,
+    /// The newest run's key: a new run's key must be larger.
+    last_key: Option<u64>,
+    /// Reused to build a run and to merge runs.
+    buffer: Vec<postings::Posting>,
+}
+
+/// The encoding of the account-index runs: each posting is 24 bytes, the account id then the
+/// transfer timestamp, both big-endian, so byte order is key order and a run is searched in place.
+pub mod postings {
+    use tally_state_machine::storage::TimestampRange;
+
+    pub const POSTING_BYTES: usize = 24;
+    pub type Posting = [u8; POSTING_BYTES];
+
+    pub fn encode(account_id: u128, timestamp: u64) -> Posting {
+        let mut posting = [0; POSTING_BYTES];
+        posting[..16].copy_from_slice(&account_id.to_be_bytes());
+        posting[16..].copy_from_slice(&timestamp.to_be_bytes());
+        posting
+    }
+
+    pub fn decode(posting: &Posting) -> (u128, u64) {
+        let (account, timestamp) = posting.split_at(16);
+        (
+            u128::from_be_bytes(account.try_into().expect("16 bytes")),
+            u64::from_be_bytes(timestamp.try_into().expect("8 bytes")),
+        )
+    }
+
+    /// The postings of a stored run; a run whose length is not a whole number of postings is corrupt.
+    pub fn records(run: &[u8]) -> &[Posting] {
+        let (records, rest) = run.as_chunks::<POSTING_BYTES>();
+        assert!(rest.is_empty(), "an account-index run of {} bytes is not whole postings", run.len());
+        records
+    }
+
+    /// The postings of `account_id` within `range` in a sorted run, in timestamp order.
+    pub fn account_range(run: &[Posting], account_id: u128, range: TimestampRange) -> &[Posting] {
+        let lower = encode(account_id, range.min);
+        let upper = encode(account_id, range.max);
+        let start = run.partition_point(|posting| *posting < lower);
+        let end = run.partition_point(|posting| *posting <= upper);
+        &run[start..end.max(start)]
+    }
 }
 
 /// A consistent, read-only view of one committed state of the ledger (one redb read transaction).
@@ -130,6 +202,7 @@ struct ReadHandles {
     pending_statuses: ReadOnlyTable<u128, Bytes>,
     expiries: ReadOnlyTable<(u64, u128), ()>,
     balances: ReadOnlyTable<(u128, u64), Bytes>,
+    account_transfer_runs: ReadOnlyTable<u64, Bytes>,
 }
 
 impl ReadHandles {
@@ -148,6 +221,7 @@ impl ReadHandles {
             pending_statuses: fatal(transaction.open_table(PENDING_STATUSES), open),
             expiries: fatal(transaction.open_table(EXPIRIES), open),
             balances: fatal(transaction.open_table(BALANCES), open),
+            account_transfer_runs: fatal(transaction.open_table(ACCOUNT_TRANSFER_RUNS), open),
         }
     }
 }
@@ -201,6 +275,7 @@ impl RedbLedgerStore {
         }
         let committed = LedgerReadView::open(&database);
         let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
+        let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs);
         Ok(RedbLedgerStore {
             database: Arc::new(database),
             durability: Durability::None,
@@ -209,7 +284,20 @@ impl RedbLedgerStore {
             consensus_staged: None,
             accounts_cache,
             accounts_cache_complete,
+            index,
         })
+    }
+
+    /// Merges account-index runs once they hold this many postings (default
+    /// [`INDEX_MERGE_POSTINGS_DEFAULT`]); tests set it low to exercise merges.
+    pub fn set_index_merge_postings(&mut self, postings: usize) {
+        assert!(postings > 0, "a merge threshold of zero postings");
+        self.index.merge_postings = postings;
+    }
+
+    /// Account-index runs not yet merged.
+    pub fn index_runs(&self) -> usize {
+        self.index.runs
     }
 
     /// A read view of the last committed state, independent of later commits.
@@ -265,6 +353,7 @@ impl RedbLedgerStore {
                 transaction.open_table(PENDING_STATUSES)?;
                 transaction.open_table(EXPIRIES)?;
                 transaction.open_table(BALANCES)?;
+                transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
                 Ok(())
             })();
             created.map_err(|error| error.to_string())?;
@@ -297,7 +386,8 @@ impl RedbLedgerStore {
     fn commit(&mut self, meta: Option<&StateMeta>) {
         let mut transaction = fatal(self.database.begin_write(), "beginning a write");
         fatal(transaction.set_durability(self.durability), "setting durability");
-        fatal(write_overlay(&transaction, &self.overlay, meta, self.consensus_staged.as_deref()), "writing a batch");
+        let consensus = self.consensus_staged.as_deref();
+        fatal(write_overlay(&transaction, &self.overlay, meta, consensus, &mut self.index), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
         self.cache_accounts();
         self.overlay = Overlay::default();
@@ -340,6 +430,7 @@ fn write_overlay(
     overlay: &Overlay,
     meta: Option<&StateMeta>,
     consensus: Option<&[u8]>,
+    index: &mut AccountIndexRuns,
 ) -> Result<(), redb::Error> {
     let mut encoder = Encoder::default();
     let mut ledgers = transaction.open_table(LEDGERS)?;
@@ -362,13 +453,11 @@ fn write_overlay(
     }
     let mut transfers = transaction.open_table(TRANSFERS)?;
     let mut transfer_ids = transaction.open_table(TRANSFER_IDS)?;
-    let mut account_transfers = transaction.open_table(ACCOUNT_TRANSFERS)?;
     for transfer in &overlay.transfers {
         transfers.insert(transfer.timestamp, encoder.bytes(transfer))?;
         transfer_ids.insert(transfer.id, transfer.timestamp)?;
-        account_transfers.insert((transfer.debit_account_id, transfer.timestamp), ())?;
-        account_transfers.insert((transfer.credit_account_id, transfer.timestamp), ())?;
     }
+    index.append(transaction, &overlay.transfers)?;
     let mut failures = transaction.open_table(FAILURES)?;
     let mut failures_by_time = transaction.open_table(FAILURES_BY_TIME)?;
     for failure in &overlay.failures {
@@ -405,20 +494,77 @@ fn write_overlay(
     Ok(())
 }
 
+impl AccountIndexRuns {
+    fn load(runs_table: &ReadOnlyTable<u64, Bytes>) -> AccountIndexRuns {
+        let mut index = AccountIndexRuns {
+            runs: 0,
+            postings: 0,
+            merge_postings: INDEX_MERGE_POSTINGS_DEFAULT,
+            last_key: None,
+            buffer: Vec::new(),
+        };
+        let entries = fatal(runs_table.range::<u64>(..), "scanning account-index runs");
+        let _ = scan_range(entries, Direction::Ascending, |key, run| {
+            index.runs += 1;
+            index.postings += postings::records(run).len();
+            index.last_key = Some(key);
+            ControlFlow::Continue(())
+        });
+        index
+    }
+
+    /// Writes the postings of a batch's transfers as one run, then merges every run into the index
+    /// if the runs have grown past their limits.
+    fn append(&mut self, transaction: &redb::WriteTransaction, transfers: &[Transfer]) -> Result<(), redb::Error> {
+        let Some(first) = transfers.first() else { return Ok(()) };
+        let key = first.timestamp;
+        assert!(self.last_key.is_none_or(|last| last < key), "account-index runs out of timestamp order");
+        self.buffer.clear();
+        for transfer in transfers {
+            self.buffer.push(postings::encode(transfer.debit_account_id, transfer.timestamp));
+            self.buffer.push(postings::encode(transfer.credit_account_id, transfer.timestamp));
+        }
+        let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
+        if self.postings + self.buffer.len() < self.merge_postings && self.runs < INDEX_RUNS_MAX {
+            self.buffer.sort_unstable();
+            runs_table.insert(key, self.buffer.as_flattened())?;
+            self.runs += 1;
+            self.postings += self.buffer.len();
+            self.last_key = Some(key);
+            return Ok(());
+        }
+        // Merge: this batch's postings and every stored run go into the B-tree in key order.
+        for entry in runs_table.range::<u64>(..)? {
+            let (_, run) = entry?;
+            self.buffer.extend_from_slice(postings::records(run.value()));
+        }
+        self.buffer.sort_unstable();
+        let mut account_transfers = transaction.open_table(ACCOUNT_TRANSFERS)?;
+        for posting in &self.buffer {
+            account_transfers.insert(postings::decode(posting), ())?;
+        }
+        runs_table.retain(|_, _| false)?;
+        self.runs = 0;
+        self.postings = 0;
+        self.last_key = None;
+        Ok(())
+    }
+}
+
 /// Runs `visit` over a redb range in either direction, stopping when it breaks.
 fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
     range: redb::Range<'static, K, V>,
     direction: Direction,
     mut visit: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> ControlFlow<()>,
-) {
+) -> ControlFlow<()> {
     let mut step = |entry: Result<(redb::AccessGuard<'_, K>, redb::AccessGuard<'_, V>), redb::StorageError>| {
         let (key, value) = fatal(entry, "reading a range");
         visit(key.value(), value.value())
     };
-    let _ = match direction {
+    match direction {
         Direction::Ascending => range.into_iter().try_for_each(&mut step),
         Direction::Descending => range.rev().try_for_each(&mut step),
-    };
+    }
 }
 
 impl StorageRead for RedbLedgerStore {
@@ -516,7 +662,7 @@ impl StorageRead for LedgerReadView {
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
         let entries = fatal(self.handles.ledgers_by_time.range(range.min..=range.max), "scanning ledgers");
-        scan_range(entries, direction, |_, id| visit(&self.ledger_get(id).expect("indexed ledger exists")));
+        let _ = scan_range(entries, direction, |_, id| visit(&self.ledger_get(id).expect("indexed ledger exists")));
     }
 
     fn account_get(&self, id: u128) -> Option<Account> {
@@ -525,7 +671,7 @@ impl StorageRead for LedgerReadView {
 
     fn accounts_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Account>) {
         let entries = fatal(self.handles.accounts_by_time.range(range.min..=range.max), "scanning accounts");
-        scan_range(entries, direction, |_, id| visit(&self.account_get(id).expect("indexed account exists")));
+        let _ = scan_range(entries, direction, |_, id| visit(&self.account_get(id).expect("indexed account exists")));
     }
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
@@ -537,7 +683,7 @@ impl StorageRead for LedgerReadView {
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
         let entries = fatal(self.handles.transfers.range(range.min..=range.max), "scanning transfers");
-        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+        let _ = scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
     }
 
     fn account_transfers_scan(
@@ -547,13 +693,39 @@ impl StorageRead for LedgerReadView {
         direction: Direction,
         visit: Visit<Transfer>,
     ) {
-        let bounds = (account_id, range.min)..=(account_id, range.max);
-        let entries = fatal(self.handles.account_transfers.range(bounds), "scanning an account's transfers");
-        scan_range(entries, direction, |(_, timestamp), ()| {
+        let mut visit_timestamp = |timestamp: u64| {
             let bytes =
                 fatal(self.handles.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
             visit(&decode(bytes.value()))
-        });
+        };
+        // Merged postings are all older than the runs' postings: ascending reads the B-tree first,
+        // descending reads the runs first.
+        let scan_merged = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
+            let bounds = (account_id, range.min)..=(account_id, range.max);
+            let entries = fatal(self.handles.account_transfers.range(bounds), "scanning an account's transfers");
+            scan_range(entries, direction, |(_, timestamp), ()| visit_timestamp(timestamp))
+        };
+        let scan_runs = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
+            let runs = fatal(self.handles.account_transfer_runs.range::<u64>(..), "scanning account-index runs");
+            scan_range(runs, direction, |_, run| {
+                let matching = postings::account_range(postings::records(run), account_id, range);
+                let mut visit_posting = |posting: &postings::Posting| visit_timestamp(postings::decode(posting).1);
+                match direction {
+                    Direction::Ascending => matching.iter().try_for_each(&mut visit_posting),
+                    Direction::Descending => matching.iter().rev().try_for_each(&mut visit_posting),
+                }
+            })
+        };
+        let _ = match direction {
+            Direction::Ascending => match scan_merged(&mut visit_timestamp) {
+                ControlFlow::Continue(()) => scan_runs(&mut visit_timestamp),
+                stopped => stopped,
+            },
+            Direction::Descending => match scan_runs(&mut visit_timestamp) {
+                ControlFlow::Continue(()) => scan_merged(&mut visit_timestamp),
+                stopped => stopped,
+            },
+        };
     }
 
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
@@ -562,7 +734,7 @@ impl StorageRead for LedgerReadView {
 
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
         let entries = fatal(self.handles.failures_by_time.range::<u64>(..), "scanning transfer failures");
-        scan_range(entries, Direction::Ascending, |_, id| {
+        let _ = scan_range(entries, Direction::Ascending, |_, id| {
             visit(&self.transfer_failure_get(id).expect("indexed failure exists"))
         });
     }
@@ -574,7 +746,7 @@ impl StorageRead for LedgerReadView {
 
     fn expiries_scan(&self, expires_at_max: u64, visit: Visit<(u64, u128)>) {
         let entries = fatal(self.handles.expiries.range(..=(expires_at_max, u128::MAX)), "scanning expiries");
-        scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
+        let _ = scan_range(entries, Direction::Ascending, |expiry, ()| visit(&expiry));
     }
 
     fn account_balances_scan(
@@ -586,7 +758,7 @@ impl StorageRead for LedgerReadView {
     ) {
         let bounds = (account_id, range.min)..=(account_id, range.max);
         let entries = fatal(self.handles.balances.range(bounds), "scanning balance history");
-        scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+        let _ = scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
     }
 
     fn meta_get(&self) -> StateMeta {

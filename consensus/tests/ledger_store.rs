@@ -1,9 +1,14 @@
 //! The redb ledger store passes the shared storage suite, keeps what it committed across a
 //! reopen, and loses nothing but the uncommitted tail of a batch.
 
+use std::ops::ControlFlow;
 use tally_consensus::{CACHE_BYTES_DEFAULT, LedgerStoreError, RedbLedgerStore};
 use tally_state_machine::storage::suite;
-use tally_state_machine::{Batch, StateMachine, Storage, StorageRead};
+
+use tally_state_machine::{
+    Batch, Currency, Decimal, Direction, NewAccount, NewLedger, NewTransfer, Operation, StateMachine, Storage,
+    StorageRead, TimestampRange,
+};
 
 #[test]
 fn the_redb_store_passes_the_storage_suite() {
@@ -14,6 +19,132 @@ fn the_redb_store_passes_the_storage_suite() {
         let path = directory.path().join(format!("ledger-{}.redb", stores.get()));
         RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap()
     });
+}
+
+#[test]
+fn the_redb_store_passes_the_storage_suite_when_it_merges_its_account_index_often() {
+    let directory = tempfile::tempdir().unwrap();
+    let stores = std::cell::Cell::new(0);
+    suite::run(|| {
+        stores.set(stores.get() + 1);
+        let path = directory.path().join(format!("ledger-{}.redb", stores.get()));
+        let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+        store.set_index_merge_postings(5);
+        store
+    });
+}
+
+/// Batches of random transfers among `ACCOUNTS` accounts of one ledger, from a fixed seed.
+fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Batch> {
+    const ACCOUNTS: u128 = 12;
+    let second = 1_000_000_000;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut all = vec![
+        Batch {
+            timestamp: second,
+            operation: Operation::CreateLedgers(vec![NewLedger {
+                id: 1,
+                currency: Currency(*b"EUR"),
+                scale: 2,
+                ..NewLedger::default()
+            }]),
+        },
+        Batch {
+            timestamp: 2 * second,
+            operation: Operation::CreateAccounts(
+                (1..=ACCOUNTS).map(|id| NewAccount { id, ledger: 1, code: 1, ..NewAccount::default() }).collect(),
+            ),
+        },
+    ];
+    let mut id = 0;
+    for batch in 0..batches {
+        let transfers = (0..transfers_per_batch)
+            .map(|_| {
+                id += 1;
+                let debit = u128::from(next()) % ACCOUNTS + 1;
+                let credit = debit % ACCOUNTS + 1 + u128::from(next()) % (ACCOUNTS - 1);
+                let credit = (credit - 1) % ACCOUNTS + 1;
+                NewTransfer {
+                    id,
+                    debit_account_id: debit,
+                    credit_account_id: credit,
+                    amount: Some(Decimal::new(i64::try_from(next() % 10_000).unwrap() + 1, 2)),
+                    ledger: 1,
+                    code: 1,
+                    ..NewTransfer::default()
+                }
+            })
+            .collect();
+        let timestamp = (3 + u64::try_from(batch).unwrap()) * second;
+        all.push(Batch { timestamp, operation: Operation::CreateTransfers(transfers) });
+    }
+    all
+}
+
+/// Transfer ids found by an account scan, stopping after `limit`.
+fn account_scan(
+    store: &impl StorageRead,
+    account_id: u128,
+    range: TimestampRange,
+    direction: Direction,
+    limit: usize,
+) -> Vec<u128> {
+    let mut ids = Vec::new();
+    store.account_transfers_scan(account_id, range, direction, &mut |transfer| {
+        ids.push(transfer.id);
+        if ids.len() == limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    ids
+}
+
+#[test]
+fn account_scans_read_merged_and_unmerged_postings_in_order_across_a_reopen() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.redb");
+    let batches = random_transfer_batches(23, 40);
+    let mut reference = StateMachine::new();
+    let open = || {
+        let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+        // Every fourth batch's postings (80 each) trigger a merge, so scans see both parts.
+        store.set_index_merge_postings(300);
+        StateMachine::open(store)
+    };
+    let mut ledger = open();
+    let mut runs_seen = std::collections::BTreeSet::new();
+    for (index, batch) in batches.iter().enumerate() {
+        assert_eq!(ledger.apply(batch), reference.apply(batch));
+        runs_seen.insert(ledger.storage().index_runs());
+        if index == 13 {
+            drop(ledger);
+            ledger = open();
+        }
+    }
+    assert_eq!(runs_seen, [0, 1, 2, 3].into(), "runs gather and are merged");
+    assert!(ledger.storage().index_runs() > 0, "the last scans read unmerged runs too");
+    let second = 1_000_000_000;
+    let ranges = [TimestampRange::ALL, TimestampRange { min: 6 * second, max: 19 * second + 5 }];
+    for account_id in 1..=12 {
+        for range in ranges {
+            for direction in [Direction::Ascending, Direction::Descending] {
+                for limit in [usize::MAX, 7, 75] {
+                    let expected = account_scan(reference.storage(), account_id, range, direction, limit);
+                    assert!(!expected.is_empty());
+                    assert_eq!(
+                        account_scan(ledger.storage(), account_id, range, direction, limit),
+                        expected,
+                        "account {account_id}, {range:?}, {direction:?}, limit {limit}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(ledger.digest(), reference.digest());
 }
 
 fn snapshot<S: Storage>(ledger: &StateMachine<S>) -> Vec<u8> {
