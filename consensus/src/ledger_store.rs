@@ -10,12 +10,16 @@
 //! An account's transfers are indexed by `(account id, transfer timestamp)`. Writing that index
 //! key by key would dirty one B-tree leaf per account a batch touches, which cost about 70% of the
 //! store's time (BENCHMARKS.md); instead each batch appends its postings as one sorted *run*, and
-//! once enough runs have gathered they are merged into the B-tree together, so each leaf is
-//! rewritten once per merge rather than once per batch. Every merged posting is older than every
-//! posting still in a run, so a scan reads the B-tree and then the runs, in order.
+//! once enough runs have gathered they are merged into rows of up to 512 timestamps per account,
+//! one row per account the merge touches. Every merged posting is older than every posting still
+//! in a run, so a scan reads the merged rows and then the runs, in order.
 //!
 //! Commits use `Durability::None` by default: the Raft log is the durable record, and a replica
-//! that restarts re-applies the log from the applied index this store recorded. An I/O error while
+//! that restarts re-applies the log from the applied index this store recorded. redb keeps such
+//! commits in memory until a durable one, so at least every [`DURABLE_COMMIT_INTERVAL`] a commit
+//! is made durable (fsync): that bounds what a crash makes the replica re-apply, and lets redb
+//! reuse the pages that earlier commits freed. The replica's own snapshot covers the rest: a store
+//! that a crash left behind its snapshot is restored from it (`raft_state_machine`). An I/O error while
 //! applying is not something a replica can answer for a client: the store stops the process
 //! (fail-stop), and the replica recovers from its log on restart.
 
@@ -37,10 +41,16 @@ const LEDGERS: TableDefinition<u32, Bytes> = TableDefinition::new("ledgers");
 const LEDGERS_BY_TIME: TableDefinition<u64, u32> = TableDefinition::new("ledgers_by_time");
 const ACCOUNTS: TableDefinition<u128, Bytes> = TableDefinition::new("accounts");
 const ACCOUNTS_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("accounts_by_time");
-const TRANSFERS: TableDefinition<u64, Bytes> = TableDefinition::new("transfers");
+/// Transfers in blocks of up to [`TRANSFERS_PER_BLOCK`] encoded transfers in timestamp order, keyed by
+/// the timestamp of a block's first transfer. One insert per block instead of one per transfer:
+/// rows per transfer were a quarter of the store's time.
+const TRANSFER_BLOCKS: TableDefinition<u64, Bytes> = TableDefinition::new("transfer_blocks");
 const TRANSFER_IDS: TableDefinition<u128, u64> = TableDefinition::new("transfer_ids");
-const ACCOUNT_TRANSFERS: TableDefinition<(u128, u64), ()> = TableDefinition::new("account_transfers");
-/// Postings not yet merged into `ACCOUNT_TRANSFERS`: one sorted run per batch, keyed by the timestamp
+/// Merged account-index postings: each row holds up to [`TIMESTAMPS_PER_CHUNK`] transfer timestamps of
+/// one account, ascending, keyed by the account and its first timestamp. A merge writes one row per
+/// account it touches rather than one per posting.
+const ACCOUNT_TRANSFER_CHUNKS: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("account_transfer_chunks");
+/// Postings not yet merged into `ACCOUNT_TRANSFER_CHUNKS`: one sorted run per batch, keyed by the timestamp
 /// of the batch's first transfer (see [`postings`]).
 const ACCOUNT_TRANSFER_RUNS: TableDefinition<u64, Bytes> = TableDefinition::new("account_transfer_runs");
 const FAILURES: TableDefinition<u128, Bytes> = TableDefinition::new("transfer_failures");
@@ -58,6 +68,9 @@ const META_CONSENSUS: &str = "consensus";
 const META_FORMAT: &str = "format";
 const FORMAT_VERSION: &[u8] = b"tally-ledger-store/2";
 
+/// The longest a store goes without a durable commit while it is committing.
+pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Memory redb may use for its page cache, by default.
 pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 
@@ -65,6 +78,13 @@ pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// keeping them out of the B-tree is the largest saving on the apply path; beyond this many, the
 /// rest are read from redb.
 pub const ACCOUNTS_CACHED_MAX: usize = 1_000_000;
+
+/// Timestamps per merged account-index row (4 KiB).
+pub const TIMESTAMPS_PER_CHUNK: usize = 512;
+
+/// Transfers per stored block: a point read decodes one transfer out of a block of this many
+/// (8 KiB), and a batch of 8,190 transfers writes 128 rows.
+pub const TRANSFERS_PER_BLOCK: usize = 64;
 
 /// Postings (two per transfer) gathered in runs before they are merged into the account index.
 /// About 32 full batches: large enough that a merge rewrites each leaf for many postings at once,
@@ -99,6 +119,7 @@ fn decode<T: Record>(bytes: &[u8]) -> T {
 pub struct RedbLedgerStore {
     database: Arc<Database>,
     durability: Durability,
+    last_durable_commit: std::time::Instant,
     committed: LedgerReadView,
     overlay: Overlay,
     /// The consensus record to write with the next commit.
@@ -119,6 +140,30 @@ struct AccountIndexRuns {
     last_key: Option<u64>,
     /// Reused to build a run and to merge runs.
     buffer: Vec<postings::Posting>,
+}
+
+/// Encoded transfers as stored in a block.
+mod transfer_blocks {
+    use tally_state_machine::codec::{TRANSFER_SIZE, transfer_timestamp};
+    use tally_state_machine::storage::TimestampRange;
+
+    pub type Encoded = [u8; TRANSFER_SIZE];
+
+    pub fn records(block: &[u8]) -> &[Encoded] {
+        let (records, rest) = block.as_chunks::<TRANSFER_SIZE>();
+        assert!(rest.is_empty(), "a transfer block of {} bytes is not whole transfers", block.len());
+        records
+    }
+
+    pub fn find(block: &[Encoded], timestamp: u64) -> Option<&Encoded> {
+        block.binary_search_by_key(&timestamp, transfer_timestamp).ok().map(|position| &block[position])
+    }
+
+    pub fn within(block: &[Encoded], range: TimestampRange) -> &[Encoded] {
+        let start = block.partition_point(|encoded| transfer_timestamp(encoded) < range.min);
+        let end = block.partition_point(|encoded| transfer_timestamp(encoded) <= range.max);
+        &block[start..end.max(start)]
+    }
 }
 
 /// The encoding of the account-index runs: each posting is 24 bytes, the account id then the
@@ -194,9 +239,9 @@ struct ReadHandles {
     ledgers_by_time: ReadOnlyTable<u64, u32>,
     accounts: ReadOnlyTable<u128, Bytes>,
     accounts_by_time: ReadOnlyTable<u64, u128>,
-    transfers: ReadOnlyTable<u64, Bytes>,
+    transfer_blocks: ReadOnlyTable<u64, Bytes>,
     transfer_ids: ReadOnlyTable<u128, u64>,
-    account_transfers: ReadOnlyTable<(u128, u64), ()>,
+    account_transfer_chunks: ReadOnlyTable<(u128, u64), Bytes>,
     failures: ReadOnlyTable<u128, Bytes>,
     failures_by_time: ReadOnlyTable<u64, u128>,
     pending_statuses: ReadOnlyTable<u128, Bytes>,
@@ -213,9 +258,9 @@ impl ReadHandles {
             ledgers_by_time: fatal(transaction.open_table(LEDGERS_BY_TIME), open),
             accounts: fatal(transaction.open_table(ACCOUNTS), open),
             accounts_by_time: fatal(transaction.open_table(ACCOUNTS_BY_TIME), open),
-            transfers: fatal(transaction.open_table(TRANSFERS), open),
+            transfer_blocks: fatal(transaction.open_table(TRANSFER_BLOCKS), open),
             transfer_ids: fatal(transaction.open_table(TRANSFER_IDS), open),
-            account_transfers: fatal(transaction.open_table(ACCOUNT_TRANSFERS), open),
+            account_transfer_chunks: fatal(transaction.open_table(ACCOUNT_TRANSFER_CHUNKS), open),
             failures: fatal(transaction.open_table(FAILURES), open),
             failures_by_time: fatal(transaction.open_table(FAILURES_BY_TIME), open),
             pending_statuses: fatal(transaction.open_table(PENDING_STATUSES), open),
@@ -279,6 +324,7 @@ impl RedbLedgerStore {
         Ok(RedbLedgerStore {
             database: Arc::new(database),
             durability: Durability::None,
+            last_durable_commit: std::time::Instant::now(),
             committed,
             overlay: Overlay::default(),
             consensus_staged: None,
@@ -345,9 +391,9 @@ impl RedbLedgerStore {
                 transaction.open_table(LEDGERS_BY_TIME)?;
                 transaction.open_table(ACCOUNTS)?;
                 transaction.open_table(ACCOUNTS_BY_TIME)?;
-                transaction.open_table(TRANSFERS)?;
+                transaction.open_table(TRANSFER_BLOCKS)?;
                 transaction.open_table(TRANSFER_IDS)?;
-                transaction.open_table(ACCOUNT_TRANSFERS)?;
+                transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
                 transaction.open_table(FAILURES)?;
                 transaction.open_table(FAILURES_BY_TIME)?;
                 transaction.open_table(PENDING_STATUSES)?;
@@ -385,7 +431,13 @@ impl RedbLedgerStore {
 
     fn commit(&mut self, meta: Option<&StateMeta>) {
         let mut transaction = fatal(self.database.begin_write(), "beginning a write");
-        fatal(transaction.set_durability(self.durability), "setting durability");
+        let durability = if self.last_durable_commit.elapsed() >= DURABLE_COMMIT_INTERVAL {
+            self.last_durable_commit = std::time::Instant::now();
+            Durability::Immediate
+        } else {
+            self.durability
+        };
+        fatal(transaction.set_durability(durability), "setting durability");
         let consensus = self.consensus_staged.as_deref();
         fatal(write_overlay(&transaction, &self.overlay, meta, consensus, &mut self.index), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
@@ -451,10 +503,14 @@ fn write_overlay(
     for account in accounts {
         accounts_table.insert(account.id, encoder.bytes(account))?;
     }
-    let mut transfers = transaction.open_table(TRANSFERS)?;
+    let mut transfer_blocks = transaction.open_table(TRANSFER_BLOCKS)?;
+    for block in overlay.transfers.chunks(TRANSFERS_PER_BLOCK) {
+        encoder.buffer.clear();
+        block.iter().for_each(|transfer| transfer.encode(&mut encoder.buffer));
+        transfer_blocks.insert(block[0].timestamp, encoder.buffer.as_slice())?;
+    }
     let mut transfer_ids = transaction.open_table(TRANSFER_IDS)?;
     for transfer in &overlay.transfers {
-        transfers.insert(transfer.timestamp, encoder.bytes(transfer))?;
         transfer_ids.insert(transfer.id, transfer.timestamp)?;
     }
     index.append(transaction, &overlay.transfers)?;
@@ -533,15 +589,21 @@ impl AccountIndexRuns {
             self.last_key = Some(key);
             return Ok(());
         }
-        // Merge: this batch's postings and every stored run go into the B-tree in key order.
+        // Merge: this batch's postings and every stored run become chunks of each account's
+        // timestamps. All of them are newer than any chunk already written.
         for entry in runs_table.range::<u64>(..)? {
             let (_, run) = entry?;
             self.buffer.extend_from_slice(postings::records(run.value()));
         }
         self.buffer.sort_unstable();
-        let mut account_transfers = transaction.open_table(ACCOUNT_TRANSFERS)?;
-        for posting in &self.buffer {
-            account_transfers.insert(postings::decode(posting), ())?;
+        let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
+        let mut chunk = Vec::with_capacity(TIMESTAMPS_PER_CHUNK * 8);
+        for account_postings in self.buffer.chunk_by(|left, right| left[..16] == right[..16]) {
+            for piece in account_postings.chunks(TIMESTAMPS_PER_CHUNK) {
+                chunk.clear();
+                piece.iter().for_each(|posting| chunk.extend_from_slice(&postings::decode(posting).1.to_le_bytes()));
+                chunks.insert(postings::decode(&piece[0]), chunk.as_slice())?;
+            }
         }
         runs_table.retain(|_, _| false)?;
         self.runs = 0;
@@ -655,6 +717,18 @@ impl StorageRead for RedbLedgerStore {
     }
 }
 
+impl LedgerReadView {
+    /// The transfer with this timestamp, which an index says exists.
+    fn transfer_at(&self, timestamp: u64) -> Transfer {
+        let block = fatal(self.handles.transfer_blocks.range(..=timestamp), "reading a transfer block")
+            .next_back()
+            .map(|entry| fatal(entry, "reading a transfer block").1);
+        let block = block.expect("an indexed transfer's block exists");
+        let encoded = transfer_blocks::find(transfer_blocks::records(block.value()), timestamp);
+        decode(encoded.expect("an indexed transfer is in its block"))
+    }
+}
+
 impl StorageRead for LedgerReadView {
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
         fatal(self.handles.ledgers.get(id), "reading a ledger").map(|guard| decode(guard.value()))
@@ -676,14 +750,24 @@ impl StorageRead for LedgerReadView {
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
         let timestamp = fatal(self.handles.transfer_ids.get(id), "reading a transfer id")?.value();
-        let bytes =
-            fatal(self.handles.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
-        Some(decode(bytes.value()))
+        Some(self.transfer_at(timestamp))
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
-        let entries = fatal(self.handles.transfers.range(range.min..=range.max), "scanning transfers");
-        let _ = scan_range(entries, direction, |_, bytes| visit(&decode(bytes)));
+        // The block that holds `range.min` may begin before it.
+        let first_block = fatal(self.handles.transfer_blocks.range(..=range.min), "scanning transfers")
+            .next_back()
+            .map(|entry| fatal(entry, "reading a range").0.value())
+            .unwrap_or(range.min);
+        let blocks = fatal(self.handles.transfer_blocks.range(first_block..=range.max), "scanning transfers");
+        let _ = scan_range(blocks, direction, |_, block| {
+            let within = transfer_blocks::within(transfer_blocks::records(block), range);
+            let mut visit_encoded = |encoded: &transfer_blocks::Encoded| visit(&decode(encoded));
+            match direction {
+                Direction::Ascending => within.iter().try_for_each(&mut visit_encoded),
+                Direction::Descending => within.iter().rev().try_for_each(&mut visit_encoded),
+            }
+        });
     }
 
     fn account_transfers_scan(
@@ -693,17 +777,29 @@ impl StorageRead for LedgerReadView {
         direction: Direction,
         visit: Visit<Transfer>,
     ) {
-        let mut visit_timestamp = |timestamp: u64| {
-            let bytes =
-                fatal(self.handles.transfers.get(timestamp), "reading a transfer").expect("indexed transfer exists");
-            visit(&decode(bytes.value()))
-        };
+        let mut visit_timestamp = |timestamp: u64| visit(&self.transfer_at(timestamp));
         // Merged postings are all older than the runs' postings: ascending reads the B-tree first,
         // descending reads the runs first.
         let scan_merged = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
-            let bounds = (account_id, range.min)..=(account_id, range.max);
-            let entries = fatal(self.handles.account_transfers.range(bounds), "scanning an account's transfers");
-            scan_range(entries, direction, |(_, timestamp), ()| visit_timestamp(timestamp))
+            let chunks = &self.handles.account_transfer_chunks;
+            // The chunk that holds `range.min` may begin before it.
+            let first_chunk = fatal(chunks.range((account_id, 0)..=(account_id, range.min)), "scanning an account")
+                .next_back()
+                .map_or(range.min, |entry| fatal(entry, "reading a range").0.value().1);
+            let entries =
+                fatal(chunks.range((account_id, first_chunk)..=(account_id, range.max)), "scanning an account");
+            scan_range(entries, direction, |_, chunk| {
+                let (timestamps, rest) = chunk.as_chunks::<8>();
+                assert!(rest.is_empty(), "an account-index chunk of {} bytes is not whole timestamps", chunk.len());
+                let timestamp = |bytes: &[u8; 8]| u64::from_le_bytes(*bytes);
+                let start = timestamps.partition_point(|bytes| timestamp(bytes) < range.min);
+                let end = timestamps.partition_point(|bytes| timestamp(bytes) <= range.max).max(start);
+                let mut visit_bytes = |bytes: &[u8; 8]| visit_timestamp(timestamp(bytes));
+                match direction {
+                    Direction::Ascending => timestamps[start..end].iter().try_for_each(&mut visit_bytes),
+                    Direction::Descending => timestamps[start..end].iter().rev().try_for_each(&mut visit_bytes),
+                }
+            })
         };
         let scan_runs = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
             let runs = fatal(self.handles.account_transfer_runs.range::<u64>(..), "scanning account-index runs");

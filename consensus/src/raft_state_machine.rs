@@ -95,12 +95,30 @@ impl LedgerStateMachine {
                 remove_if_present(&path)?;
             }
         }
-        let store =
+        let mut store =
             RedbLedgerStore::open(&directory.join(LEDGER_FILE), cache_bytes).map_err(|error| error.to_string())?;
-        let record = match store.consensus_state() {
+        let mut record = match store.consensus_state() {
             Some(bytes) => decode(bytes, "consensus record").map_err(|error| error.to_string())?,
             None => ConsensusRecord::default(),
         };
+        // The store commits without fsync, so after a crash it may hold less than this replica's
+        // own snapshot, and the log behind that snapshot may be purged: start from the snapshot.
+        if let Some((meta, mut file)) = open_snapshot(&snapshots.join(CURRENT_SNAPSHOT))
+            .map_err(|error| format!("cannot read the current snapshot in {}: {error}", snapshots.display()))?
+            && meta.last_log_id > record.applied
+        {
+            drop(store);
+            record = install(directory, cache_bytes, &mut file, &meta)?;
+            fs::rename(directory.join(LEDGER_INSTALLING_FILE), directory.join(LEDGER_FILE))
+                .map_err(|error| format!("cannot move the restored ledger into place: {error}"))?;
+            store =
+                RedbLedgerStore::open(&directory.join(LEDGER_FILE), cache_bytes).map_err(|error| error.to_string())?;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                last_log_id = ?meta.last_log_id,
+                "restored the ledger from this replica's snapshot: the store was behind it after a crash"
+            );
+        }
         let views = LedgerViews { database: Arc::new(RwLock::new(store.database())) };
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),

@@ -67,7 +67,8 @@ fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Ba
         let transfers = (0..transfers_per_batch)
             .map(|_| {
                 id += 1;
-                let debit = u128::from(next()) % ACCOUNTS + 1;
+                // Account 1 is hot: it pays in half of the transfers.
+                let debit = if next() % 2 == 0 { 1 } else { u128::from(next()) % ACCOUNTS + 1 };
                 let credit = debit % ACCOUNTS + 1 + u128::from(next()) % (ACCOUNTS - 1);
                 let credit = (credit - 1) % ACCOUNTS + 1;
                 NewTransfer {
@@ -104,31 +105,33 @@ fn account_scan(
 }
 
 #[test]
-fn account_scans_read_merged_and_unmerged_postings_in_order_across_a_reopen() {
+fn scans_and_lookups_match_the_in_memory_store_across_blocks_index_runs_and_a_reopen() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("ledger.redb");
-    let batches = random_transfer_batches(23, 40);
+    // 100 transfers a batch: blocks of 64 and 36, so ranges start and end inside blocks.
+    let batches = random_transfer_batches(40, 100);
     let mut reference = StateMachine::new();
-    let open = || {
+    let open = |merge_postings: usize| {
         let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
-        // Every fourth batch's postings (80 each) trigger a merge, so scans see both parts.
-        store.set_index_merge_postings(300);
+        store.set_index_merge_postings(merge_postings);
         StateMachine::open(store)
     };
-    let mut ledger = open();
+    // First every fourth batch's postings (200 each) trigger a merge, so scans see both parts; after
+    // the reopen, every thirteenth, so the hot account's merged postings (over 512) span several rows.
+    let mut ledger = open(750);
     let mut runs_seen = std::collections::BTreeSet::new();
     for (index, batch) in batches.iter().enumerate() {
         assert_eq!(ledger.apply(batch), reference.apply(batch));
         runs_seen.insert(ledger.storage().index_runs());
         if index == 13 {
             drop(ledger);
-            ledger = open();
+            ledger = open(2_500);
         }
     }
-    assert_eq!(runs_seen, [0, 1, 2, 3].into(), "runs gather and are merged");
+    assert_eq!(runs_seen, (0..=12).collect(), "runs gather and are merged");
     assert!(ledger.storage().index_runs() > 0, "the last scans read unmerged runs too");
     let second = 1_000_000_000;
-    let ranges = [TimestampRange::ALL, TimestampRange { min: 6 * second, max: 19 * second + 5 }];
+    let ranges = [TimestampRange::ALL, TimestampRange { min: 6 * second, max: 35 * second + 5 }];
     for account_id in 1..=12 {
         for range in ranges {
             for direction in [Direction::Ascending, Direction::Descending] {
@@ -143,6 +146,26 @@ fn account_scans_read_merged_and_unmerged_postings_in_order_across_a_reopen() {
                 }
             }
         }
+    }
+    for range in ranges.into_iter().chain([TimestampRange { min: 7 * second + 64, max: 7 * second + 64 }]) {
+        for direction in [Direction::Ascending, Direction::Descending] {
+            for limit in [usize::MAX, 3, 130] {
+                let scan = |store: &dyn StorageRead| {
+                    let mut ids = Vec::new();
+                    store.transfers_scan(range, direction, &mut |transfer| {
+                        ids.push(transfer.id);
+                        if ids.len() == limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                    });
+                    ids
+                };
+                let expected = scan(reference.storage());
+                assert!(!expected.is_empty());
+                assert_eq!(scan(ledger.storage()), expected, "transfers in {range:?}, {direction:?}, limit {limit}");
+            }
+        }
+    }
+    for id in 1..=4_001 {
+        assert_eq!(ledger.storage().transfer_get(id), reference.storage().transfer_get(id), "transfer {id}");
     }
     assert_eq!(ledger.digest(), reference.digest());
 }

@@ -108,3 +108,34 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
     let reopened = LedgerStateMachine::open(target_directory.path(), CACHE_BYTES).unwrap();
     assert_eq!(reopened.ledger().digest(), source.ledger().digest(), "the installed store survives a restart");
 }
+
+#[tokio::test]
+async fn a_store_left_behind_its_own_snapshot_is_restored_from_it_at_open() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut reference = StateMachine::new();
+    for batch in reference_batches() {
+        reference.apply(&batch).unwrap();
+    }
+    let entries = entries();
+    let last = entries.last().unwrap().log_id;
+    let ledger_file = directory.path().join("ledger.redb");
+    let behind = directory.path().join("ledger-behind.redb");
+    {
+        let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+        machine.apply(entries[..2].to_vec()).await.unwrap();
+        drop(machine);
+        std::fs::copy(&ledger_file, &behind).unwrap();
+        let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+        machine.apply(entries[2..].to_vec()).await.unwrap();
+        let mut builder = machine.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(last));
+    }
+    // What a crash leaves when the store's last durable commit came before the snapshot (and the
+    // log behind the snapshot may be purged): an older store beside a newer snapshot.
+    std::fs::rename(&behind, &ledger_file).unwrap();
+    let mut reopened = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    assert_eq!(reopened.applied_state().await.unwrap().0, Some(last), "restored up to the snapshot");
+    assert_eq!(reopened.ledger().digest(), reference.digest());
+    assert_eq!(snapshot_bytes(reopened.ledger()), snapshot_bytes(&reference));
+}

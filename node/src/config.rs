@@ -50,6 +50,9 @@ pub struct Member {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
+    /// Also openraft 0.9's deadline for each AppendEntries message: it must cover sending
+    /// `entries_per_message_max` full batches and the follower's fsync on a busy machine, or
+    /// replication times out, backs off, and followers start elections under load.
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -65,13 +68,13 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1_000,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1_500,
+            election_timeout_max_ms: 3_000,
             snapshot_after_entries: 20_000,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 * 1024 * 1024,
-            entries_per_message_max: 32,
+            entries_per_message_max: 4,
         }
     }
 }
@@ -269,7 +272,7 @@ initial_members = [
         assert!(parse(&mismatch).unwrap_err().contains("advertise_address is 10.0.0.1:7001"));
         let twice = minimal().replace("id = 2,", "id = 1,");
         assert!(parse(&twice).unwrap_err().contains("lists an id twice"));
-        let timeouts = format!("{}\n[raft]\nheartbeat_interval_ms = 400\n", minimal());
+        let timeouts = format!("{}\n[raft]\nheartbeat_interval_ms = 800\n", minimal());
         assert!(parse(&timeouts).unwrap_err().contains("election_timeout_min_ms"));
         let batch = format!("{}\n[group_commit]\nevents_per_batch_max = 9000\n", minimal());
         assert!(parse(&batch).unwrap_err().contains("events_per_batch_max"));

@@ -27,6 +27,9 @@ pub const NEW_ACCOUNT_SIZE: usize = 52;
 pub const ACCOUNT_SIZE: usize = NEW_ACCOUNT_SIZE + 4 * 16 + 8;
 pub const NEW_TRANSFER_SIZE: usize = 122;
 pub const TRANSFER_SIZE: usize = 128;
+/// Where a transfer's timestamp sits in its encoding (the last field), so that a store can order
+/// and search encoded transfers without decoding them.
+const TRANSFER_TIMESTAMP_OFFSET: usize = TRANSFER_SIZE - 8;
 pub const ACCOUNT_BALANCE_SIZE: usize = 8 + 4 * 16;
 pub const PENDING_STATUS_SIZE: usize = 9;
 pub const TRANSFER_FAILURE_SIZE: usize = 25;
@@ -318,6 +321,12 @@ pub(crate) fn put_transfer(out: &mut impl Put, transfer: &Transfer) {
     out.put_u64(transfer.timestamp);
 }
 
+/// The timestamp of an encoded transfer, read in place.
+pub fn transfer_timestamp(encoded: &[u8; TRANSFER_SIZE]) -> u64 {
+    let (_, timestamp) = encoded.split_at(TRANSFER_TIMESTAMP_OFFSET);
+    u64::from_le_bytes(timestamp.try_into().expect("8 bytes"))
+}
+
 pub(crate) fn read_transfer(reader: &mut Reader) -> Result<Transfer, DecodeError> {
     Ok(Transfer {
         id: reader.u128()?,
@@ -540,6 +549,27 @@ mod tests {
     use std::str::FromStr;
 
     use super::*;
+
+    #[test]
+    fn an_encoded_transfer_gives_its_timestamp_in_place() {
+        let transfer = Transfer {
+            id: 5,
+            debit_account_id: 6,
+            credit_account_id: 7,
+            amount: Units(8),
+            pending_id: 0,
+            ledger: 9,
+            code: 10,
+            flags: TransferFlags::PENDING,
+            timeout_seconds: 11,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            timestamp: 0x0102_0304_0506_0708,
+        };
+        let encoded: [u8; TRANSFER_SIZE] = transfer.to_bytes().try_into().unwrap();
+        assert_eq!(transfer_timestamp(&encoded), transfer.timestamp);
+    }
 
     fn sample_transfer() -> NewTransfer {
         NewTransfer {

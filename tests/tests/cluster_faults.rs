@@ -232,6 +232,14 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
         cluster.log_tail(away)
     );
     assert_all_present(&cluster, away, &written).await;
+
+    // A replica that stayed up has purged its own log behind its snapshots: after a SIGKILL it
+    // must recover from its own snapshot and log, whatever its ledger store had made durable.
+    let stayed = cluster.ids().into_iter().find(|id| *id != leader && *id != away).expect("a follower");
+    cluster.kill(stayed);
+    cluster.restart(stayed);
+    cluster.wait_converged(&cluster.ids(), CONVERGE_WITHIN).await;
+    assert_all_present(&cluster, stayed, &written).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
