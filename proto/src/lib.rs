@@ -14,3 +14,18 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every Tally service, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tally_descriptor");
+
+include!(concat!(env!("OUT_DIR"), "/result_code_descriptions.rs"));
+
+impl v1::ResultCode {
+    /// `Ok` and `Exists` (a safe retry of an applied event) are successes; every other code is a
+    /// failure that changed nothing.
+    pub fn is_success(self) -> bool {
+        matches!(self, v1::ResultCode::Ok | v1::ResultCode::Exists)
+    }
+
+    /// The code's name in lower case without its prefix, as in RESULT_CODES.md: `exceeds_credits`.
+    pub fn name(self) -> String {
+        self.as_str_name().trim_start_matches("RESULT_CODE_").to_ascii_lowercase()
+    }
+}

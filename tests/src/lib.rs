@@ -36,22 +36,28 @@ pub async fn serialised() -> tokio::sync::MutexGuard<'static, ()> {
 /// this package alone does not build another package's binary, and a stale one would test old code.
 pub fn node_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let test = std::env::current_exe().expect("the test's own path");
-            // target/<profile>/deps/<test> -> target/<profile>/tally-node
-            let profile_directory = test.parent().and_then(Path::parent).expect("a cargo target layout");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "tally-node", "--bin", "tally-node"]);
-            if profile_directory.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building tally-node failed");
-            profile_directory.join("tally-node")
-        })
-        .clone()
+    BINARY.get_or_init(|| build_binary("tally-node", "tally-node")).clone()
+}
+
+/// The `tallyctl` binary of this build, (re)built once per test process like [`node_binary`].
+pub fn tallyctl_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("tally-client", "tallyctl")).clone()
+}
+
+fn build_binary(package: &str, binary: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<binary>
+    let profile_directory = test.parent().and_then(Path::parent).expect("a cargo target layout");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package, "--bin", binary]);
+    if profile_directory.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building {binary} failed");
+    profile_directory.join(binary)
 }
 
 fn free_port(taken: &[u16]) -> u16 {

@@ -1,0 +1,696 @@
+//! [`Client`]: the ledger and admin calls, each bounded by the client's deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tally_proto::v1 as wire;
+use tally_proto::v1::ResultCode;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::ledger_service_client::LedgerServiceClient;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::error::Error;
+use crate::model::{
+    Account, AccountBalance, AccountFlags, AccountTransfersFilter, Ledger, NewAccount, NewLedger, NewTransfer, Page,
+    QueryFilter, Transfer, TransferFlags, Window, uint128,
+};
+use crate::transport::{MESSAGE_BYTES_MAX, Transport};
+
+/// Events per request, at most (the ledger's batch limit).
+pub const EVENTS_PER_REQUEST_MAX: usize = 8_190;
+/// The deadline of a call unless the caller sets another with [`Client::with_deadline`].
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+/// Single calls waiting to be batched, at most; beyond this, callers wait for room.
+const BATCH_QUEUE_MAX: usize = 65_536;
+/// Automatic batches in flight at once: while they are, new single calls gather into the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A connection to a Tally cluster. Cheap to clone; clones share connections, leader knowledge,
+/// breakers and the automatic batchers.
+///
+/// Every call is bounded by a deadline (default [`DEADLINE_DEFAULT`]): within it the client follows
+/// leader hints, retries retryable failures with jittered exponential backoff, and skips endpoints
+/// whose circuit breaker is open; at the deadline it returns [`Error::Unavailable`]. Writes are
+/// safe to retry because events carry ids made by the caller (see [`crate::new_id`]): an event
+/// that was applied before answers [`ResultCode::Exists`].
+#[derive(Clone, Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+    deadline: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    transport: Arc<Transport>,
+    transfers: mpsc::Sender<Queued<NewTransfer>>,
+    accounts: mpsc::Sender<Queued<NewAccount>>,
+    stats: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batched_requests: AtomicU64,
+    batched_events: AtomicU64,
+}
+
+/// What the automatic batchers have sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchingStats {
+    /// Requests the batchers sent (each with one or more single calls).
+    pub requests: u64,
+    /// Single calls they carried.
+    pub events: u64,
+}
+
+#[derive(Debug)]
+struct Queued<E> {
+    event: E,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<ResultCode, Error>>,
+}
+
+fn leader_of(header: Option<&wire::ResponseHeader>) -> Option<String> {
+    header.map(|header| header.leader_address.clone()).filter(|address| !address.is_empty())
+}
+
+fn ledger_client(channel: Channel) -> LedgerServiceClient<Channel> {
+    LedgerServiceClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn result_codes(codes: Vec<i32>, expected: usize) -> Result<Vec<ResultCode>, Error> {
+    if codes.len() != expected {
+        return Err(Error::Protocol(format!("{} result codes for {expected} events", codes.len())));
+    }
+    codes
+        .into_iter()
+        .map(|code| ResultCode::try_from(code).map_err(|_| Error::Protocol(format!("unknown result code {code}"))))
+        .collect()
+}
+
+/// Writes the SDK knows how to batch.
+trait Batchable: Clone + Send + Sync + 'static {
+    fn submit(
+        transport: Arc<Transport>,
+        events: Vec<Self>,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Vec<ResultCode>, Error>> + Send;
+}
+
+impl Batchable for NewTransfer {
+    async fn submit(
+        transport: Arc<Transport>,
+        events: Vec<Self>,
+        deadline: Duration,
+    ) -> Result<Vec<ResultCode>, Error> {
+        create_transfers(&transport, &events, deadline).await
+    }
+}
+
+impl Batchable for NewAccount {
+    async fn submit(
+        transport: Arc<Transport>,
+        events: Vec<Self>,
+        deadline: Duration,
+    ) -> Result<Vec<ResultCode>, Error> {
+        create_accounts(&transport, &events, deadline).await
+    }
+}
+
+async fn create_transfers(
+    transport: &Transport,
+    transfers: &[NewTransfer],
+    deadline: Duration,
+) -> Result<Vec<ResultCode>, Error> {
+    let message = wire::CreateTransfersRequest { transfers: transfers.iter().map(NewTransfer::to_wire).collect() };
+    let response = transport
+        .call(
+            deadline,
+            None,
+            |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
+            |channel, timeout| {
+                let message = message.clone();
+                async move { ledger_client(channel).create_transfers(request(message, timeout)).await }
+            },
+        )
+        .await?;
+    result_codes(response.results, transfers.len())
+}
+
+async fn create_accounts(
+    transport: &Transport,
+    accounts: &[NewAccount],
+    deadline: Duration,
+) -> Result<Vec<ResultCode>, Error> {
+    let message = wire::CreateAccountsRequest { accounts: accounts.iter().map(NewAccount::to_wire).collect() };
+    let response = transport
+        .call(
+            deadline,
+            None,
+            |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
+            |channel, timeout| {
+                let message = message.clone();
+                async move { ledger_client(channel).create_accounts(request(message, timeout)).await }
+            },
+        )
+        .await?;
+    result_codes(response.results, accounts.len())
+}
+
+/// Packs queued single calls into requests of up to [`EVENTS_PER_REQUEST_MAX`] while up to
+/// [`BATCHES_IN_FLIGHT`] earlier requests are out, and routes each event's result back.
+async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Receiver<Queued<E>>, stats: Arc<Counters>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a free slot is what lets the next batch fill up.
+        let permit: OwnedSemaphorePermit =
+            Arc::clone(&in_flight).acquire_owned().await.expect("the semaphore is never closed");
+        let mut batch = vec![first];
+        while batch.len() < EVENTS_PER_REQUEST_MAX {
+            match queue.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        stats.batched_requests.fetch_add(1, Ordering::Relaxed);
+        stats.batched_events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let transport = Arc::clone(&transport);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = batch.iter().map(|queued| queued.deadline).max().expect("a batch is never empty");
+            let events: Vec<E> = batch.iter().map(|queued| queued.event.clone()).collect();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = E::submit(transport, events, remaining).await;
+            match outcome {
+                Ok(codes) => {
+                    for (queued, code) in batch.into_iter().zip(codes) {
+                        let _ = queued.reply.send(Ok(code));
+                    }
+                }
+                Err(error) => {
+                    for queued in batch {
+                        let _ = queued.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Client {
+    /// Connects to a cluster through `endpoints` (`host:port`; a name that resolves to several
+    /// addresses counts as several). Connections open lazily: this fails only on endpoints that
+    /// cannot be parsed or resolved.
+    pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        let addresses: Vec<String> = endpoints.iter().map(|endpoint| endpoint.as_ref().to_owned()).collect();
+        let transport = Arc::new(Transport::new(&addresses).await?);
+        let stats = Arc::new(Counters::default());
+        let (transfers, transfer_queue) = mpsc::channel(BATCH_QUEUE_MAX);
+        let (accounts, account_queue) = mpsc::channel(BATCH_QUEUE_MAX);
+        tokio::spawn(batcher(Arc::clone(&transport), transfer_queue, Arc::clone(&stats)));
+        tokio::spawn(batcher(Arc::clone(&transport), account_queue, Arc::clone(&stats)));
+        Ok(Client { shared: Arc::new(Shared { transport, transfers, accounts, stats }), deadline: DEADLINE_DEFAULT })
+    }
+
+    /// The same client with another deadline for each call.
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client { shared: Arc::clone(&self.shared), deadline }
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The endpoints in use (configured, resolved, and learned from leader hints).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.shared.transport.addresses()
+    }
+
+    pub fn batching_stats(&self) -> BatchingStats {
+        BatchingStats {
+            requests: self.shared.stats.batched_requests.load(Ordering::Relaxed),
+            events: self.shared.stats.batched_events.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check_count(count: usize) -> Result<(), Error> {
+        if count == 0 || count > EVENTS_PER_REQUEST_MAX {
+            return Err(Error::Usage(format!("{count} events in one request; send 1..={EVENTS_PER_REQUEST_MAX}")));
+        }
+        Ok(())
+    }
+
+    pub async fn create_ledgers(&self, ledgers: &[NewLedger]) -> Result<Vec<ResultCode>, Error> {
+        Self::check_count(ledgers.len())?;
+        let message = wire::CreateLedgersRequest { ledgers: ledgers.iter().map(NewLedger::to_wire).collect() };
+        let response = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
+                |channel, timeout| {
+                    let message = message.clone();
+                    async move { ledger_client(channel).create_ledgers(request(message, timeout)).await }
+                },
+            )
+            .await?;
+        result_codes(response.results, ledgers.len())
+    }
+
+    /// Creates accounts in one request, in order; linked accounts apply all or nothing.
+    pub async fn create_accounts(&self, accounts: &[NewAccount]) -> Result<Vec<ResultCode>, Error> {
+        Self::check_count(accounts.len())?;
+        create_accounts(&self.shared.transport, accounts, self.deadline).await
+    }
+
+    /// Creates transfers in one request, in order; a linked chain applies all or nothing.
+    pub async fn create_transfers(&self, transfers: &[NewTransfer]) -> Result<Vec<ResultCode>, Error> {
+        Self::check_count(transfers.len())?;
+        create_transfers(&self.shared.transport, transfers, self.deadline).await
+    }
+
+    async fn batched<E>(&self, queue: &mpsc::Sender<Queued<E>>, event: E) -> Result<ResultCode, Error> {
+        let deadline = Instant::now() + self.deadline;
+        let (reply, answer) = oneshot::channel();
+        let unavailable = |detail: &str| Error::Unavailable {
+            deadline: self.deadline,
+            attempts: 0,
+            last_errors: vec![("batcher".to_owned(), detail.to_owned())],
+        };
+        tokio::time::timeout_at(deadline, queue.send(Queued { event, deadline, reply }))
+            .await
+            .map_err(|_| unavailable("the batch queue stayed full until the deadline"))?
+            .map_err(|_| unavailable("the batcher stopped"))?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(unavailable("the batcher stopped")),
+            Err(_) => {
+                Err(unavailable("its batch had no answer by the deadline; it may still apply: retry with the same id"))
+            }
+        }
+    }
+
+    /// Creates one transfer, packed with other concurrent single calls into one request
+    /// (automatic batching). A linked transfer must travel with its chain: use
+    /// [`Client::create_transfers`].
+    pub async fn create_transfer(&self, transfer: NewTransfer) -> Result<ResultCode, Error> {
+        if transfer.flags.contains(TransferFlags::LINKED) {
+            return Err(Error::Usage(
+                "a linked transfer must be sent with the rest of its chain in create_transfers".into(),
+            ));
+        }
+        self.batched(&self.shared.transfers, transfer).await
+    }
+
+    /// Creates one account, batched with other concurrent single calls (see
+    /// [`Client::create_transfer`]).
+    pub async fn create_account(&self, account: NewAccount) -> Result<ResultCode, Error> {
+        if account.flags.contains(AccountFlags::LINKED) {
+            return Err(Error::Usage(
+                "a linked account must be sent with the rest of its chain in create_accounts".into(),
+            ));
+        }
+        self.batched(&self.shared.accounts, account).await
+    }
+
+    /// Ledgers by id, in the order asked; `None` where there is none.
+    pub async fn lookup_ledgers(&self, ids: &[u32]) -> Result<Vec<Option<Ledger>>, Error> {
+        Self::check_count(ids.len())?;
+        let message = wire::LookupLedgersRequest { ids: ids.to_vec() };
+        let response = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::LookupLedgersResponse| leader_of(answer.header.as_ref()),
+                |channel, timeout| {
+                    let message = message.clone();
+                    async move { ledger_client(channel).lookup_ledgers(request(message, timeout)).await }
+                },
+            )
+            .await?;
+        Ok(response
+            .ledgers
+            .into_iter()
+            .map(|lookup| lookup.ledger.filter(|_| lookup.found).map(Ledger::from_wire))
+            .collect())
+    }
+
+    /// Accounts by id, in the order asked; `None` where there is none.
+    pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, Error> {
+        Self::check_count(ids.len())?;
+        let message = wire::LookupRequest { ids: ids.iter().map(|id| uint128(*id).expect("some")).collect() };
+        let response = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::LookupAccountsResponse| leader_of(answer.header.as_ref()),
+                |channel, timeout| {
+                    let message = message.clone();
+                    async move { ledger_client(channel).lookup_accounts(request(message, timeout)).await }
+                },
+            )
+            .await?;
+        response
+            .accounts
+            .into_iter()
+            .map(|lookup| lookup.account.filter(|_| lookup.found).map(Account::from_wire).transpose())
+            .collect()
+    }
+
+    /// Transfers by id, in the order asked; `None` where there is none.
+    pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, Error> {
+        Self::check_count(ids.len())?;
+        let message = wire::LookupRequest { ids: ids.iter().map(|id| uint128(*id).expect("some")).collect() };
+        let response = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::LookupTransfersResponse| leader_of(answer.header.as_ref()),
+                |channel, timeout| {
+                    let message = message.clone();
+                    async move { ledger_client(channel).lookup_transfers(request(message, timeout)).await }
+                },
+            )
+            .await?;
+        response
+            .transfers
+            .into_iter()
+            .map(|lookup| lookup.transfer.filter(|_| lookup.found).map(Transfer::from_wire).transpose())
+            .collect()
+    }
+
+    pub async fn account(&self, id: u128) -> Result<Option<Account>, Error> {
+        Ok(self.lookup_accounts(&[id]).await?.pop().flatten())
+    }
+
+    pub async fn transfer(&self, id: u128) -> Result<Option<Transfer>, Error> {
+        Ok(self.lookup_transfers(&[id]).await?.pop().flatten())
+    }
+
+    /// One page of an account's transfers.
+    pub async fn account_transfers(&self, filter: AccountTransfersFilter) -> Result<Page<Transfer>, Error> {
+        let message = wire::AccountTransfersRequest {
+            account_id: uint128(filter.account_id),
+            debits: filter.debits,
+            credits: filter.credits,
+            code: filter.code.map(u32::from),
+            user_data_128: None,
+            user_data_64: None,
+            user_data_32: None,
+            window: Some(filter.window.to_wire()),
+        };
+        let page = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::TransfersPage| leader_of(answer.header.as_ref()),
+                |channel, timeout| async move {
+                    ledger_client(channel).get_account_transfers(request(message, timeout)).await
+                },
+            )
+            .await?;
+        Ok(Page {
+            records: page.transfers.into_iter().map(Transfer::from_wire).collect::<Result<_, _>>()?,
+            cursor: page.cursor,
+        })
+    }
+
+    /// One page of an account's balance history (accounts with the `history` flag).
+    pub async fn account_balances(&self, account_id: u128, window: Window) -> Result<Page<AccountBalance>, Error> {
+        let message = wire::AccountBalancesRequest { account_id: uint128(account_id), window: Some(window.to_wire()) };
+        let page = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::AccountBalancesPage| leader_of(answer.header.as_ref()),
+                |channel, timeout| async move {
+                    ledger_client(channel).get_account_balances(request(message, timeout)).await
+                },
+            )
+            .await?;
+        Ok(Page {
+            records: page.balances.into_iter().map(AccountBalance::from_wire).collect::<Result<_, _>>()?,
+            cursor: page.cursor,
+        })
+    }
+
+    pub async fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, Error> {
+        let message = wire::QueryLedgersRequest { window: Some(window.to_wire()) };
+        let page = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::LedgersPage| leader_of(answer.header.as_ref()),
+                |channel, timeout| async move { ledger_client(channel).query_ledgers(request(message, timeout)).await },
+            )
+            .await?;
+        Ok(Page { records: page.ledgers.into_iter().map(Ledger::from_wire).collect(), cursor: page.cursor })
+    }
+
+    fn query(filter: &QueryFilter) -> wire::QueryRequest {
+        wire::QueryRequest {
+            ledger: filter.ledger,
+            code: filter.code.map(u32::from),
+            user_data_128: filter.user_data_128.and_then(uint128),
+            user_data_64: filter.user_data_64,
+            user_data_32: filter.user_data_32,
+            window: Some(filter.window.to_wire()),
+        }
+    }
+
+    pub async fn query_accounts(&self, filter: QueryFilter) -> Result<Page<Account>, Error> {
+        let message = Self::query(&filter);
+        let page = self
+            .shared
+            .transport
+            .call(
+                self.deadline,
+                None,
+                |answer: &wire::AccountsPage| leader_of(answer.header.as_ref()),
+                |channel, timeout| {
+                    async move { ledger_client(channel).query_accounts(request(message, timeout)).await }
+                },
+            )
+            .await?;
+        Ok(Page {
+            records: page.accounts.into_iter().map(Account::from_wire).collect::<Result<_, _>>()?,
+            cursor: page.cursor,
+        })
+    }
+
+    pub async fn query_transfers(&self, filter: QueryFilter) -> Result<Page<Transfer>, Error> {
+        let message = Self::query(&filter);
+        let page =
+            self.shared
+                .transport
+                .call(
+                    self.deadline,
+                    None,
+                    |answer: &wire::TransfersPage| leader_of(answer.header.as_ref()),
+                    |channel, timeout| async move {
+                        ledger_client(channel).query_transfers(request(message, timeout)).await
+                    },
+                )
+                .await?;
+        Ok(Page {
+            records: page.transfers.into_iter().map(Transfer::from_wire).collect::<Result<_, _>>()?,
+            cursor: page.cursor,
+        })
+    }
+
+    async fn admin<T, F, Fut>(&self, target: Option<&str>, call: F) -> Result<T, Error>
+    where
+        F: Fn(AdminServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.shared
+            .transport
+            .call(
+                self.deadline,
+                target,
+                |_: &T| None,
+                |channel, timeout| call(AdminServiceClient::new(channel), timeout),
+            )
+            .await
+    }
+
+    /// Every member's status as one replica gathers it (lag as the leader sees it).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        let response = self
+            .admin(None, |mut admin, timeout| async move {
+                admin.cluster_status(request(wire::ClusterStatusRequest {}, timeout)).await
+            })
+            .await?;
+        Ok(ClusterStatus {
+            leader_id: response.leader_id,
+            nodes: response.nodes.into_iter().map(NodeStatus::from_wire).collect(),
+        })
+    }
+
+    /// The status of the replica at `endpoint`, as it sees itself.
+    pub async fn node_status(&self, endpoint: &str) -> Result<NodeStatus, Error> {
+        let response = self
+            .admin(Some(endpoint), |mut admin, timeout| async move {
+                admin.node_status(request(wire::NodeStatusRequest {}, timeout)).await
+            })
+            .await?;
+        Ok(NodeStatus::from_wire(response))
+    }
+
+    /// Adds a non-voting member, which starts catching up at once.
+    pub async fn add_learner(&self, node_id: u64, address: &str, site: &str) -> Result<Membership, Error> {
+        let message = wire::AddLearnerRequest { node_id, address: address.to_owned(), site: site.to_owned() };
+        let response = self
+            .admin(None, |mut admin, timeout| {
+                let message = message.clone();
+                async move { admin.add_learner(request(message, timeout)).await }
+            })
+            .await?;
+        Ok(Membership::from_wire(response))
+    }
+
+    /// Replaces the voters (joint consensus). Members left out stay as learners when
+    /// `retain_as_learners`, and are removed otherwise.
+    pub async fn change_membership(&self, voters: &[u64], retain_as_learners: bool) -> Result<Membership, Error> {
+        let message = wire::ChangeMembershipRequest { voters: voters.to_vec(), retain_as_learners };
+        let response = self
+            .admin(None, |mut admin, timeout| {
+                let message = message.clone();
+                async move { admin.change_membership(request(message, timeout)).await }
+            })
+            .await?;
+        Ok(Membership::from_wire(response))
+    }
+
+    /// Hands leadership to voter `node_id`; returns the leader afterwards.
+    pub async fn transfer_leader(&self, node_id: u64) -> Result<u64, Error> {
+        let response = self
+            .admin(None, |mut admin, timeout| async move {
+                admin.transfer_leader(request(wire::TransferLeaderRequest { node_id }, timeout)).await
+            })
+            .await?;
+        Ok(response.leader_id)
+    }
+
+    /// Builds a snapshot now on the replica at `endpoint`; returns the log index it covers.
+    pub async fn trigger_snapshot(&self, endpoint: &str) -> Result<u64, Error> {
+        let response = self
+            .admin(Some(endpoint), |mut admin, timeout| async move {
+                admin.trigger_snapshot(request(wire::TriggerSnapshotRequest {}, timeout)).await
+            })
+            .await?;
+        Ok(response.snapshot_index)
+    }
+}
+
+/// A replica's role in the cluster.
+pub use tally_proto::v1::Role;
+
+/// One member's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub address: String,
+    pub site: String,
+    pub role: Role,
+    pub voter: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// The ledger's state digest (blake3) at `applied_index`.
+    pub digest: Vec<u8>,
+    pub leader_id: u64,
+    /// Entries behind the leader's last log index, as the leader sees it.
+    pub replication_lag: Option<u64>,
+    /// False when the member could not be reached; `error` says why.
+    pub reachable: bool,
+    pub error: String,
+}
+
+impl NodeStatus {
+    fn from_wire(status: wire::NodeStatus) -> NodeStatus {
+        NodeStatus {
+            id: status.id,
+            address: status.address,
+            site: status.site,
+            role: Role::try_from(status.role).unwrap_or(Role::Unspecified),
+            voter: status.voter,
+            term: status.term,
+            last_log_index: status.last_log_index,
+            applied_index: status.applied_index,
+            digest: status.digest,
+            leader_id: status.leader_id,
+            replication_lag: status.replication_lag,
+            reachable: status.reachable,
+            error: status.error,
+        }
+    }
+
+    /// The digest's first bytes in hex, for tables.
+    pub fn digest_prefix(&self) -> String {
+        self.digest.iter().take(6).map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+/// Lower-case role names, as `tallyctl` prints them.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::Learner => "learner",
+        Role::Shutdown => "shutdown",
+        Role::Unspecified => "unknown",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub leader_id: u64,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The membership after a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub leader_id: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The log index of the membership entry.
+    pub log_index: u64,
+}
+
+impl Membership {
+    fn from_wire(response: wire::MembershipResponse) -> Membership {
+        Membership {
+            leader_id: response.leader_id,
+            voters: response.voters,
+            learners: response.learners,
+            log_index: response.log_index,
+        }
+    }
+}
