@@ -227,6 +227,7 @@ impl Client {
         Client { shared: Arc::clone(&self.shared), deadline }
     }
 
+    /// The deadline of each call made through this client.
     pub fn deadline(&self) -> Duration {
         self.deadline
     }
@@ -236,6 +237,7 @@ impl Client {
         self.shared.transport.addresses()
     }
 
+    /// What the automatic batchers have sent so far (for tests and tuning).
     pub fn batching_stats(&self) -> BatchingStats {
         BatchingStats {
             requests: self.shared.stats.batched_requests.load(Ordering::Relaxed),
@@ -250,6 +252,7 @@ impl Client {
         Ok(())
     }
 
+    /// Creates ledgers in one request, in order; one result code each.
     pub async fn create_ledgers(&self, ledgers: &[NewLedger]) -> Result<Vec<ResultCode>, Error> {
         Self::check_count(ledgers.len())?;
         let message = wire::CreateLedgersRequest { ledgers: ledgers.iter().map(NewLedger::to_wire).collect() };
@@ -397,10 +400,12 @@ impl Client {
             .collect()
     }
 
+    /// One account by id; `None` if there is none.
     pub async fn account(&self, id: u128) -> Result<Option<Account>, Error> {
         Ok(self.lookup_accounts(&[id]).await?.pop().flatten())
     }
 
+    /// One transfer by id; `None` if there is none.
     pub async fn transfer(&self, id: u128) -> Result<Option<Transfer>, Error> {
         Ok(self.lookup_transfers(&[id]).await?.pop().flatten())
     }
@@ -456,6 +461,7 @@ impl Client {
         })
     }
 
+    /// One page of ledgers, in time order.
     pub async fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, Error> {
         let message = wire::QueryLedgersRequest { window: Some(window.to_wire()) };
         let page = self
@@ -482,6 +488,7 @@ impl Client {
         }
     }
 
+    /// One page of accounts matching every field set in `filter`, in time order.
     pub async fn query_accounts(&self, filter: QueryFilter) -> Result<Page<Account>, Error> {
         let message = Self::query(&filter);
         let page = self
@@ -502,6 +509,7 @@ impl Client {
         })
     }
 
+    /// One page of transfers matching every field set in `filter`, in time order.
     pub async fn query_transfers(&self, filter: QueryFilter) -> Result<Page<Transfer>, Error> {
         let message = Self::query(&filter);
         let page =
@@ -613,21 +621,31 @@ pub use tally_proto::v1::Role;
 /// One member's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
+    /// The member's node id.
     pub id: u64,
+    /// The member's gRPC address.
     pub address: String,
+    /// The site (data centre) the member runs in.
     pub site: String,
+    /// Leader, follower, candidate or learner.
     pub role: Role,
+    /// Whether the member votes (false for a learner).
     pub voter: bool,
+    /// The Raft term this member is in.
     pub term: u64,
+    /// The index of the last entry in this member's log.
     pub last_log_index: u64,
+    /// The last log index this member has applied to its ledger.
     pub applied_index: u64,
     /// The ledger's state digest (blake3) at `applied_index`.
     pub digest: Vec<u8>,
+    /// The leader as this member knows it; 0 during an election.
     pub leader_id: u64,
     /// Entries behind the leader's last log index, as the leader sees it.
     pub replication_lag: Option<u64>,
     /// False when the member could not be reached; `error` says why.
     pub reachable: bool,
+    /// Why the member could not be reached (empty when it could).
     pub error: String,
 }
 
@@ -669,16 +687,22 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Every member's status, gathered by one replica.
 pub struct ClusterStatus {
+    /// The leader as the answering replica knows it; 0 during an election.
     pub leader_id: u64,
+    /// One entry per member, reachable or not.
     pub nodes: Vec<NodeStatus>,
 }
 
 /// The membership after a change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
+    /// The leader that made the change.
     pub leader_id: u64,
+    /// The voting members.
     pub voters: Vec<u64>,
+    /// The non-voting members.
     pub learners: Vec<u64>,
     /// The log index of the membership entry.
     pub log_index: u64,

@@ -11,7 +11,14 @@ pub enum Error {
     /// majority of replicas up) until the deadline. A write may or may not have been applied: retry
     /// it with the same ids, and the ledger answers `exists` for what was.
     #[error("the cluster did not answer within {deadline:?} after {attempts} attempt(s); {}", describe_attempts(.last_errors))]
-    Unavailable { deadline: Duration, attempts: u32, last_errors: Vec<(String, String)> },
+    Unavailable {
+        /// The deadline the call had.
+        deadline: Duration,
+        /// Attempts made, over all endpoints.
+        attempts: u32,
+        /// Each endpoint tried, with the last error it gave.
+        last_errors: Vec<(String, String)>,
+    },
     /// The request is malformed; the message names the field. Nothing was applied.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -23,7 +30,14 @@ pub enum Error {
     Usage(String),
     /// The answering replica refused the call for a reason that retrying will not fix.
     #[error("{endpoint} answered {code:?}: {message}")]
-    Server { endpoint: String, code: Code, message: String },
+    Server {
+        /// The replica that answered.
+        endpoint: String,
+        /// The gRPC status code.
+        code: Code,
+        /// The replica's explanation.
+        message: String,
+    },
     /// The answer did not follow the protocol (a version mismatch).
     #[error("unexpected answer: {0}")]
     Protocol(String),

@@ -23,6 +23,7 @@ impl Default for IdGenerator {
 }
 
 impl IdGenerator {
+    /// A generator that has made no id yet.
     pub const fn new() -> IdGenerator {
         IdGenerator { last: Mutex::new(0) }
     }

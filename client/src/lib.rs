@@ -36,6 +36,8 @@
 //! ([`Error::Unavailable`], naming each endpoint's last error), a malformed request
 //! ([`Error::InvalidArgument`], naming the field), a request above a limit.
 
+#![warn(missing_docs)]
+
 mod client;
 mod error;
 mod id;

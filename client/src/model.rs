@@ -52,17 +52,22 @@ bitflags::bitflags! {
 /// A ledger to create: one currency, with amounts counted in minor units of `scale` decimals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewLedger {
+    /// The ledger id (by convention the ISO 4217 numeric code, such as 978 for EUR).
     pub id: u32,
     /// ISO 4217 alphabetic code, such as `EUR`.
     pub currency: String,
     /// Decimal places of the minor unit (2 for cents), 0..=18.
     pub scale: u32,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
 }
 
 impl NewLedger {
+    /// A ledger for `currency` (ISO 4217) counted in minor units of `scale` decimals.
     pub fn new(id: u32, currency: &str, scale: u32) -> NewLedger {
         NewLedger { id, currency: currency.to_owned(), scale, ..NewLedger::default() }
     }
@@ -71,17 +76,24 @@ impl NewLedger {
 /// An account to create.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewAccount {
+    /// The account id: non-zero, chosen by the client (see [`crate::new_id`]).
     pub id: u128,
+    /// The ledger (and so the currency) this record belongs to.
     pub ledger: u32,
     /// The account's type in the bank's chart of accounts; non-zero.
     pub code: u16,
+    /// The account's flags.
     pub flags: AccountFlags,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
 }
 
 impl NewAccount {
+    /// An account in `ledger` with the given type `code` and no flags.
     pub fn new(id: u128, ledger: u32, code: u16) -> NewAccount {
         NewAccount { id, ledger, code, ..NewAccount::default() }
     }
@@ -92,6 +104,7 @@ impl NewAccount {
         self
     }
 
+    /// The account's credits never exceed its debits (an asset account that must not go negative).
     pub fn credits_must_not_exceed_debits(mut self) -> NewAccount {
         self.flags |= AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS;
         self
@@ -109,6 +122,7 @@ impl NewAccount {
         self
     }
 
+    /// Sets the three `user_data` fields (the bank's own references).
     pub fn user_data(mut self, user_data_128: u128, user_data_64: u64, user_data_32: u32) -> NewAccount {
         (self.user_data_128, self.user_data_64, self.user_data_32) = (user_data_128, user_data_64, user_data_32);
         self
@@ -119,6 +133,7 @@ impl NewAccount {
 /// [`NewTransfer::void`] and add flags with the builder methods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewTransfer {
+    /// The transfer id: non-zero, chosen by the client (see [`crate::new_id`]); a retry with the same id never applies twice.
     pub id: u128,
     /// For a post or void, 0 means "the pending transfer's".
     pub debit_account_id: u128,
@@ -128,13 +143,19 @@ pub struct NewTransfer {
     pub amount: Option<Decimal>,
     /// The pending transfer a post or void resolves.
     pub pending_id: u128,
+    /// The ledger (and so the currency) this record belongs to.
     pub ledger: u32,
+    /// The transfer's reason in the bank's scheme (payment, fee, card capture...); non-zero.
     pub code: u16,
+    /// The transfer's flags.
     pub flags: TransferFlags,
     /// Pending transfers only: seconds until the reservation expires; 0 never expires.
     pub timeout_seconds: u32,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
 }
 
@@ -212,6 +233,7 @@ impl NewTransfer {
         self
     }
 
+    /// Sets the three `user_data` fields (the bank's own references).
     pub fn user_data(mut self, user_data_128: u128, user_data_64: u64, user_data_32: u32) -> NewTransfer {
         (self.user_data_128, self.user_data_64, self.user_data_32) = (user_data_128, user_data_64, user_data_32);
         self
@@ -219,30 +241,50 @@ impl NewTransfer {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// A ledger as the cluster holds it.
 pub struct Ledger {
+    /// The ledger id (by convention the ISO 4217 numeric code).
     pub id: u32,
+    /// ISO 4217 alphabetic code.
     pub currency: String,
+    /// Decimal places of the minor unit.
     pub scale: u32,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
     /// Cluster time of creation, nanoseconds since the Unix epoch.
     pub timestamp: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// An account as the ledger holds it, with its four balances.
 pub struct Account {
+    /// The account id: non-zero, chosen by the client (see [`crate::new_id`]).
     pub id: u128,
+    /// The ledger (and so the currency) this record belongs to.
     pub ledger: u32,
+    /// The account's type in the bank's chart of accounts; non-zero.
     pub code: u16,
+    /// The account's flags.
     pub flags: AccountFlags,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
+    /// Debits reserved by pending transfers, not yet posted or voided.
     pub debits_pending: Decimal,
+    /// Debits that moved money.
     pub debits_posted: Decimal,
+    /// Credits reserved by pending transfers, not yet posted or voided.
     pub credits_pending: Decimal,
+    /// Credits that moved money.
     pub credits_posted: Decimal,
+    /// Cluster time when the ledger applied it, nanoseconds since the Unix epoch (unique per record).
     pub timestamp: u64,
 }
 
@@ -261,13 +303,18 @@ impl Account {
 /// Where a pending transfer's reservation stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PendingStatus {
+    /// Still reserved.
     Pending,
+    /// Posted (all of it or less).
     Posted,
+    /// Voided: the reservation was released.
     Voided,
+    /// Expired: its timeout passed before a post or void.
     Expired,
 }
 
 impl PendingStatus {
+    /// The status in lower case, as `tallyctl` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             PendingStatus::Pending => "pending",
@@ -279,20 +326,33 @@ impl PendingStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// A transfer as the ledger holds it.
 pub struct Transfer {
+    /// The transfer id: non-zero, chosen by the client (see [`crate::new_id`]); a retry with the same id never applies twice.
     pub id: u128,
+    /// The account debited.
     pub debit_account_id: u128,
+    /// The account credited.
     pub credit_account_id: u128,
     /// What moved (for a balancing transfer, after clamping; for a post, what was posted).
     pub amount: Decimal,
+    /// For a post or void, the pending transfer it resolved; 0 otherwise.
     pub pending_id: u128,
+    /// The ledger (and so the currency) this record belongs to.
     pub ledger: u32,
+    /// The transfer's reason in the bank's scheme (payment, fee, card capture...); non-zero.
     pub code: u16,
+    /// The transfer's flags.
     pub flags: TransferFlags,
+    /// For a pending transfer, the seconds after which it expires (0: never).
     pub timeout_seconds: u32,
+    /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
+    /// Free for the bank: a secondary reference (such as a batch or settlement date). Indexed for queries.
     pub user_data_64: u64,
+    /// Free for the bank: a small secondary reference (such as a branch or channel). Indexed for queries.
     pub user_data_32: u32,
+    /// Cluster time when the ledger applied it, nanoseconds since the Unix epoch (unique per record).
     pub timestamp: u64,
     /// For pending transfers: where the reservation stands.
     pub pending_status: Option<PendingStatus>,
@@ -303,16 +363,22 @@ pub struct Transfer {
 /// An account's balances after one change (accounts with [`AccountFlags::HISTORY`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountBalance {
+    /// Cluster time when the ledger applied it, nanoseconds since the Unix epoch (unique per record).
     pub timestamp: u64,
+    /// Debits reserved by pending transfers, not yet posted or voided.
     pub debits_pending: Decimal,
+    /// Debits that moved money.
     pub debits_posted: Decimal,
+    /// Credits reserved by pending transfers, not yet posted or voided.
     pub credits_pending: Decimal,
+    /// Credits that moved money.
     pub credits_posted: Decimal,
 }
 
 /// A page of a listing; ask for the next one with [`Window::after`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T> {
+    /// The records of this page, in the order asked.
     pub records: Vec<T>,
     /// Set when the page stopped early: where the next page starts.
     pub cursor: Option<u64>,
@@ -321,7 +387,9 @@ pub struct Page<T> {
 /// The time window and size of a listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
+    /// The earliest timestamp to include; `None` from the beginning.
     pub timestamp_min: Option<u64>,
+    /// The latest timestamp to include; `None` up to now.
     pub timestamp_max: Option<u64>,
     /// Records per page, 1..=8190.
     pub limit: u32,
@@ -368,10 +436,15 @@ impl Window {
 /// Which of an account's transfers to list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccountTransfersFilter {
+    /// The account whose transfers to list.
     pub account_id: u128,
+    /// Include transfers that debit the account.
     pub debits: bool,
+    /// Include transfers that credit the account.
     pub credits: bool,
+    /// Only transfers with this code.
     pub code: Option<u16>,
+    /// The time window and page size.
     pub window: Window,
 }
 
@@ -385,11 +458,17 @@ impl AccountTransfersFilter {
 /// Records matching every field set, in `window`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueryFilter {
+    /// Only records of this ledger.
     pub ledger: Option<u32>,
+    /// Only records with this code.
     pub code: Option<u16>,
+    /// Only records with this `user_data_128`.
     pub user_data_128: Option<u128>,
+    /// Only records with this `user_data_64`.
     pub user_data_64: Option<u64>,
+    /// Only records with this `user_data_32`.
     pub user_data_32: Option<u32>,
+    /// The time window and page size.
     pub window: Window,
 }
 
