@@ -128,6 +128,15 @@ pub struct RedbLedgerStore {
     accounts_cache: HashMap<u128, Account, RandomState>,
     accounts_cache_complete: bool,
     index: AccountIndexRuns,
+    /// The largest id of any committed transfer or recorded transfer failure. Ids made by clients
+    /// are time-ordered, so a new transfer's id is almost always above it, and then the ledger's
+    /// "does this id exist?" needs no B-tree lookup.
+    committed_ids_max: u128,
+    /// When set, `meta_put` stages the batch's meta instead of committing, and the owner commits
+    /// several whole batches at once with [`RedbLedgerStore::commit_deferred`].
+    defer_commits: bool,
+    /// The meta of the last whole batch in the overlay, when commits are deferred.
+    staged_meta: Option<StateMeta>,
 }
 
 /// The runs of account-index postings not yet merged, and when to merge them.
@@ -138,8 +147,11 @@ struct AccountIndexRuns {
     merge_postings: usize,
     /// The newest run's key: a new run's key must be larger.
     last_key: Option<u64>,
-    /// Reused to build a run and to merge runs.
-    buffer: Vec<postings::Posting>,
+    /// Reused to build a run and to merge runs: `(account id, timestamp)`, sorted as integers
+    /// (much cheaper than comparing the 24-byte encodings).
+    buffer: Vec<(u128, u64)>,
+    /// Reused to encode a run.
+    encoded: Vec<u8>,
 }
 
 /// Encoded transfers as stored in a block.
@@ -292,6 +304,23 @@ struct Overlay {
 }
 
 impl Overlay {
+    /// Empties the overlay but keeps its allocations: a batch of 8,190 transfers fills maps and
+    /// vectors of a megabyte or more, and allocating them afresh for every batch faulted in new
+    /// pages each time.
+    fn clear(&mut self) {
+        self.ledgers.clear();
+        self.accounts.clear();
+        self.accounts_created.clear();
+        self.transfers.clear();
+        self.transfer_positions.clear();
+        self.failures.clear();
+        self.failure_positions.clear();
+        self.pending_statuses.clear();
+        self.expiries_added.clear();
+        self.expiries_removed.clear();
+        self.balances.clear();
+    }
+
     fn is_empty(&self) -> bool {
         self.ledgers.is_empty()
             && self.accounts.is_empty()
@@ -321,6 +350,7 @@ impl RedbLedgerStore {
         let committed = LedgerReadView::open(&database);
         let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
         let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs);
+        let committed_ids_max = committed.ids_max();
         Ok(RedbLedgerStore {
             database: Arc::new(database),
             durability: Durability::None,
@@ -331,6 +361,9 @@ impl RedbLedgerStore {
             accounts_cache,
             accounts_cache_complete,
             index,
+            committed_ids_max,
+            defer_commits: false,
+            staged_meta: None,
         })
     }
 
@@ -368,9 +401,32 @@ impl RedbLedgerStore {
 
     /// Commits a consensus record on its own, for log entries that change no ledger data.
     pub fn commit_consensus_state(&mut self, record: Vec<u8>) {
-        assert!(self.overlay.is_empty(), "a consensus record alone must not carry half a batch");
+        // With deferred commits the overlay may hold whole batches (their meta is staged), which
+        // commit with the record; otherwise it must be empty.
+        assert!(
+            self.overlay.is_empty() || self.staged_meta.is_some(),
+            "a consensus record alone must not carry half a batch"
+        );
         self.consensus_staged = Some(record);
-        self.commit(None);
+        let meta = self.staged_meta.take();
+        self.commit(meta.as_ref());
+    }
+
+    /// From now on, `meta_put` (the end of each batch) stages instead of committing: the owner
+    /// calls [`RedbLedgerStore::commit_deferred`] after several batches. Committing the batches of
+    /// one apply call together writes each B-tree page once instead of once per batch; scans (which
+    /// read committed state) must wait for that commit.
+    pub fn defer_commits(&mut self) {
+        self.defer_commits = true;
+    }
+
+    /// Commits the whole batches staged since the last commit, with the staged consensus record.
+    pub fn commit_deferred(&mut self) {
+        if let Some(meta) = self.staged_meta.take() {
+            self.commit(Some(&meta));
+        } else {
+            assert!(self.overlay.is_empty(), "writes without the end of their batch");
+        }
     }
 
     /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
@@ -418,6 +474,12 @@ impl RedbLedgerStore {
         assert!(self.overlay.is_empty(), "a scan must not run while a batch is half applied");
     }
 
+    fn note_committed_ids(&mut self) {
+        let transfers = self.overlay.transfers.iter().map(|transfer| transfer.id);
+        let failures = self.overlay.failures.iter().map(|failure| failure.id);
+        self.committed_ids_max = transfers.chain(failures).fold(self.committed_ids_max, u128::max);
+    }
+
     /// Writes the overlay (and the meta record, when given) in one transaction.
     fn cache_accounts(&mut self) {
         for (id, account) in &self.overlay.accounts {
@@ -442,7 +504,8 @@ impl RedbLedgerStore {
         fatal(write_overlay(&transaction, &self.overlay, meta, consensus, &mut self.index), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
         self.cache_accounts();
-        self.overlay = Overlay::default();
+        self.note_committed_ids();
+        self.overlay.clear();
         self.consensus_staged = None;
         self.committed = LedgerReadView::open(&self.database);
     }
@@ -558,6 +621,7 @@ impl AccountIndexRuns {
             merge_postings: INDEX_MERGE_POSTINGS_DEFAULT,
             last_key: None,
             buffer: Vec::new(),
+            encoded: Vec::new(),
         };
         let entries = fatal(runs_table.range::<u64>(..), "scanning account-index runs");
         let _ = scan_range(entries, Direction::Ascending, |key, run| {
@@ -577,13 +641,17 @@ impl AccountIndexRuns {
         assert!(self.last_key.is_none_or(|last| last < key), "account-index runs out of timestamp order");
         self.buffer.clear();
         for transfer in transfers {
-            self.buffer.push(postings::encode(transfer.debit_account_id, transfer.timestamp));
-            self.buffer.push(postings::encode(transfer.credit_account_id, transfer.timestamp));
+            self.buffer.push((transfer.debit_account_id, transfer.timestamp));
+            self.buffer.push((transfer.credit_account_id, transfer.timestamp));
         }
         let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
         if self.postings + self.buffer.len() < self.merge_postings && self.runs < INDEX_RUNS_MAX {
             self.buffer.sort_unstable();
-            runs_table.insert(key, self.buffer.as_flattened())?;
+            self.encoded.clear();
+            for (account_id, timestamp) in &self.buffer {
+                self.encoded.extend_from_slice(&postings::encode(*account_id, *timestamp));
+            }
+            runs_table.insert(key, self.encoded.as_slice())?;
             self.runs += 1;
             self.postings += self.buffer.len();
             self.last_key = Some(key);
@@ -593,16 +661,16 @@ impl AccountIndexRuns {
         // timestamps. All of them are newer than any chunk already written.
         for entry in runs_table.range::<u64>(..)? {
             let (_, run) = entry?;
-            self.buffer.extend_from_slice(postings::records(run.value()));
+            self.buffer.extend(postings::records(run.value()).iter().map(postings::decode));
         }
         self.buffer.sort_unstable();
         let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
         let mut chunk = Vec::with_capacity(TIMESTAMPS_PER_CHUNK * 8);
-        for account_postings in self.buffer.chunk_by(|left, right| left[..16] == right[..16]) {
+        for account_postings in self.buffer.chunk_by(|left, right| left.0 == right.0) {
             for piece in account_postings.chunks(TIMESTAMPS_PER_CHUNK) {
                 chunk.clear();
-                piece.iter().for_each(|posting| chunk.extend_from_slice(&postings::decode(posting).1.to_le_bytes()));
-                chunks.insert(postings::decode(&piece[0]), chunk.as_slice())?;
+                piece.iter().for_each(|(_, timestamp)| chunk.extend_from_slice(&timestamp.to_le_bytes()));
+                chunks.insert(piece[0], chunk.as_slice())?;
             }
         }
         runs_table.retain(|_, _| false)?;
@@ -657,6 +725,7 @@ impl StorageRead for RedbLedgerStore {
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
         match self.overlay.transfer_positions.get(&id) {
             Some(position) => Some(self.overlay.transfers[*position]),
+            None if id > self.committed_ids_max => None,
             None => self.committed.transfer_get(id),
         }
     }
@@ -680,6 +749,7 @@ impl StorageRead for RedbLedgerStore {
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
         match self.overlay.failure_positions.get(&id) {
             Some(position) => Some(self.overlay.failures[*position]),
+            None if id > self.committed_ids_max => None,
             None => self.committed.transfer_failure_get(id),
         }
     }
@@ -713,11 +783,20 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn meta_get(&self) -> StateMeta {
-        self.committed.meta
+        self.staged_meta.unwrap_or(self.committed.meta)
     }
 }
 
 impl LedgerReadView {
+    /// The largest transfer or failure id in this state (0 when there is none).
+    fn ids_max(&self) -> u128 {
+        let last_transfer = fatal(self.handles.transfer_ids.last(), "reading the last transfer id");
+        let last_failure = fatal(self.handles.failures.last(), "reading the last failure id");
+        let transfer = last_transfer.map_or(0, |(id, _)| id.value());
+        let failure = last_failure.map_or(0, |(id, _)| id.value());
+        transfer.max(failure)
+    }
+
     /// The transfer with this timestamp, which an index says exists.
     fn transfer_at(&self, timestamp: u64) -> Transfer {
         let block = fatal(self.handles.transfer_blocks.range(..=timestamp), "reading a transfer block")
@@ -930,6 +1009,10 @@ impl Storage for RedbLedgerStore {
     }
 
     fn meta_put(&mut self, meta: &StateMeta) {
+        if self.defer_commits {
+            self.staged_meta = Some(*meta);
+            return;
+        }
         self.commit(Some(meta));
         debug_assert_eq!(self.committed.meta, *meta);
     }

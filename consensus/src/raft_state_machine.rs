@@ -119,6 +119,7 @@ impl LedgerStateMachine {
                 "restored the ledger from this replica's snapshot: the store was behind it after a crash"
             );
         }
+        store.defer_commits();
         let views = LedgerViews { database: Arc::new(RwLock::new(store.database())) };
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),
@@ -159,6 +160,10 @@ impl LedgerStateMachine {
                 return ApplyResponse::Refused { reason: format!("malformed batch: {error}") };
             }
         };
+        if matches!(batch.operation, tally_state_machine::Operation::ExpirePendingTransfers) {
+            // Expiry scans committed state: earlier batches of this apply call go first.
+            self.ledger_mut().storage_mut().commit_deferred();
+        }
         let record = encode(&self.record);
         self.ledger_mut().storage_mut().stage_consensus_state(record);
         match self.ledger_mut().apply(&batch) {
@@ -297,6 +302,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 };
                 responses.push(response);
             }
+            // One commit for the batches of this call: openraft reports them applied (and clients
+            // get their answers) only after this returns.
+            self.ledger_mut().storage_mut().commit_deferred();
             responses
         });
         Ok(responses)
@@ -341,8 +349,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         drop(self.ledger.take());
         let rename = fs::rename(self.directory.join(LEDGER_INSTALLING_FILE), self.directory.join(LEDGER_FILE));
         rename.map_err(|error| state_machine_error(ErrorVerb::Write, error))?;
-        let store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
+        let mut store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
+        store.defer_commits();
         self.views.replace(store.database());
         self.ledger = Some(StateMachine::open(store));
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
