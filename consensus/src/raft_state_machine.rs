@@ -17,8 +17,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
-use tally_state_machine::codec::decode_batch;
-use tally_state_machine::{BatchOutcome, StateMachine, StorageRead};
+use tally_state_machine::codec::decode_batch_into;
+use tally_state_machine::{Batch, BatchOutcome, Operation, StateMachine, StorageRead};
 
 use crate::ledger_store::{LedgerReadView, RedbLedgerStore};
 use crate::types::{
@@ -80,6 +80,8 @@ pub struct LedgerStateMachine {
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
     views: LedgerViews,
+    /// The last decoded batch, kept so that the next one reuses its allocation.
+    decoded: Batch,
 }
 
 impl LedgerStateMachine {
@@ -129,6 +131,7 @@ impl LedgerStateMachine {
             record,
             received_snapshots: 0,
             receiving: None,
+            decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
         })
     }
 
@@ -153,20 +156,26 @@ impl LedgerStateMachine {
     }
 
     fn apply_batch(&mut self, bytes: &[u8]) -> ApplyResponse {
-        let batch = match decode_batch(bytes) {
-            Ok(batch) => batch,
-            Err(error) => {
-                self.commit_record();
-                return ApplyResponse::Refused { reason: format!("malformed batch: {error}") };
-            }
-        };
-        if matches!(batch.operation, tally_state_machine::Operation::ExpirePendingTransfers) {
+        let mut batch =
+            std::mem::replace(&mut self.decoded, Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers });
+        let response = self.apply_decoded(bytes, &mut batch);
+        self.decoded = batch;
+        response
+    }
+
+    fn apply_decoded(&mut self, bytes: &[u8], batch: &mut Batch) -> ApplyResponse {
+        if let Err(error) = decode_batch_into(bytes, batch) {
+            self.commit_record();
+            return ApplyResponse::Refused { reason: format!("malformed batch: {error}") };
+        }
+        let batch = &*batch;
+        if matches!(batch.operation, Operation::ExpirePendingTransfers) {
             // Expiry scans committed state: earlier batches of this apply call go first.
             self.ledger_mut().storage_mut().commit_deferred();
         }
         let record = encode(&self.record);
         self.ledger_mut().storage_mut().stage_consensus_state(record);
-        match self.ledger_mut().apply(&batch) {
+        match self.ledger_mut().apply(batch) {
             Ok(BatchOutcome::Created(results)) => {
                 ApplyResponse::Created { results: results.iter().map(|code| *code as u8).collect() }
             }
