@@ -45,6 +45,12 @@ pub fn tallyctl_binary() -> PathBuf {
     BINARY.get_or_init(|| build_binary("tally-client", "tallyctl")).clone()
 }
 
+/// The `tally-bench` load generator of this build, (re)built once per test process.
+pub fn bench_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_binary("tally-benches", "tally-bench")).clone()
+}
+
 fn build_binary(package: &str, binary: &str) -> PathBuf {
     let test = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/<test> -> target/<profile>/<binary>

@@ -1,0 +1,66 @@
+//! `tally-bench`, the load generator, against a real three-replica cluster: the figures it reports
+//! add up, it writes its JSON and plot, and an open-loop rate is kept.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tally_tests::{LocalCluster, Settings, bench_binary, serialised};
+
+fn bench(endpoints: &str, arguments: &[&str]) -> Value {
+    let directory = tempfile::tempdir().unwrap();
+    let json = directory.path().join("result.json");
+    let plot = directory.path().join("latency.svg");
+    let output = Command::new(bench_binary())
+        .args([
+            "--endpoints",
+            endpoints,
+            "--accounts",
+            "50",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ])
+        .args(arguments)
+        .output()
+        .expect("tally-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("transfers/s") && stdout.contains("p99.9"), "{stdout}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2, "{svg}");
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
+    let _turn = serialised().await;
+    let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let endpoints = cluster.ids().iter().map(|id| cluster.address(*id)).collect::<Vec<_>>().join(",");
+
+    let closed = bench(&endpoints, &["--clients", "2", "--batch", "100", "--duration", "2"]);
+    let requests = closed["requests"].as_u64().unwrap();
+    assert!(requests > 0);
+    assert_eq!(closed["transfers_ok"].as_u64().unwrap(), requests * 100, "every transfer applied: {closed}");
+    assert_eq!(closed["requests_failed"], 0);
+    let latency = &closed["latency_ms"];
+    let p = |name: &str| latency[name].as_f64().unwrap();
+    assert!(
+        0.0 < p("p50")
+            && p("p50") <= p("p90")
+            && p("p90") <= p("p99")
+            && p("p99") <= p("p99_9")
+            && p("p99_9") <= p("max")
+    );
+    let timeline = closed["timeline"].as_array().unwrap();
+    let per_second: u64 = timeline.iter().map(|second| second["transfers"].as_u64().unwrap()).sum();
+    assert_eq!(per_second, closed["transfers_ok"].as_u64().unwrap(), "the timeline adds up");
+
+    // Open loop: 40 requests a second for 2 s, single transfers batched by the SDK.
+    let open = bench(&endpoints, &["--mode", "single", "--clients", "8", "--rate", "40", "--duration", "2"]);
+    let requests = open["requests"].as_u64().unwrap();
+    assert!((70..=82).contains(&requests), "the schedule of 40/s for 2 s gives about 80 requests: {requests}");
+    assert_eq!(open["transfers_ok"].as_u64().unwrap(), requests);
+}
