@@ -1,7 +1,7 @@
 //! A fixed load against a running cluster: `concurrency` clients each send requests of
 //! `transfers_per_request` single-phase transfers until `requests` have been acknowledged; prints
-//! transfers per second and request latency. (The full load generator, with open-loop rates and
-//! histograms over time, is `tally-bench`, still to come.)
+//! transfers per second and request latency. Kept because the cluster figures in BENCHMARKS.md
+//! before `tally-bench` existed were taken with it; `tally-bench` is the load generator.
 //!
 //! `scripts/cluster.sh up && cargo run --release -p tally-benches --example cluster_load -- --requests 40`
 
