@@ -75,7 +75,7 @@ tallyctl balance $ALICE_EUR
 tallyctl balance $ALICE_USD
 tallyctl transfer list --account $ALICE_EUR --limit 10
 
-step "The cluster: seven replicas over three sites, every one at the same applied index and digest"
+step "The cluster: seven replicas over three sites, each with its applied index and the digest of its ledger there"
 tallyctl cluster status
 
 cat <<EOF_HELP
