@@ -82,6 +82,52 @@ fn ledger_client(channel: Channel) -> LedgerServiceClient<Channel> {
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
+/// Responses whose header names the leader as the answering replica knows it.
+trait LeaderHint {
+    fn leader_hint(&self) -> Option<String>;
+}
+
+macro_rules! leader_hint {
+    ($($response:ty),*) => {
+        $(impl LeaderHint for $response {
+            fn leader_hint(&self) -> Option<String> {
+                leader_of(self.header.as_ref())
+            }
+        })*
+    };
+}
+
+leader_hint!(
+    wire::CreateResponse,
+    wire::LookupLedgersResponse,
+    wire::LookupAccountsResponse,
+    wire::LookupTransfersResponse,
+    wire::TransfersPage,
+    wire::AccountBalancesPage,
+    wire::LedgersPage,
+    wire::AccountsPage
+);
+
+/// One `LedgerService` call: retried within `deadline`, following the leader hints of answers.
+async fn ledger_call<Request, Response, Call, Answer>(
+    transport: &Transport,
+    deadline: Duration,
+    message: Request,
+    call: Call,
+) -> Result<Response, Error>
+where
+    Request: Clone,
+    Response: LeaderHint,
+    Call: Fn(LedgerServiceClient<Channel>, tonic::Request<Request>) -> Answer,
+    Answer: Future<Output = Result<tonic::Response<Response>, tonic::Status>>,
+{
+    transport
+        .call(deadline, None, Response::leader_hint, |channel, timeout| {
+            call(ledger_client(channel), request(message.clone(), timeout))
+        })
+        .await
+}
+
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
@@ -133,17 +179,10 @@ async fn create_transfers(
     deadline: Duration,
 ) -> Result<Vec<ResultCode>, Error> {
     let message = wire::CreateTransfersRequest { transfers: transfers.iter().map(NewTransfer::to_wire).collect() };
-    let response = transport
-        .call(
-            deadline,
-            None,
-            |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
-            |channel, timeout| {
-                let message = message.clone();
-                async move { ledger_client(channel).create_transfers(request(message, timeout)).await }
-            },
-        )
-        .await?;
+    let response: wire::CreateResponse = ledger_call(transport, deadline, message, |mut client, request| async move {
+        client.create_transfers(request).await
+    })
+    .await?;
     result_codes(response.results, transfers.len())
 }
 
@@ -153,17 +192,10 @@ async fn create_accounts(
     deadline: Duration,
 ) -> Result<Vec<ResultCode>, Error> {
     let message = wire::CreateAccountsRequest { accounts: accounts.iter().map(NewAccount::to_wire).collect() };
-    let response = transport
-        .call(
-            deadline,
-            None,
-            |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
-            |channel, timeout| {
-                let message = message.clone();
-                async move { ledger_client(channel).create_accounts(request(message, timeout)).await }
-            },
-        )
-        .await?;
+    let response: wire::CreateResponse = ledger_call(transport, deadline, message, |mut client, request| async move {
+        client.create_accounts(request).await
+    })
+    .await?;
     result_codes(response.results, accounts.len())
 }
 
@@ -256,18 +288,10 @@ impl Client {
     pub async fn create_ledgers(&self, ledgers: &[NewLedger]) -> Result<Vec<ResultCode>, Error> {
         Self::check_count(ledgers.len())?;
         let message = wire::CreateLedgersRequest { ledgers: ledgers.iter().map(NewLedger::to_wire).collect() };
-        let response = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::CreateResponse| leader_of(answer.header.as_ref()),
-                |channel, timeout| {
-                    let message = message.clone();
-                    async move { ledger_client(channel).create_ledgers(request(message, timeout)).await }
-                },
-            )
+        let response: wire::CreateResponse =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.create_ledgers(request).await
+            })
             .await?;
         result_codes(response.results, ledgers.len())
     }
@@ -332,18 +356,10 @@ impl Client {
     pub async fn lookup_ledgers(&self, ids: &[u32]) -> Result<Vec<Option<Ledger>>, Error> {
         Self::check_count(ids.len())?;
         let message = wire::LookupLedgersRequest { ids: ids.to_vec() };
-        let response = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::LookupLedgersResponse| leader_of(answer.header.as_ref()),
-                |channel, timeout| {
-                    let message = message.clone();
-                    async move { ledger_client(channel).lookup_ledgers(request(message, timeout)).await }
-                },
-            )
+        let response: wire::LookupLedgersResponse =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.lookup_ledgers(request).await
+            })
             .await?;
         Ok(response
             .ledgers
@@ -356,18 +372,10 @@ impl Client {
     pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, Error> {
         Self::check_count(ids.len())?;
         let message = wire::LookupRequest { ids: ids.iter().map(|id| uint128(*id).expect("some")).collect() };
-        let response = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::LookupAccountsResponse| leader_of(answer.header.as_ref()),
-                |channel, timeout| {
-                    let message = message.clone();
-                    async move { ledger_client(channel).lookup_accounts(request(message, timeout)).await }
-                },
-            )
+        let response: wire::LookupAccountsResponse =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.lookup_accounts(request).await
+            })
             .await?;
         response
             .accounts
@@ -380,18 +388,10 @@ impl Client {
     pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, Error> {
         Self::check_count(ids.len())?;
         let message = wire::LookupRequest { ids: ids.iter().map(|id| uint128(*id).expect("some")).collect() };
-        let response = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::LookupTransfersResponse| leader_of(answer.header.as_ref()),
-                |channel, timeout| {
-                    let message = message.clone();
-                    async move { ledger_client(channel).lookup_transfers(request(message, timeout)).await }
-                },
-            )
+        let response: wire::LookupTransfersResponse =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.lookup_transfers(request).await
+            })
             .await?;
         response
             .transfers
@@ -422,17 +422,10 @@ impl Client {
             user_data_32: None,
             window: Some(filter.window.to_wire()),
         };
-        let page = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::TransfersPage| leader_of(answer.header.as_ref()),
-                |channel, timeout| async move {
-                    ledger_client(channel).get_account_transfers(request(message, timeout)).await
-                },
-            )
+        let page: wire::TransfersPage =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.get_account_transfers(request).await
+            })
             .await?;
         Ok(Page {
             records: page.transfers.into_iter().map(Transfer::from_wire).collect::<Result<_, _>>()?,
@@ -443,17 +436,10 @@ impl Client {
     /// One page of an account's balance history (accounts with the `history` flag).
     pub async fn account_balances(&self, account_id: u128, window: Window) -> Result<Page<AccountBalance>, Error> {
         let message = wire::AccountBalancesRequest { account_id: uint128(account_id), window: Some(window.to_wire()) };
-        let page = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::AccountBalancesPage| leader_of(answer.header.as_ref()),
-                |channel, timeout| async move {
-                    ledger_client(channel).get_account_balances(request(message, timeout)).await
-                },
-            )
+        let page: wire::AccountBalancesPage =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.get_account_balances(request).await
+            })
             .await?;
         Ok(Page {
             records: page.balances.into_iter().map(AccountBalance::from_wire).collect::<Result<_, _>>()?,
@@ -464,15 +450,10 @@ impl Client {
     /// One page of ledgers, in time order.
     pub async fn query_ledgers(&self, window: Window) -> Result<Page<Ledger>, Error> {
         let message = wire::QueryLedgersRequest { window: Some(window.to_wire()) };
-        let page = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::LedgersPage| leader_of(answer.header.as_ref()),
-                |channel, timeout| async move { ledger_client(channel).query_ledgers(request(message, timeout)).await },
-            )
+        let page: wire::LedgersPage =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.query_ledgers(request).await
+            })
             .await?;
         Ok(Page { records: page.ledgers.into_iter().map(Ledger::from_wire).collect(), cursor: page.cursor })
     }
@@ -491,17 +472,10 @@ impl Client {
     /// One page of accounts matching every field set in `filter`, in time order.
     pub async fn query_accounts(&self, filter: QueryFilter) -> Result<Page<Account>, Error> {
         let message = Self::query(&filter);
-        let page = self
-            .shared
-            .transport
-            .call(
-                self.deadline,
-                None,
-                |answer: &wire::AccountsPage| leader_of(answer.header.as_ref()),
-                |channel, timeout| {
-                    async move { ledger_client(channel).query_accounts(request(message, timeout)).await }
-                },
-            )
+        let page: wire::AccountsPage =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.query_accounts(request).await
+            })
             .await?;
         Ok(Page {
             records: page.accounts.into_iter().map(Account::from_wire).collect::<Result<_, _>>()?,
@@ -512,18 +486,11 @@ impl Client {
     /// One page of transfers matching every field set in `filter`, in time order.
     pub async fn query_transfers(&self, filter: QueryFilter) -> Result<Page<Transfer>, Error> {
         let message = Self::query(&filter);
-        let page =
-            self.shared
-                .transport
-                .call(
-                    self.deadline,
-                    None,
-                    |answer: &wire::TransfersPage| leader_of(answer.header.as_ref()),
-                    |channel, timeout| async move {
-                        ledger_client(channel).query_transfers(request(message, timeout)).await
-                    },
-                )
-                .await?;
+        let page: wire::TransfersPage =
+            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+                client.query_transfers(request).await
+            })
+            .await?;
         Ok(Page {
             records: page.transfers.into_iter().map(Transfer::from_wire).collect::<Result<_, _>>()?,
             cursor: page.cursor,
