@@ -87,10 +87,12 @@ impl Transport {
         let mut endpoints = Vec::new();
         for address in addresses {
             let address = address.trim();
-            let resolved: Vec<String> = match tokio::net::lookup_host(address).await {
+            let mut resolved: Vec<String> = match tokio::net::lookup_host(address).await {
                 Ok(found) => found.map(|socket| socket.to_string()).collect(),
                 Err(error) => return Err(Error::Usage(format!("endpoint {address:?} does not resolve: {error}"))),
             };
+            let mut seen = std::collections::HashSet::new();
+            resolved.retain(|name| seen.insert(name.clone()));
             // A literal address keeps its spelling, so that it matches the cluster's leader hints.
             let names = if resolved.len() <= 1 { vec![address.to_owned()] } else { resolved };
             for name in names {
@@ -283,6 +285,23 @@ mod tests {
         for address in &addresses {
             assert!(message.contains(address.as_str()), "{message}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_several_addresses_gives_one_endpoint_each() {
+        use std::net::ToSocketAddrs;
+        let mut resolved: Vec<String> =
+            "localhost:7101".to_socket_addrs().unwrap().map(|address| address.to_string()).collect();
+        resolved.dedup();
+        let transport = Transport::new(&["localhost:7101".into(), "127.0.0.1:7102".into()]).await.unwrap();
+        let addresses = transport.addresses();
+        if resolved.len() > 1 {
+            assert_eq!(&addresses[..resolved.len()], &resolved[..]);
+        } else {
+            assert_eq!(addresses[0], "localhost:7101", "a single address keeps its spelling");
+        }
+        assert_eq!(addresses.last().unwrap(), "127.0.0.1:7102");
+        assert_eq!(addresses.len(), resolved.len().max(1) + 1);
     }
 
     #[tokio::test]
