@@ -145,7 +145,7 @@ fn result_codes(codes: Vec<i32>, expected: usize) -> Result<Vec<ResultCode>, Err
 }
 
 /// Writes the SDK knows how to batch.
-trait Batchable: Clone + Send + Sync + 'static {
+trait Batchable: Sized + Send + Sync + 'static {
     fn submit(
         transport: Arc<Transport>,
         events: Vec<Self>,
@@ -220,18 +220,18 @@ async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Recei
         tokio::spawn(async move {
             let _permit = permit;
             let deadline = batch.iter().map(|queued| queued.deadline).max().expect("a batch is never empty");
-            let events: Vec<E> = batch.iter().map(|queued| queued.event.clone()).collect();
+            let (events, replies): (Vec<E>, Vec<_>) =
+                batch.into_iter().map(|queued| (queued.event, queued.reply)).unzip();
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = E::submit(transport, events, remaining).await;
-            match outcome {
+            match E::submit(transport, events, remaining).await {
                 Ok(codes) => {
-                    for (queued, code) in batch.into_iter().zip(codes) {
-                        let _ = queued.reply.send(Ok(code));
+                    for (reply, code) in replies.into_iter().zip(codes) {
+                        let _ = reply.send(Ok(code));
                     }
                 }
                 Err(error) => {
-                    for queued in batch {
-                        let _ = queued.reply.send(Err(error.clone()));
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
                     }
                 }
             }

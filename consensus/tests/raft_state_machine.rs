@@ -37,6 +37,15 @@ fn entries() -> Vec<Entry> {
     entries
 }
 
+/// The in-memory ledger after the whole reference workload.
+fn reference_ledger() -> StateMachine<tally_state_machine::MemoryStorage> {
+    let mut reference = StateMachine::new();
+    for batch in reference_batches() {
+        reference.apply(&batch).unwrap();
+    }
+    reference
+}
+
 fn snapshot_bytes(ledger: &StateMachine<impl tally_state_machine::Storage>) -> Vec<u8> {
     let mut bytes = Vec::new();
     ledger.write_snapshot(&mut bytes).unwrap();
@@ -46,10 +55,7 @@ fn snapshot_bytes(ledger: &StateMachine<impl tally_state_machine::Storage>) -> V
 #[tokio::test]
 async fn applied_entries_answer_per_event_and_survive_a_restart() {
     let directory = tempfile::tempdir().unwrap();
-    let mut reference = StateMachine::new();
-    for batch in reference_batches() {
-        reference.apply(&batch).unwrap();
-    }
+    let reference = reference_ledger();
     let entries = entries();
     let last = entries.last().unwrap().log_id;
     {
@@ -112,10 +118,7 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
 #[tokio::test]
 async fn a_store_left_behind_its_own_snapshot_is_restored_from_it_at_open() {
     let directory = tempfile::tempdir().unwrap();
-    let mut reference = StateMachine::new();
-    for batch in reference_batches() {
-        reference.apply(&batch).unwrap();
-    }
+    let reference = reference_ledger();
     let entries = entries();
     let last = entries.last().unwrap().log_id;
     let ledger_file = directory.path().join("ledger.redb");

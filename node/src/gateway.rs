@@ -186,6 +186,16 @@ fn check_count(field: &str, count: usize, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// Checks a write's event count and converts each wire event, naming the first bad field.
+fn convert_events<W, E>(
+    field: &str,
+    events: &[W],
+    convert: impl Fn(&W, usize) -> Result<E, FieldError>,
+) -> Result<Vec<E>, Status> {
+    check_count(field, events.len(), EVENTS_PER_BATCH_MAX)?;
+    events.iter().enumerate().map(|(index, event)| convert(event, index)).collect::<Result<_, _>>().map_err(invalid)
+}
+
 fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
@@ -344,15 +354,7 @@ impl LedgerService for Gateway {
         request: Request<wire::CreateLedgersRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
         let _permit = self.admit()?;
-        let message = request.get_ref();
-        check_count("ledgers", message.ledgers.len(), EVENTS_PER_BATCH_MAX)?;
-        let events = message
-            .ledgers
-            .iter()
-            .enumerate()
-            .map(|(index, ledger)| convert::new_ledger(ledger, index))
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+        let events = convert_events("ledgers", &request.get_ref().ledgers, convert::new_ledger)?;
         self.write(request, Events::Ledgers(events), |mut client, request| async move {
             client.create_ledgers(request).await
         })
@@ -364,15 +366,7 @@ impl LedgerService for Gateway {
         request: Request<wire::CreateAccountsRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
         let _permit = self.admit()?;
-        let message = request.get_ref();
-        check_count("accounts", message.accounts.len(), EVENTS_PER_BATCH_MAX)?;
-        let events = message
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(index, account)| convert::new_account(account, index))
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+        let events = convert_events("accounts", &request.get_ref().accounts, convert::new_account)?;
         self.write(request, Events::Accounts(events), |mut client, request| async move {
             client.create_accounts(request).await
         })
@@ -384,15 +378,7 @@ impl LedgerService for Gateway {
         request: Request<wire::CreateTransfersRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
         let _permit = self.admit()?;
-        let message = request.get_ref();
-        check_count("transfers", message.transfers.len(), EVENTS_PER_BATCH_MAX)?;
-        let events = message
-            .transfers
-            .iter()
-            .enumerate()
-            .map(|(index, transfer)| convert::new_transfer(transfer, index))
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+        let events = convert_events("transfers", &request.get_ref().transfers, convert::new_transfer)?;
         self.write(request, Events::Transfers(events), |mut client, request| async move {
             client.create_transfers(request).await
         })
