@@ -10,7 +10,7 @@
 //! An account's transfers are indexed by `(account id, transfer timestamp)`. Writing that index
 //! key by key would dirty one B-tree leaf per account a batch touches, which cost about 70% of the
 //! store's time (BENCHMARKS.md); instead each batch appends its postings as one sorted *run*, and
-//! once enough runs have gathered they are merged into rows of up to 512 timestamps per account,
+//! once enough runs have gathered they are merged into rows of up to 504 timestamps per account,
 //! one row per account the merge touches. Every merged posting is older than every posting still
 //! in a run, so a scan reads the merged rows and then the runs, in order.
 //!
@@ -79,12 +79,15 @@ pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// rest are read from redb.
 pub const ACCOUNTS_CACHED_MAX: usize = 1_000_000;
 
-/// Timestamps per merged account-index row (4 KiB).
-pub const TIMESTAMPS_PER_CHUNK: usize = 512;
+/// Timestamps per merged account-index row: 4,032 bytes, so that a full row with its key and redb's
+/// leaf header fits one 4 KiB page (512 took an 8 KiB page each).
+pub const TIMESTAMPS_PER_CHUNK: usize = 504;
 
-/// Transfers per stored block: a point read decodes one transfer out of a block of this many
-/// (8 KiB), and a batch of 8,190 transfers writes 128 rows.
-pub const TRANSFERS_PER_BLOCK: usize = 64;
+/// Transfers per stored block: a point read decodes one transfer out of a block of this many, and a
+/// batch of 8,190 transfers writes 130 rows. 8,064 bytes, so that a block with its key and redb's
+/// leaf header fits one 8 KiB page: blocks of 64 (exactly 8 KiB) took a 16 KiB page each, and the
+/// store wrote 1.7 times the bytes it does now (BENCHMARKS.md).
+pub const TRANSFERS_PER_BLOCK: usize = 63;
 
 /// Postings (two per transfer) gathered in runs before they are merged into the account index.
 /// About 32 full batches: large enough that a merge rewrites each leaf for many postings at once,

@@ -108,7 +108,7 @@ fn account_scan(
 fn scans_and_lookups_match_the_in_memory_store_across_blocks_index_runs_and_a_reopen() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("ledger.redb");
-    // 100 transfers a batch: blocks of 64 and 36, so ranges start and end inside blocks.
+    // 100 transfers a batch: blocks of 63 and 37, so ranges start and end inside blocks.
     let batches = random_transfer_batches(40, 100);
     let mut reference = StateMachine::new();
     let open = |merge_postings: usize| {
@@ -117,7 +117,7 @@ fn scans_and_lookups_match_the_in_memory_store_across_blocks_index_runs_and_a_re
         StateMachine::open(store)
     };
     // First every fourth batch's postings (200 each) trigger a merge, so scans see both parts; after
-    // the reopen, every thirteenth, so the hot account's merged postings (over 512) span several rows.
+    // the reopen, every thirteenth, so the hot account's merged postings (over 504) span several rows.
     let mut ledger = open(750);
     let mut runs_seen = std::collections::BTreeSet::new();
     for (index, batch) in batches.iter().enumerate() {
