@@ -5,6 +5,9 @@
 //! granted) leaves the node before it is on disk. The log lives in its own redb file: redb admits
 //! one writer at a time per file, and the log's small fsynced appends must not queue behind the
 //! ledger's large batch commits.
+//!
+//! The commit index is the exception: openraft may lose it (it then re-learns it from the leader),
+//! so it is written without fsync and made durable by the next append.
 
 #![allow(
     clippy::result_large_err,
@@ -25,6 +28,11 @@ use crate::types::{Entry, LogIdOf, NodeId, StorageError, TypeConfig, decode, enc
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 
+/// The log's page cache by default. The leader reads recent entries back to send them to
+/// followers, so the cache holds the last few dozen batches; redb's own default (1 GiB per file)
+/// made every replica's memory grow by the log's whole size.
+pub const LOG_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
@@ -43,9 +51,11 @@ fn logs_error(verb: ErrorVerb) -> impl Fn(&dyn Display) -> StorageError {
 }
 
 impl RedbLogStore {
-    /// Opens the log at `path`, creating it if needed.
-    pub fn open(path: &Path) -> Result<RedbLogStore, String> {
-        let database = Database::create(path)
+    /// Opens the log at `path`, creating it if needed, with a page cache of at most `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbLogStore, String> {
+        let database = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .map_err(|error| format!("cannot open the Raft log at {}: {error}", path.display()))?;
         let transaction = database.begin_write().map_err(|error| error.to_string())?;
         transaction.open_table(LOG).map_err(|error| error.to_string())?;
@@ -66,16 +76,17 @@ impl RedbLogStore {
         decode(bytes.value(), key).map(Some).map_err(|error| failed(&error))
     }
 
-    /// Writes one state record durably.
+    /// Writes one state record, durably (fsync) or to be made durable by the next durable commit.
     fn write_state<T: serde::Serialize>(
         &self,
         key: &'static str,
         value: &T,
         subject: ErrorSubject<NodeId>,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         let failed = |error: &dyn Display| io_error(subject.clone(), ErrorVerb::Write, error);
         let mut transaction = self.database.begin_write().map_err(|error| failed(&error))?;
-        transaction.set_durability(Durability::Immediate).map_err(|error| failed(&error))?;
+        transaction.set_durability(durability).map_err(|error| failed(&error))?;
         {
             let mut table = transaction.open_table(STATE).map_err(|error| failed(&error))?;
             table.insert(key, encode(value).as_slice()).map_err(|error| failed(&error))?;
@@ -145,7 +156,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        crate::blocking::blocking(|| self.write_state(VOTE, vote, ErrorSubject::Vote))
+        crate::blocking::blocking(|| self.write_state(VOTE, vote, ErrorSubject::Vote, Durability::Immediate))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -153,7 +164,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf>) -> Result<(), StorageError> {
-        crate::blocking::blocking(|| self.write_state(COMMITTED, &committed, ErrorSubject::Store))
+        // No fsync: a commit index lost in a crash is only smaller, which openraft allows; it
+        // becomes durable with the next append. An fsync here stalled openraft's core on every commit.
+        crate::blocking::blocking(|| self.write_state(COMMITTED, &committed, ErrorSubject::Store, Durability::None))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf>, StorageError> {

@@ -1,7 +1,7 @@
 //! openraft's own storage test suite, run against the redb log store and the ledger state machine.
 
 use openraft::testing::{StoreBuilder, Suite};
-use tally_consensus::log_store::RedbLogStore;
+use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
 use tally_consensus::raft_state_machine::LedgerStateMachine;
 use tally_consensus::types::{StorageError, TypeConfig};
 
@@ -13,7 +13,8 @@ struct Builder;
 impl StoreBuilder<TypeConfig, RedbLogStore, LedgerStateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, RedbLogStore, LedgerStateMachine), StorageError> {
         let directory = tempfile::tempdir().expect("a temporary directory");
-        let log = RedbLogStore::open(&directory.path().join("raft-log.redb")).expect("a new log");
+        let log =
+            RedbLogStore::open(&directory.path().join("raft-log.redb"), LOG_CACHE_BYTES_DEFAULT).expect("a new log");
         let state_machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).expect("a new ledger");
         Ok((directory, log, state_machine))
     }

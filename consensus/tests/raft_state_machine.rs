@@ -2,14 +2,15 @@
 //! a restart, and snapshots that move a whole ledger to a fresh replica.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
-use tally_consensus::raft_state_machine::LedgerStateMachine;
+use tally_consensus::raft_state_machine::{LedgerStateMachine, consensus_record};
 use tally_consensus::types::{ApplyResponse, Entry, LogPayload, PeerNode};
 use tally_state_machine::codec::encode_batch;
 use tally_state_machine::storage::suite::reference_batches;
-use tally_state_machine::{Batch, ResultCode, StateMachine};
+use tally_state_machine::{Batch, ResultCode, StateMachine, StorageRead};
 
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -70,8 +71,46 @@ async fn applied_entries_answer_per_event_and_survive_a_restart() {
     let (applied, membership) = reopened.applied_state().await.unwrap();
     assert_eq!(applied, Some(last));
     assert_eq!(membership.log_id(), &Some(log_id(1)));
-    assert_eq!(reopened.ledger().digest(), reference.digest());
-    assert_eq!(snapshot_bytes(reopened.ledger()), snapshot_bytes(&reference));
+    assert_eq!(reopened.with_ledger(|ledger| ledger.digest()), reference.digest());
+    assert_eq!(reopened.with_ledger(snapshot_bytes), snapshot_bytes(&reference));
+}
+
+#[tokio::test]
+async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    machine.defer_commits();
+    let views = machine.views();
+    let mut entries = entries().into_iter();
+
+    // The membership entry commits at once; the ledgers and accounts batches wait in the overlay.
+    machine.apply(entries.by_ref().take(3)).await.unwrap();
+    assert_eq!(machine.applied_state().await.unwrap().0, Some(log_id(3)));
+    assert_eq!(views.committed_index(), Some(1));
+    assert_eq!(consensus_record(&views.view()).applied, Some(log_id(1)));
+    assert_eq!(views.view().meta_get().batches_applied, 0, "views see only committed batches");
+    assert_eq!(machine.with_ledger(|ledger| ledger.batches_applied()), 2, "the ledger sees every applied batch");
+
+    // A reader that needs index 3 gets it committed.
+    let waited = tokio::time::timeout(Duration::from_secs(5), views.wait_committed(Some(3))).await;
+    assert!(waited.is_ok(), "the reader's index was never committed");
+    assert_eq!(views.committed_index(), Some(3));
+    assert_eq!(views.view().meta_get().batches_applied, 2);
+
+    // The transfers batch waits until it is older than asked for.
+    machine.apply(entries.by_ref().take(1)).await.unwrap();
+    views.commit_if_older(Duration::from_secs(3600));
+    assert_eq!(views.committed_index(), Some(3));
+    std::thread::sleep(Duration::from_millis(20));
+    views.commit_if_older(Duration::from_millis(10));
+    assert_eq!(views.committed_index(), Some(4));
+
+    // The expiry batch commits what was deferred before it scans; the rest commits when asked.
+    machine.apply(entries).await.unwrap();
+    views.wait_committed(Some(6)).await;
+    let reference = reference_ledger();
+    assert_eq!(views.view().meta_get().digest, reference.digest());
+    assert_eq!(machine.with_ledger(|ledger| ledger.digest()), reference.digest());
 }
 
 #[tokio::test]
@@ -82,7 +121,7 @@ async fn a_malformed_batch_is_refused_and_still_counts_as_applied() {
     let responses = machine.apply([garbage]).await.unwrap();
     assert!(matches!(&responses[0], ApplyResponse::Refused { reason } if reason.contains("malformed batch")));
     assert_eq!(machine.applied_state().await.unwrap().0, Some(log_id(1)));
-    assert_eq!(machine.ledger().batches_applied(), 0);
+    assert_eq!(machine.with_ledger(|ledger| ledger.batches_applied()), 0);
 }
 
 #[tokio::test]
@@ -102,17 +141,21 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
     tokio::io::copy(&mut sent, &mut receiving).await.unwrap();
     target.install_snapshot(&snapshot.meta, receiving).await.unwrap();
     assert_eq!(target.applied_state().await.unwrap(), source.applied_state().await.unwrap());
-    assert_eq!(snapshot_bytes(target.ledger()), snapshot_bytes(source.ledger()));
+    assert_eq!(target.with_ledger(snapshot_bytes), source.with_ledger(snapshot_bytes));
 
     // Both go on identically, and the target serves the snapshot it received to the next peer.
     source.apply(tail.clone()).await.unwrap();
     target.apply(tail).await.unwrap();
-    assert_eq!(target.ledger().digest(), source.ledger().digest());
+    assert_eq!(target.with_ledger(|ledger| ledger.digest()), source.with_ledger(|ledger| ledger.digest()));
     let current = target.get_current_snapshot().await.unwrap().expect("the installed snapshot is kept");
     assert_eq!(current.meta, snapshot.meta);
     drop(target);
     let reopened = LedgerStateMachine::open(target_directory.path(), CACHE_BYTES).unwrap();
-    assert_eq!(reopened.ledger().digest(), source.ledger().digest(), "the installed store survives a restart");
+    assert_eq!(
+        reopened.with_ledger(|ledger| ledger.digest()),
+        source.with_ledger(|ledger| ledger.digest()),
+        "the installed store survives a restart"
+    );
 }
 
 #[tokio::test]
@@ -139,6 +182,6 @@ async fn a_store_left_behind_its_own_snapshot_is_restored_from_it_at_open() {
     std::fs::rename(&behind, &ledger_file).unwrap();
     let mut reopened = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     assert_eq!(reopened.applied_state().await.unwrap().0, Some(last), "restored up to the snapshot");
-    assert_eq!(reopened.ledger().digest(), reference.digest());
-    assert_eq!(snapshot_bytes(reopened.ledger()), snapshot_bytes(&reference));
+    assert_eq!(reopened.with_ledger(|ledger| ledger.digest()), reference.digest());
+    assert_eq!(reopened.with_ledger(snapshot_bytes), snapshot_bytes(&reference));
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Config, Raft, SnapshotPolicy};
-use tally_consensus::log_store::RedbLogStore;
+use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
 use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::types::{ApplyResponse, LogPayload, PeerNode, TypeConfig};
@@ -52,7 +52,7 @@ async fn reserve() -> (TcpListener, String) {
 
 async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let directory = tempfile::tempdir().unwrap();
-    let log = RedbLogStore::open(&directory.path().join("raft-log.redb")).unwrap();
+    let log = RedbLogStore::open(&directory.path().join("raft-log.redb"), LOG_CACHE_BYTES_DEFAULT).unwrap();
     let state_machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     let views = state_machine.views();
     let raft = Raft::new(id, config, GrpcNetwork::new(), log, state_machine).await.unwrap();

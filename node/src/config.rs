@@ -125,11 +125,16 @@ impl Default for GroupCommitSettings {
 pub struct StorageSettings {
     /// redb page cache of the ledger store.
     pub cache_bytes: usize,
+    /// redb page cache of the Raft log.
+    pub log_cache_bytes: usize,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        StorageSettings { cache_bytes: tally_consensus::CACHE_BYTES_DEFAULT }
+        StorageSettings {
+            cache_bytes: tally_consensus::CACHE_BYTES_DEFAULT,
+            log_cache_bytes: tally_consensus::log_store::LOG_CACHE_BYTES_DEFAULT,
+        }
     }
 }
 

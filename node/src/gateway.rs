@@ -329,14 +329,20 @@ impl Gateway {
             }
             Leader::Unknown => unreachable!("known_leader returns a known leader"),
             Leader::Me => {
-                match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => {}
+                let read_log_id = match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await
+                {
+                    Ok(Ok(read_log_id)) => read_log_id,
                     Ok(Err(error)) => {
                         return Err(self
                             .replica
                             .with_leader(Status::unavailable(format!("read not confirmed: {error}"))));
                     }
                     Err(_) => return Err(Status::unavailable("no quorum confirmed leadership for this read in time")),
+                };
+                // Applied is not yet visible: a busy replica commits its store a little later.
+                let visible = self.replica.views.wait_committed(read_log_id.map(|log_id| log_id.index));
+                if tokio::time::timeout_at(deadline, visible).await.is_err() {
+                    return Err(Status::unavailable("the ledger did not reach the read's log index in time"));
                 }
                 let view = self.replica.views.view();
                 let header = self.replica.header(Some(&view));

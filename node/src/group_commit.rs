@@ -201,10 +201,13 @@ impl Batcher {
         if self.synced_term == Some(metrics.current_term) {
             return Ok(());
         }
-        self.raft
+        let read_log_id = self
+            .raft
             .ensure_linearizable()
             .await
             .map_err(|error| WriteError::Unavailable(format!("leadership not confirmed: {error}")))?;
+        // The floor must cover every batch applied so far, including those the store commits later.
+        self.views.wait_committed(read_log_id.map(|log_id| log_id.index)).await;
         self.floor = self.floor.max(self.views.view().meta_get().timestamp_last + 1);
         self.synced_term = Some(metrics.current_term);
         Ok(())

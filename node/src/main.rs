@@ -21,10 +21,29 @@ struct Arguments {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`, which libmimalloc-sys does not name: in mimalloc.h it comes just before
+/// `mi_option_use_numa_nodes`.
+const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+
+/// Tells mimalloc never to return freed memory to the kernel. With its default (purge after a
+/// second), a loaded follower gave back and faulted in again hundreds of megabytes a second (redb's
+/// page buffers), and the kernel spent a fifth of the replica's CPU zeroing the fresh pages
+/// (BENCHMARKS.md). The resident size is then the replica's peak working set, which its limits
+/// (cache size, batch and in-flight limits) bound.
+#[allow(unsafe_code, reason = "mimalloc's option API is C; called once, before any other thread exists")]
+fn keep_freed_memory() {
+    // SAFETY: `mi_option_set` takes an option number and a value and has no other preconditions.
+    unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, -1) };
+    // SAFETY: as above.
+    let purge_delay = unsafe { libmimalloc_sys::mi_option_get(MIMALLOC_OPTION_PURGE_DELAY) };
+    assert_eq!(purge_delay, -1, "mimalloc did not take the purge delay option");
+}
+
 /// Exit code for a configuration or data directory the replica refuses to start with.
 const EXIT_REFUSED: u8 = 2;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let arguments = Arguments::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

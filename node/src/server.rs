@@ -12,7 +12,7 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::RedbLogStore;
 use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
-use tally_consensus::raft_state_machine::LedgerStateMachine;
+use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::types::{PeerNode, TypeConfig};
 use tally_proto::v1::admin_service_server::AdminServiceServer;
 use tally_proto::v1::ledger_service_server::LedgerServiceServer;
@@ -107,9 +107,11 @@ pub async fn run(
     config.validate()?;
     observe::recorder();
     check_identity(&config.data_directory, &config)?;
-    let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb")).map_err(NodeError::Storage)?;
-    let state_machine =
+    let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
+        .map_err(NodeError::Storage)?;
+    let mut state_machine =
         LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
+    state_machine.defer_commits();
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);
     let raft = Raft::new(config.node_id, openraft_config, GrpcNetwork::new(), log, state_machine)
@@ -137,6 +139,7 @@ pub async fn run(
         }
     };
     tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, clock, until_stopped()));
+    tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
     if let Some(listener) = metrics_listener {
         tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
@@ -189,6 +192,24 @@ async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), N
         // Another start already initialised it (the log was written but not yet visible).
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(error) => Err(NodeError::Raft(format!("bootstrap failed: {error}"))),
+    }
+}
+
+/// Commits applied batches that have waited [`DEFERRED_AGE_MAX`] when no apply call came to commit
+/// them, so that views (status, reads) catch up once the cluster goes quiet.
+async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output = ()>) {
+    let mut interval = tokio::time::interval(DEFERRED_AGE_MAX / 2);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = interval.tick() => {}
+        }
+        let views = views.clone();
+        if tokio::task::spawn_blocking(move || views.commit_if_older(DEFERRED_AGE_MAX)).await.is_err() {
+            return; // the commit panicked: the replica is stopping (fail-stop)
+        }
     }
 }
 

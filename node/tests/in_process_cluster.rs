@@ -59,7 +59,7 @@ async fn start_cluster(size: u64) -> Cluster {
             },
             limits: Limits { request_timeout_ms: 5_000, ..Limits::default() },
             group_commit: GroupCommitSettings::default(),
-            storage: StorageSettings { cache_bytes: 8 * 1024 * 1024 },
+            storage: StorageSettings { cache_bytes: 8 * 1024 * 1024, log_cache_bytes: 8 * 1024 * 1024 },
         };
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
