@@ -18,6 +18,7 @@ use std::fmt::{Debug, Display};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -40,6 +41,22 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone, Debug)]
 pub struct RedbLogStore {
     database: Arc<Database>,
+    appended: AppendedBytes,
+}
+
+/// Bytes of entries appended to the log since it was opened, so that the node can take a snapshot
+/// (and let openraft purge the log) when the log grows by a given size, whatever the entries' sizes.
+#[derive(Clone, Debug, Default)]
+pub struct AppendedBytes(Arc<AtomicU64>);
+
+impl AppendedBytes {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: impl Display) -> StorageError {
@@ -61,7 +78,7 @@ impl RedbLogStore {
         transaction.open_table(LOG).map_err(|error| error.to_string())?;
         transaction.open_table(STATE).map_err(|error| error.to_string())?;
         transaction.commit().map_err(|error| error.to_string())?;
-        Ok(RedbLogStore { database: Arc::new(database) })
+        Ok(RedbLogStore { database: Arc::new(database), appended: AppendedBytes::default() })
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(
@@ -74,6 +91,11 @@ impl RedbLogStore {
         let table = transaction.open_table(STATE).map_err(|error| failed(&error))?;
         let Some(bytes) = table.get(key).map_err(|error| failed(&error))? else { return Ok(None) };
         decode(bytes.value(), key).map(Some).map_err(|error| failed(&error))
+    }
+
+    /// The count of bytes appended since the log was opened.
+    pub fn appended_bytes(&self) -> AppendedBytes {
+        self.appended.clone()
     }
 
     /// Writes one state record, durably (fsync) or to be made durable by the next durable commit.
@@ -184,7 +206,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         {
             let mut table = transaction.open_table(LOG).map_err(|error| failed(&error))?;
             for entry in entries {
-                table.insert(entry.log_id.index, encode(&entry).as_slice()).map_err(|error| failed(&error))?;
+                let bytes = encode(&entry);
+                table.insert(entry.log_id.index, bytes.as_slice()).map_err(|error| failed(&error))?;
+                self.appended.add(bytes.len());
             }
         }
         // The entries are on disk (fsynced) once commit returns; only then may openraft act on them.

@@ -58,6 +58,10 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_after_entries: u64,
+    /// Also build one after this many bytes of entries since the last one (or since the start), so
+    /// that a log of full batches (about 1 MiB each) stays bounded on disk: the log then holds at
+    /// most this much plus `log_entries_kept_after_snapshot` entries.
+    pub snapshot_after_log_bytes: u64,
     /// Log entries kept behind a snapshot, so briefly absent replicas catch up from the log.
     pub log_entries_kept_after_snapshot: u64,
     pub snapshot_chunk_bytes: u64,
@@ -72,6 +76,7 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 1_500,
             election_timeout_max_ms: 3_000,
             snapshot_after_entries: 20_000,
+            snapshot_after_log_bytes: 2 * 1024 * 1024 * 1024,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 * 1024 * 1024,
             entries_per_message_max: 4,
@@ -189,6 +194,9 @@ impl NodeConfig {
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
             return invalid("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());
+        }
+        if raft.snapshot_after_log_bytes == 0 {
+            return invalid("raft.snapshot_after_log_bytes must be at least 1".into());
         }
         if raft.snapshot_chunk_bytes == 0
             || raft.snapshot_chunk_bytes > (tally_consensus::network::RAFT_MESSAGE_BYTES_MAX / 2) as u64

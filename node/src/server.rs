@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
-use tally_consensus::log_store::RedbLogStore;
+use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
 use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::types::{PeerNode, TypeConfig};
@@ -109,6 +109,7 @@ pub async fn run(
     check_identity(&config.data_directory, &config)?;
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
         .map_err(NodeError::Storage)?;
+    let appended = log.appended_bytes();
     let mut state_machine =
         LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
     state_machine.defer_commits();
@@ -140,6 +141,12 @@ pub async fn run(
     };
     tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, clock, until_stopped()));
     tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
+    tokio::spawn(snapshot_when_log_grows(
+        raft.clone(),
+        appended,
+        config.raft.snapshot_after_log_bytes,
+        until_stopped(),
+    ));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
     if let Some(listener) = metrics_listener {
         tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
@@ -209,6 +216,40 @@ async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output
         let views = views.clone();
         if tokio::task::spawn_blocking(move || views.commit_if_older(DEFERRED_AGE_MAX)).await.is_err() {
             return; // the commit panicked: the replica is stopping (fail-stop)
+        }
+    }
+}
+
+/// How often a replica compares its log's growth with `raft.snapshot_after_log_bytes`.
+const LOG_GROWTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Builds a snapshot each time the log has grown by `limit` bytes since the last one this task
+/// asked for; openraft then purges the log behind it. openraft 0.9's own policy counts entries
+/// only, and entries range from one transfer to a full batch of about 1 MiB.
+async fn snapshot_when_log_grows(
+    raft: Raft<TypeConfig>,
+    appended: AppendedBytes,
+    limit: u64,
+    stopped: impl Future<Output = ()>,
+) {
+    let mut interval = tokio::time::interval(LOG_GROWTH_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    let mut at_last_snapshot = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = interval.tick() => {}
+        }
+        let now = appended.get();
+        let grown = now - at_last_snapshot;
+        if grown < limit {
+            continue;
+        }
+        at_last_snapshot = now;
+        tracing::info!(grown, limit, "the log grew by raft.snapshot_after_log_bytes: building a snapshot");
+        if let Err(error) = raft.trigger().snapshot().await {
+            tracing::warn!(%error, "cannot start a snapshot");
         }
     }
 }

@@ -17,10 +17,15 @@ struct Cluster {
     metrics_addresses: Vec<String>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), tally_node::NodeError>>>,
-    _directory: tempfile::TempDir,
+    directory: tempfile::TempDir,
 }
 
 async fn start_cluster(size: u64) -> Cluster {
+    start_cluster_with(size, RaftSettings::default()).await
+}
+
+/// A cluster of `size` replicas with `raft` settings (their timeouts shortened for tests).
+async fn start_cluster_with(size: u64, raft: RaftSettings) -> Cluster {
     let directory = tempfile::tempdir().unwrap();
     let mut listeners = Vec::new();
     for _ in 0..size {
@@ -55,7 +60,7 @@ async fn start_cluster(size: u64) -> Cluster {
                 heartbeat_interval_ms: 50,
                 election_timeout_min_ms: 300,
                 election_timeout_max_ms: 600,
-                ..RaftSettings::default()
+                ..raft.clone()
             },
             limits: Limits { request_timeout_ms: 5_000, ..Limits::default() },
             group_commit: GroupCommitSettings::default(),
@@ -67,7 +72,7 @@ async fn start_cluster(size: u64) -> Cluster {
             let _ = stopped.await;
         })));
     }
-    Cluster { addresses, metrics_addresses, stops, tasks, _directory: directory }
+    Cluster { addresses, metrics_addresses, stops, tasks, directory }
 }
 
 impl Cluster {
@@ -202,6 +207,43 @@ async fn a_cluster_serves_writes_and_reads_through_any_replica() {
     assert!(metrics.contains("tally_requests_total"), "{metrics}");
     assert!(metrics.contains("tally_raft_term"));
     assert!(reqwest_like_get(&cluster.metrics_addresses[0], "/ready").await.contains("ready"));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
+    // Entries of 100 transfers (about 13 KB each): the entry-count policy (20,000) never fires
+    // here, the byte limit does after a handful of requests.
+    let raft = RaftSettings { snapshot_after_log_bytes: 64 * 1024, ..RaftSettings::default() };
+    let cluster = start_cluster_with(1, raft).await;
+    let snapshot = cluster.directory.path().join("node-1/snapshots/current.snapshot");
+    let mut client = cluster.ledger(0).await;
+    let ledgers = vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }];
+    client.create_ledgers(wire::CreateLedgersRequest { ledgers }).await.unwrap();
+    let accounts =
+        (1..=2u128).map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 10, ..Default::default() });
+    client.create_accounts(wire::CreateAccountsRequest { accounts: accounts.collect() }).await.unwrap();
+    for request in 0..3u128 {
+        let transfers = (0..100u128).map(|index| transfer(10_000 + request * 100 + index, 1, 2, "0.01")).collect();
+        let codes = client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap().into_inner();
+        assert_eq!(codes.results, ok_codes(100));
+    }
+    // 300 transfers: about 40 KB of log, under the limit.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!snapshot.exists(), "a snapshot before the log reached the limit");
+    for request in 3..8u128 {
+        let transfers = (0..100u128).map(|index| transfer(10_000 + request * 100 + index, 1, 2, "0.01")).collect();
+        client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap();
+    }
+    let mut built = false;
+    for _ in 0..100 {
+        if snapshot.exists() {
+            built = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(built, "no snapshot after the log grew past raft.snapshot_after_log_bytes");
     cluster.stop().await;
 }
 
