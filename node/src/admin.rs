@@ -27,6 +27,9 @@ const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a snapshot requested by an operator may take before the call returns.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a status request waits for applied batches to be committed to the ledger store.
+const STATUS_COMMIT_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct Admin {
     replica: Arc<Replica>,
@@ -39,8 +42,13 @@ impl Admin {
         Admin { replica, site, membership_changes: Arc::new(Mutex::new(())) }
     }
 
-    fn local_status(&self) -> wire::NodeStatus {
+    async fn local_status(&self) -> wire::NodeStatus {
         let metrics = self.replica.raft.metrics().borrow().clone();
+        // Report what this replica has applied, with its digest there: batches waiting in the
+        // ledger store's overlay are committed first (briefly; an overloaded replica reports what
+        // its store holds).
+        let applied = metrics.last_applied.map(|log_id| log_id.index);
+        let _ = tokio::time::timeout(STATUS_COMMIT_WAIT, self.replica.views.wait_committed(applied)).await;
         let view = self.replica.views.view();
         let membership = metrics.membership_config.membership();
         let role = match metrics.state {
@@ -125,8 +133,11 @@ impl Admin {
         let last_index = metrics.last_log_index.unwrap_or(0);
         let mut nodes = Vec::new();
         for (id, node) in membership.nodes() {
-            let mut status =
-                if *id == self.replica.node_id { self.local_status() } else { self.member_status(*id, node).await };
+            let mut status = if *id == self.replica.node_id {
+                self.local_status().await
+            } else {
+                self.member_status(*id, node).await
+            };
             status.voter = voters.contains(id);
             if let Some(matched) = matched.get(id) {
                 status.replication_lag = Some(last_index.saturating_sub(*matched));
@@ -164,7 +175,7 @@ impl AdminService for Admin {
         &self,
         _request: Request<wire::NodeStatusRequest>,
     ) -> Result<Response<wire::NodeStatus>, Status> {
-        Ok(Response::new(self.local_status()))
+        Ok(Response::new(self.local_status().await))
     }
 
     async fn cluster_status(

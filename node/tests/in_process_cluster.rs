@@ -169,6 +169,12 @@ async fn a_cluster_serves_writes_and_reads_through_any_replica() {
         third.create_transfers(wire::CreateTransfersRequest { transfers: retried }).await.unwrap().into_inner().results;
     assert_eq!(codes, vec![wire::ResultCode::Exists as i32]);
 
+    // Right after its answers, the leader's status already shows every write applied: the status
+    // commits what waits in the ledger store's overlay before reading it.
+    let status = cluster.admin(0).await.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
+    let leader = status.nodes.iter().find(|node| node.role == wire::Role::Leader as i32).expect("a leader");
+    assert_eq!(leader.applied_index, leader.last_log_index, "the leader's status lags what it applied");
+
     // Reads are linearizable from any replica: every acknowledged write is visible.
     for index in 0..3 {
         let mut client = cluster.ledger(index).await;
@@ -184,8 +190,8 @@ async fn a_cluster_serves_writes_and_reads_through_any_replica() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("transfers[0].amount"), "{}", status.message());
 
-    // Every replica reaches the same applied index and digest.
     let mut admin = cluster.admin(0).await;
+    // Every replica reaches the same applied index and digest.
     let mut converged = false;
     for _ in 0..50 {
         let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
