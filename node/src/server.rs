@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -202,10 +203,14 @@ async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), N
     }
 }
 
-/// Commits applied batches that have waited [`DEFERRED_AGE_MAX`] when no apply call came to commit
-/// them, so that views (status, reads) catch up once the cluster goes quiet.
-async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output = ()>) {
-    let mut interval = tokio::time::interval(DEFERRED_AGE_MAX / 2);
+/// Runs `tick` every `period` (the next one waits for a slow one) until `stopped` completes or
+/// `tick` breaks: the shape of every background task of a replica.
+async fn every<Tick: Future<Output = ControlFlow<()>>>(
+    period: Duration,
+    stopped: impl Future<Output = ()>,
+    mut tick: impl FnMut() -> Tick,
+) {
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stopped);
     loop {
@@ -213,11 +218,25 @@ async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output
             _ = &mut stopped => return,
             _ = interval.tick() => {}
         }
-        let views = views.clone();
-        if tokio::task::spawn_blocking(move || views.commit_if_older(DEFERRED_AGE_MAX)).await.is_err() {
-            return; // the commit panicked: the replica is stopping (fail-stop)
+        if tick().await.is_break() {
+            return;
         }
     }
+}
+
+/// Commits applied batches that have waited [`DEFERRED_AGE_MAX`] when no apply call came to commit
+/// them, so that views (status, reads) catch up once the cluster goes quiet.
+async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output = ()>) {
+    every(DEFERRED_AGE_MAX / 2, stopped, || {
+        let views = views.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || views.commit_if_older(DEFERRED_AGE_MAX)).await {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()), // the commit panicked: the replica is stopping (fail-stop)
+            }
+        }
+    })
+    .await;
 }
 
 /// How often a replica compares its log's growth with `raft.snapshot_after_log_bytes`.
@@ -232,26 +251,26 @@ async fn snapshot_when_log_grows(
     limit: u64,
     stopped: impl Future<Output = ()>,
 ) {
-    let mut interval = tokio::time::interval(LOG_GROWTH_CHECK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
     let mut at_last_snapshot = 0;
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = interval.tick() => {}
-        }
+    every(LOG_GROWTH_CHECK_INTERVAL, stopped, || {
         let now = appended.get();
         let grown = now - at_last_snapshot;
-        if grown < limit {
-            continue;
+        let due = grown >= limit;
+        if due {
+            at_last_snapshot = now;
         }
-        at_last_snapshot = now;
-        tracing::info!(grown, limit, "the log grew by raft.snapshot_after_log_bytes: building a snapshot");
-        if let Err(error) = raft.trigger().snapshot().await {
-            tracing::warn!(%error, "cannot start a snapshot");
+        let raft = raft.clone();
+        async move {
+            if due {
+                tracing::info!(grown, limit, "the log grew by raft.snapshot_after_log_bytes: building a snapshot");
+                if let Err(error) = raft.trigger().snapshot().await {
+                    tracing::warn!(%error, "cannot start a snapshot");
+                }
+            }
+            ControlFlow::Continue(())
         }
-    }
+    })
+    .await;
 }
 
 /// On the leader, proposes an expiry batch whenever a pending transfer's deadline has passed.
@@ -261,27 +280,22 @@ async fn propose_expiries(
     clock: Arc<dyn Clock>,
     stopped: impl Future<Output = ()>,
 ) {
-    let mut interval = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = interval.tick() => {}
-        }
-        if replica.leader() != Leader::Me {
-            continue;
-        }
-        let due = replica.views.view().expiry_next().is_some_and(|deadline| deadline <= clock.now_nanoseconds());
-        if due {
-            match group_commit.submit(Events::Expire).await {
-                Ok(written) => {
-                    metrics::counter!("tally_pending_transfers_expired_total").increment(written.expired.len() as u64)
+    every(EXPIRY_CHECK_INTERVAL, stopped, || {
+        let due = replica.leader() == Leader::Me
+            && replica.views.view().expiry_next().is_some_and(|deadline| deadline <= clock.now_nanoseconds());
+        let group_commit = group_commit.clone();
+        async move {
+            if due {
+                match group_commit.submit(Events::Expire).await {
+                    Ok(written) => metrics::counter!("tally_pending_transfers_expired_total")
+                        .increment(written.expired.len() as u64),
+                    Err(error) => tracing::debug!(%error, "expiry batch not applied"),
                 }
-                Err(error) => tracing::debug!(%error, "expiry batch not applied"),
             }
+            ControlFlow::Continue(())
         }
-    }
+    })
+    .await;
 }
 
 /// Accepted connections beyond `connections_max` are closed at once.
