@@ -253,6 +253,37 @@ async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_expires_a_pending_transfer_when_its_timeout_passes() {
+    let cluster = start_cluster(1).await;
+    let mut client = cluster.ledger(0).await;
+    let ledgers = vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }];
+    client.create_ledgers(wire::CreateLedgersRequest { ledgers }).await.unwrap();
+    let accounts =
+        (1..=2u128).map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 10, ..Default::default() });
+    client.create_accounts(wire::CreateAccountsRequest { accounts: accounts.collect() }).await.unwrap();
+    let pending = wire::NewTransfer { flags: 2, timeout_seconds: 1, ..transfer(1, 1, 2, "5.00") };
+    let codes = client.create_transfers(wire::CreateTransfersRequest { transfers: vec![pending] }).await.unwrap();
+    assert_eq!(codes.into_inner().results, ok_codes(1));
+
+    // Nobody posts or voids it: the leader's expiry ticker proposes the release on its own.
+    let mut released = false;
+    for _ in 0..60 {
+        let found = client.lookup_accounts(wire::LookupRequest { ids: vec![id(1).unwrap()] }).await.unwrap();
+        let account = found.into_inner().accounts[0].account.clone().unwrap();
+        if account.debits_pending == "0.00" {
+            released = true;
+            break;
+        }
+        assert_eq!(account.debits_pending, "5.00");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the reservation was not released within 6 s of a 1 s timeout");
+    let metrics = reqwest_like_get(&cluster.metrics_addresses[0], "/metrics").await;
+    assert!(metrics.contains("tally_pending_transfers_expired_total 1"), "{metrics}");
+    cluster.stop().await;
+}
+
 /// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
 async fn reqwest_like_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
