@@ -8,7 +8,8 @@
 //! Applied batches need not be committed to the store at once: they wait in the store's overlay,
 //! which answers the ledger's own reads, and the durable log holds them. A replica that defers
 //! its commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
-//! wait, at the end of the first apply call after [`DEFERRED_AGE_MAX`], when the node's ticker finds
+//! wait, at the end of the first apply call after [`DEFERRED_AGE_MAX`] (a follower: after
+//! [`DEFERRED_AGE_MAX_FOLLOWER`]), when the node's ticker finds
 //! them older than that ([`LedgerViews::commit_if_older`]), before a snapshot or an expiry scan, or
 //! when a reader needs them ([`LedgerViews::wait_committed`]). Committing 16 batches together
 //! writes each account row and B-tree page once instead of 16 times (BENCHMARKS.md).
@@ -21,6 +22,7 @@
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,8 +50,12 @@ const SNAPSHOT_META_BYTES_MAX: u32 = 1024 * 1024;
 /// 25 MB).
 pub const DEFERRED_EVENTS_MAX: usize = 16 * 8190;
 /// The longest a replica keeps applied batches uncommitted while it applies more; the node's
-/// ticker commits older ones when no more come.
+/// ticker commits older ones when no more come. The node sets it by role
+/// ([`LedgerViews::set_deferred_age_max`]): the leader commits sooner, since its commits delay its
+/// answers, and followers, which serve no reads, later, which writes each page less often.
 pub const DEFERRED_AGE_MAX: Duration = Duration::from_millis(200);
+/// The deferral a follower may use instead (see [`DEFERRED_AGE_MAX`]).
+pub const DEFERRED_AGE_MAX_FOLLOWER: Duration = Duration::from_secs(1);
 
 fn state_machine_error(verb: ErrorVerb, error: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(error.to_string())).into()
@@ -125,9 +131,22 @@ pub struct LedgerViews {
     database: Arc<RwLock<Arc<redb::Database>>>,
     committed: Arc<watch::Sender<Option<u64>>>,
     applied: Arc<Mutex<Applied>>,
+    /// How long applied batches may wait for their commit, in milliseconds.
+    deferred_age_max_ms: Arc<AtomicU64>,
 }
 
 impl LedgerViews {
+    /// How long applied batches may wait for their commit (default [`DEFERRED_AGE_MAX`]).
+    pub fn deferred_age_max(&self) -> Duration {
+        Duration::from_millis(self.deferred_age_max_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets how long applied batches may wait for their commit (the node sets it by role).
+    pub fn set_deferred_age_max(&self, age: Duration) {
+        let millis = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        self.deferred_age_max_ms.store(millis, Ordering::Relaxed);
+    }
+
     /// A consistent view of the last committed state.
     pub fn view(&self) -> LedgerReadView {
         let database = Arc::clone(&self.database.read().expect("the views lock is never poisoned"));
@@ -252,6 +271,9 @@ impl LedgerStateMachine {
             database: Arc::new(RwLock::new(database)),
             committed,
             applied: Arc::new(Mutex::new(applied)),
+            deferred_age_max_ms: Arc::new(AtomicU64::new(
+                u64::try_from(DEFERRED_AGE_MAX.as_millis()).expect("a small constant"),
+            )),
         };
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),
@@ -441,7 +463,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             // and the store's overlay, so their commit to the store may wait (module documentation).
             let commit_due = !self.defer_commits
                 || applied.deferred_events >= DEFERRED_EVENTS_MAX
-                || applied.deferred_longer_than(DEFERRED_AGE_MAX);
+                || applied.deferred_longer_than(self.views.deferred_age_max());
             if commit_due {
                 applied.commit_deferred();
             }

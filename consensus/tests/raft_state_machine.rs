@@ -81,6 +81,8 @@ async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
     let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     machine.defer_commits();
     let views = machine.views();
+    // Longer than any apply call here, however slow the machine: only what the test does commits.
+    views.set_deferred_age_max(Duration::from_secs(3_600));
     let mut entries = entries().into_iter();
 
     // The membership entry commits at once; the ledgers and accounts batches wait in the overlay.
@@ -111,6 +113,21 @@ async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
     let reference = reference_ledger();
     assert_eq!(views.view().meta_get().digest, reference.digest());
     assert_eq!(machine.with_ledger(|ledger| ledger.digest()), reference.digest());
+}
+
+#[tokio::test]
+async fn an_apply_call_commits_what_waited_longer_than_the_deferral_the_node_set() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    machine.defer_commits();
+    let views = machine.views();
+    let mut entries = entries().into_iter();
+    views.set_deferred_age_max(Duration::from_secs(3_600)); // as on a follower, only longer
+    machine.apply(entries.by_ref().take(3)).await.unwrap();
+    assert_eq!(views.committed_index(), Some(1), "the batches wait");
+    views.set_deferred_age_max(Duration::ZERO);
+    machine.apply(entries.by_ref().take(1)).await.unwrap();
+    assert_eq!(views.committed_index(), Some(4), "the apply call commits everything that waited");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::ServerState;
+use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, DEFERRED_AGE_MAX_FOLLOWER};
 use tokio::net::TcpListener;
 
 use crate::gateway::{Leader, Replica};
@@ -93,6 +94,12 @@ pub async fn watch_raft(replica: Arc<Replica>) {
         metrics::gauge!("tally_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
         metrics::gauge!("tally_raft_applied_index").set(metrics.last_applied.map_or(0, |log_id| log_id.index) as f64);
         metrics::gauge!("tally_raft_is_leader").set(if metrics.state == ServerState::Leader { 1.0 } else { 0.0 });
+        // A commit holds up the apply path; on the leader that delays answers, so it commits sooner.
+        replica.views.set_deferred_age_max(if metrics.state == ServerState::Leader {
+            DEFERRED_AGE_MAX
+        } else {
+            DEFERRED_AGE_MAX_FOLLOWER
+        });
         if metrics.current_leader != leader {
             metrics::counter!("tally_raft_leader_changes_total").increment(1);
             leader = metrics.current_leader;
