@@ -6,13 +6,13 @@
 //! its record of what it applied always agree, and openraft re-applies the log from there.
 //!
 //! Applied batches need not be committed to the store at once: they wait in the store's overlay,
-//! which answers the ledger's own reads, and the durable log holds them. A replica that defers
-//! its commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
-//! wait, at the end of the first apply call after [`DEFERRED_AGE_MAX`] (a follower: after
-//! [`DEFERRED_AGE_MAX_FOLLOWER`]), when the node's ticker finds
-//! them older than that ([`LedgerViews::commit_if_older`]), before a snapshot or an expiry scan, or
-//! when a reader needs them ([`LedgerViews::wait_committed`]). Committing 16 batches together
-//! writes each account row and B-tree page once instead of 16 times (BENCHMARKS.md).
+//! which answers the ledger's own reads, and the durable log holds them. A replica that defers its
+//! commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
+//! wait; at the end of the first apply call after [`DEFERRED_AGE_MAX`] (on a follower,
+//! [`DEFERRED_AGE_MAX_FOLLOWER`]); when the node's ticker finds them older than that
+//! ([`LedgerViews::commit_if_older`]); before a snapshot or an expiry scan; and when a reader needs
+//! them ([`LedgerViews::wait_committed`]). Committing 16 batches together writes each account row
+//! and B-tree page once instead of 16 times (BENCHMARKS.md).
 //!
 //! A snapshot is one file: a short header with openraft's snapshot meta, followed by the ledger's
 //! own snapshot format. It is written from a read view of the ledger store, so applying goes on
