@@ -10,7 +10,7 @@
 //! commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
 //! wait; at the end of the first apply call after [`DEFERRED_AGE_MAX`] (on a follower,
 //! [`DEFERRED_AGE_MAX_FOLLOWER`]); when the node's ticker finds them older than that
-//! ([`LedgerViews::commit_if_older`]); before a snapshot or an expiry scan; and when a reader needs
+//! ([`LedgerViews::commit_if_due`]); before a snapshot or an expiry scan; and when a reader needs
 //! them ([`LedgerViews::wait_committed`]). Committing 16 batches together writes each account row
 //! and B-tree page once instead of 16 times (BENCHMARKS.md).
 //!
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 use tally_state_machine::codec::decode_batch_into;
+use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
 use tally_state_machine::{Batch, BatchOutcome, Operation, StateMachine, StorageRead};
 use tokio::sync::watch;
 
@@ -48,7 +49,7 @@ const SNAPSHOT_META_BYTES_MAX: u32 = 1024 * 1024;
 
 /// The most events a replica keeps applied but uncommitted (16 full batches: an overlay of about
 /// 25 MB).
-pub const DEFERRED_EVENTS_MAX: usize = 16 * 8190;
+pub const DEFERRED_EVENTS_MAX: usize = 16 * EVENTS_PER_BATCH_MAX;
 /// The longest a replica keeps applied batches uncommitted while it applies more; the node's
 /// ticker commits older ones when no more come. The node sets it by role
 /// ([`LedgerViews::set_deferred_age_max`]): the leader commits sooner, since its commits delay its
@@ -182,10 +183,11 @@ impl LedgerViews {
         self.applied.lock().expect("the ledger lock is never poisoned").commit_deferred();
     }
 
-    /// Commits the batches applied so far if the oldest has waited `age` or more (blocking). The
-    /// node calls this on a ticker, so that batches applied just before the cluster went quiet
-    /// become visible to views.
-    pub fn commit_if_older(&self, age: Duration) {
+    /// Commits the batches applied so far if the oldest has waited [`LedgerViews::deferred_age_max`]
+    /// or more (blocking). The node calls this on a ticker, so that batches applied just before the
+    /// cluster went quiet become visible to views.
+    pub fn commit_if_due(&self) {
+        let age = self.deferred_age_max();
         let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
         if applied.deferred_longer_than(age) {
             applied.commit_deferred();
@@ -288,7 +290,7 @@ impl LedgerStateMachine {
     }
 
     /// Lets applied batches wait for a later commit (see the module documentation). The owner
-    /// must then call [`LedgerViews::commit_if_older`] on a ticker.
+    /// must then call [`LedgerViews::commit_if_due`] on a ticker.
     pub fn defer_commits(&mut self) {
         self.defer_commits = true;
     }

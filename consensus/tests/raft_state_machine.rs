@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
-use tally_consensus::raft_state_machine::{LedgerStateMachine, consensus_record};
+use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::types::{ApplyResponse, Entry, LogPayload, PeerNode};
 use tally_state_machine::codec::encode_batch;
 use tally_state_machine::storage::suite::reference_batches;
@@ -75,14 +75,20 @@ async fn applied_entries_answer_per_event_and_survive_a_restart() {
     assert_eq!(reopened.with_ledger(snapshot_bytes), snapshot_bytes(&reference));
 }
 
+/// A state machine that defers its commits for an hour: longer than any apply call here, however
+/// slow the machine, so only what a test does commits.
+fn deferring_machine(directory: &std::path::Path) -> (LedgerStateMachine, LedgerViews) {
+    let mut machine = LedgerStateMachine::open(directory, CACHE_BYTES).unwrap();
+    machine.defer_commits();
+    let views = machine.views();
+    views.set_deferred_age_max(Duration::from_secs(3_600));
+    (machine, views)
+}
+
 #[tokio::test]
 async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
     let directory = tempfile::tempdir().unwrap();
-    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
-    machine.defer_commits();
-    let views = machine.views();
-    // Longer than any apply call here, however slow the machine: only what the test does commits.
-    views.set_deferred_age_max(Duration::from_secs(3_600));
+    let (mut machine, views) = deferring_machine(directory.path());
     let mut entries = entries().into_iter();
 
     // The membership entry commits at once; the ledgers and accounts batches wait in the overlay.
@@ -101,10 +107,11 @@ async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
 
     // The transfers batch waits until it is older than asked for.
     machine.apply(entries.by_ref().take(1)).await.unwrap();
-    views.commit_if_older(Duration::from_secs(3600));
+    views.commit_if_due();
     assert_eq!(views.committed_index(), Some(3));
     std::thread::sleep(Duration::from_millis(20));
-    views.commit_if_older(Duration::from_millis(10));
+    views.set_deferred_age_max(Duration::from_millis(10));
+    views.commit_if_due();
     assert_eq!(views.committed_index(), Some(4));
 
     // The expiry batch commits what was deferred before it scans; the rest commits when asked.
@@ -118,11 +125,8 @@ async fn deferred_batches_commit_when_a_reader_needs_them_or_when_old_enough() {
 #[tokio::test]
 async fn an_apply_call_commits_what_waited_longer_than_the_deferral_the_node_set() {
     let directory = tempfile::tempdir().unwrap();
-    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
-    machine.defer_commits();
-    let views = machine.views();
+    let (mut machine, views) = deferring_machine(directory.path());
     let mut entries = entries().into_iter();
-    views.set_deferred_age_max(Duration::from_secs(3_600)); // as on a follower, only longer
     machine.apply(entries.by_ref().take(3)).await.unwrap();
     assert_eq!(views.committed_index(), Some(1), "the batches wait");
     views.set_deferred_age_max(Duration::ZERO);

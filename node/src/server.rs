@@ -224,13 +224,14 @@ async fn every<Tick: Future<Output = ControlFlow<()>>>(
     }
 }
 
-/// Commits applied batches that have waited their deferral (`LedgerViews::deferred_age_max`) when no apply call came to commit
-/// them, so that views (status, reads) catch up once the cluster goes quiet.
+/// Commits applied batches that have waited their deferral (`LedgerViews::deferred_age_max`) when
+/// no apply call came to commit them, so that views (status, reads) catch up once the cluster goes
+/// quiet.
 async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output = ()>) {
     every(DEFERRED_AGE_MAX / 2, stopped, || {
         let views = views.clone();
         async move {
-            match tokio::task::spawn_blocking(move || views.commit_if_older(views.deferred_age_max())).await {
+            match tokio::task::spawn_blocking(move || views.commit_if_due()).await {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()), // the commit panicked: the replica is stopping (fail-stop)
             }

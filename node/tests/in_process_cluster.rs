@@ -111,6 +111,23 @@ fn transfer(transfer_id: u128, debit: u128, credit: u128, amount: &str) -> wire:
     }
 }
 
+/// Ledger 1 (EUR) with accounts 1 and 2, through the first replica; returns its client.
+async fn ledger_with_two_accounts(cluster: &Cluster) -> LedgerServiceClient<Channel> {
+    let mut client = cluster.ledger(0).await;
+    let ledgers = vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }];
+    client.create_ledgers(wire::CreateLedgersRequest { ledgers }).await.unwrap();
+    let accounts =
+        (1..=2u128).map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 10, ..Default::default() });
+    client.create_accounts(wire::CreateAccountsRequest { accounts: accounts.collect() }).await.unwrap();
+    client
+}
+
+/// Request `request` of 100 transfers of 0.01 from account 1 to account 2; their result codes.
+async fn hundred_transfers(client: &mut LedgerServiceClient<Channel>, request: u128) -> Vec<i32> {
+    let transfers = (0..100u128).map(|index| transfer(10_000 + request * 100 + index, 1, 2, "0.01")).collect();
+    client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap().into_inner().results
+}
+
 fn ok_codes(count: usize) -> Vec<i32> {
     vec![wire::ResultCode::Ok as i32; count]
 }
@@ -223,23 +240,15 @@ async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
     let raft = RaftSettings { snapshot_after_log_bytes: 64 * 1024, ..RaftSettings::default() };
     let cluster = start_cluster_with(1, raft).await;
     let snapshot = cluster.directory.path().join("node-1/snapshots/current.snapshot");
-    let mut client = cluster.ledger(0).await;
-    let ledgers = vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }];
-    client.create_ledgers(wire::CreateLedgersRequest { ledgers }).await.unwrap();
-    let accounts =
-        (1..=2u128).map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 10, ..Default::default() });
-    client.create_accounts(wire::CreateAccountsRequest { accounts: accounts.collect() }).await.unwrap();
-    for request in 0..3u128 {
-        let transfers = (0..100u128).map(|index| transfer(10_000 + request * 100 + index, 1, 2, "0.01")).collect();
-        let codes = client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap().into_inner();
-        assert_eq!(codes.results, ok_codes(100));
+    let mut client = ledger_with_two_accounts(&cluster).await;
+    for request in 0..3 {
+        assert_eq!(hundred_transfers(&mut client, request).await, ok_codes(100));
     }
     // 300 transfers: about 40 KB of log, under the limit.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(!snapshot.exists(), "a snapshot before the log reached the limit");
-    for request in 3..8u128 {
-        let transfers = (0..100u128).map(|index| transfer(10_000 + request * 100 + index, 1, 2, "0.01")).collect();
-        client.create_transfers(wire::CreateTransfersRequest { transfers }).await.unwrap();
+    for request in 3..8 {
+        assert_eq!(hundred_transfers(&mut client, request).await, ok_codes(100));
     }
     let mut built = false;
     for _ in 0..100 {
@@ -256,12 +265,7 @@ async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_expires_a_pending_transfer_when_its_timeout_passes() {
     let cluster = start_cluster(1).await;
-    let mut client = cluster.ledger(0).await;
-    let ledgers = vec![wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() }];
-    client.create_ledgers(wire::CreateLedgersRequest { ledgers }).await.unwrap();
-    let accounts =
-        (1..=2u128).map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 10, ..Default::default() });
-    client.create_accounts(wire::CreateAccountsRequest { accounts: accounts.collect() }).await.unwrap();
+    let mut client = ledger_with_two_accounts(&cluster).await;
     let pending = wire::NewTransfer { flags: 2, timeout_seconds: 1, ..transfer(1, 1, 2, "5.00") };
     let codes = client.create_transfers(wire::CreateTransfersRequest { transfers: vec![pending] }).await.unwrap();
     assert_eq!(codes.into_inner().results, ok_codes(1));
