@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`blocking`]: running synchronous storage work without stalling heartbeats.
+//! - [`direct_io`]: a redb backend that writes large pages (log entries) around the page cache.
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
 //!   the consensus record that says which log entry it applied; read views for snapshots.
 //! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
@@ -12,6 +13,7 @@
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod blocking;
+pub mod direct_io;
 pub mod ledger_store;
 pub mod log_store;
 pub mod network;

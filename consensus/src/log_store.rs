@@ -24,6 +24,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::direct_io::DirectWriteBackend;
 use crate::types::{Entry, LogIdOf, NodeId, StorageError, TypeConfig, decode, encode};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -70,9 +71,11 @@ fn logs_error(verb: ErrorVerb) -> impl Fn(&dyn Display) -> StorageError {
 impl RedbLogStore {
     /// Opens the log at `path`, creating it if needed, with a page cache of at most `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbLogStore, String> {
+        let backend = DirectWriteBackend::open(path)
+            .map_err(|error| format!("cannot open the Raft log at {}: {error}", path.display()))?;
         let database = Database::builder()
             .set_cache_size(cache_bytes)
-            .create(path)
+            .create_with_backend(backend)
             .map_err(|error| format!("cannot open the Raft log at {}: {error}", path.display()))?;
         let transaction = database.begin_write().map_err(|error| error.to_string())?;
         transaction.open_table(LOG).map_err(|error| error.to_string())?;

@@ -20,7 +20,7 @@
 //! rename.
 
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,6 +33,7 @@ use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
 use tally_state_machine::{Batch, BatchOutcome, Operation, StateMachine, StorageRead};
 use tokio::sync::watch;
 
+use crate::direct_io::DirectFileWriter;
 use crate::ledger_store::{LedgerReadView, RedbLedgerStore};
 use crate::types::{
     ApplyResponse, ConsensusRecord, Entry, LogPayload, Membership, SnapshotMeta, StorageError, TypeConfig, decode,
@@ -367,17 +368,25 @@ fn read_snapshot_header(reader: &mut impl Read) -> io::Result<SnapshotMeta> {
 
 /// Writes a complete snapshot file: written under a temporary name, fsynced, then renamed.
 fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+    let started = Instant::now();
     let building = directory.join(format!("building-{}.snapshot", meta.snapshot_id));
-    let mut out = BufWriter::new(fs::File::create(&building)?);
+    // Around the page cache: the file is written once and read again only to catch a replica up.
+    let mut out = DirectFileWriter::create(&building)?;
     let header = encode(meta);
     out.write_all(SNAPSHOT_MAGIC)?;
     out.write_all(&u32::try_from(header.len()).expect("a small header").to_le_bytes())?;
     out.write_all(&header)?;
-    tally_state_machine::snapshot::write_snapshot(view, &mut out)?;
-    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()?;
+    let summary = tally_state_machine::snapshot::write_snapshot(view, &mut out)?;
+    out.finish()?;
     let current = directory.join(CURRENT_SNAPSHOT);
     fs::rename(&building, &current)?;
+    tracing::info!(
+        snapshot = %meta.snapshot_id,
+        bytes = summary.bytes,
+        transfers = summary.transfers,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "built a snapshot"
+    );
     Ok(current)
 }
 

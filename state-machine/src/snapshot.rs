@@ -68,6 +68,9 @@ pub struct SnapshotSummary {
     pub bytes: u64,
 }
 
+/// The write buffer between a snapshot's records and its checksum.
+const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Passes bytes through while hashing them and counting them.
 struct Hashing<T> {
     inner: T,
@@ -105,7 +108,10 @@ impl<R: Read> Hashing<R> {
 
 /// Writes one tagged record, keeping the first I/O error for after the scan.
 struct RecordWriter<W: Write> {
-    out: Hashing<BufWriter<W>>,
+    /// Buffered before hashing: blake3 hashes a 64 KiB write several chunks at a time with SIMD,
+    /// while record-sized updates went one chunk at a time (a fifth of a replica's CPU while it
+    /// wrote a snapshot).
+    out: BufWriter<Hashing<W>>,
     scratch: Vec<u8>,
     error: Option<io::Error>,
 }
@@ -141,7 +147,11 @@ impl<S: Storage> StateMachine<S> {
 pub fn write_snapshot<R: StorageRead, W: Write>(storage: &R, writer: W) -> io::Result<SnapshotSummary> {
     let meta = storage.meta_get();
     let mut summary = SnapshotSummary::default();
-    let mut out = RecordWriter { out: Hashing::new(BufWriter::new(writer)), scratch: Vec::new(), error: None };
+    let mut out = RecordWriter {
+        out: BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, Hashing::new(writer)),
+        scratch: Vec::new(),
+        error: None,
+    };
     let mut header = Vec::with_capacity(60);
     header.put(*MAGIC);
     header.put_u32(SNAPSHOT_FORMAT_VERSION);
@@ -188,10 +198,12 @@ pub fn write_snapshot<R: StorageRead, W: Write>(storage: &R, writer: W) -> io::R
     out.check()?;
 
     out.out.write_all(&[TAG_END])?;
-    let checksum = *out.out.hasher.finalize().as_bytes();
-    out.out.inner.write_all(&checksum)?;
     out.out.flush()?;
-    summary.bytes = out.out.bytes + checksum.len() as u64;
+    let hashing = out.out.get_mut();
+    let checksum = *hashing.hasher.finalize().as_bytes();
+    hashing.inner.write_all(&checksum)?;
+    hashing.inner.flush()?;
+    summary.bytes = hashing.bytes + checksum.len() as u64;
     Ok(summary)
 }
 
