@@ -296,6 +296,11 @@ impl LedgerStateMachine {
         self.defer_commits = true;
     }
 
+    /// The size of the replica's current snapshot in `directory` (0 when it has none).
+    pub fn current_snapshot_bytes(directory: &Path) -> u64 {
+        fs::metadata(directory.join(SNAPSHOT_DIRECTORY).join(CURRENT_SNAPSHOT)).map_or(0, |metadata| metadata.len())
+    }
+
     /// Read views of this ledger that stay valid after the state machine moves into openraft.
     pub fn views(&self) -> LedgerViews {
         self.views.clone()

@@ -56,11 +56,14 @@ pub struct RaftSettings {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after this many entries since the last one...
     pub snapshot_after_entries: u64,
-    /// Also build one after this many bytes of entries since the last one (or since the start), so
-    /// that a log of full batches (about 1 MiB each) stays bounded on disk: the log then holds at
-    /// most this much plus `log_entries_kept_after_snapshot` entries.
+    /// ...or after this many bytes of entries, whichever comes first (entries range from one
+    /// transfer to a full batch of about 1 MiB, so the bytes are what bounds the log on disk).
+    /// Either way the log must also have grown by the size of the current snapshot, so that
+    /// snapshots of a large ledger are not rewritten for a small log (`server::snapshot_due`): the
+    /// log then holds at most the larger of this and the snapshot's size, plus
+    /// `log_entries_kept_after_snapshot` entries.
     pub snapshot_after_log_bytes: u64,
     /// Log entries kept behind a snapshot, so briefly absent replicas catch up from the log.
     pub log_entries_kept_after_snapshot: u64,
@@ -230,7 +233,8 @@ impl NodeConfig {
             election_timeout_min: raft.election_timeout_min_ms,
             election_timeout_max: raft.election_timeout_max_ms,
             max_payload_entries: raft.entries_per_message_max,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_after_entries),
+            // The replica's own task applies both snapshot limits (`server::snapshot_due`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: raft.log_entries_kept_after_snapshot,
             snapshot_max_chunk_size: raft.snapshot_chunk_bytes,
             // openraft 0.9 treats a follower whose log went backwards as a fatal error on the leader:

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::Admin;
 use crate::clock::{Clock, SystemClock};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, RaftSettings};
 use crate::gateway::{Gateway, Leader, Replica};
 use crate::group_commit::{Events, GroupCommit};
 use crate::observe;
@@ -145,7 +145,8 @@ pub async fn run(
     tokio::spawn(snapshot_when_log_grows(
         raft.clone(),
         appended,
-        config.raft.snapshot_after_log_bytes,
+        config.raft.clone(),
+        config.data_directory.clone(),
         until_stopped(),
     ));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
@@ -240,30 +241,60 @@ async fn commit_deferred_batches(views: LedgerViews, stopped: impl Future<Output
     .await;
 }
 
-/// How often a replica compares its log's growth with `raft.snapshot_after_log_bytes`.
-const LOG_GROWTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a replica compares its log's growth with its snapshot policy.
+const LOG_GROWTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Builds a snapshot each time the log has grown by `limit` bytes since the last one this task
-/// asked for; openraft then purges the log behind it. openraft 0.9's own policy counts entries
-/// only, and entries range from one transfer to a full batch of about 1 MiB.
+/// Whether a replica builds its next snapshot, given how far its log grew since the last one (in
+/// entries and in bytes of entries) and the size of that last snapshot.
+///
+/// The log must have grown by `snapshot_after_entries` entries or `snapshot_after_log_bytes`
+/// bytes, and in any case by as many bytes as the current snapshot holds. Building a snapshot
+/// writes the whole ledger, so without that last rule a ledger of 100 GB would be rewritten for
+/// every 2 GiB of log (or every 20,000 single-transfer entries); with it, snapshots cost at most
+/// one byte written per byte of log, and the log on disk stays within the larger of the byte limit
+/// and the snapshot's size.
+pub fn snapshot_due(grown_entries: u64, grown_bytes: u64, settings: &RaftSettings, snapshot_bytes: u64) -> bool {
+    let grown_enough =
+        grown_entries >= settings.snapshot_after_entries || grown_bytes >= settings.snapshot_after_log_bytes;
+    grown_enough && grown_bytes >= snapshot_bytes
+}
+
+/// Builds snapshots on the policy of [`snapshot_due`]; openraft then purges the log behind them.
+/// openraft 0.9's own policy counts entries only, and entries range from one transfer to a full
+/// batch of about 1 MiB, so it is switched off (`SnapshotPolicy::Never`) in favour of this task.
 async fn snapshot_when_log_grows(
     raft: Raft<TypeConfig>,
     appended: AppendedBytes,
-    limit: u64,
+    settings: RaftSettings,
+    data_directory: PathBuf,
     stopped: impl Future<Output = ()>,
 ) {
-    let mut at_last_snapshot = 0;
+    // Where the log stood (bytes appended, last index) at the last snapshot, and which snapshot
+    // that was: one built for another reason (an operator's trigger, an install) counts too.
+    let mut at_last_snapshot = (appended.get(), 0);
+    let mut snapshot_seen = raft.metrics().borrow().snapshot;
     every(LOG_GROWTH_CHECK_INTERVAL, stopped, || {
-        let now = appended.get();
-        let grown = now - at_last_snapshot;
-        let due = grown >= limit;
+        let (snapshot, last_log_index) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.snapshot, metrics.last_log_index.unwrap_or(0))
+        };
+        let bytes = appended.get();
+        if snapshot != snapshot_seen {
+            snapshot_seen = snapshot;
+            at_last_snapshot = (bytes, snapshot.map_or(0, |log_id| log_id.index));
+        }
+        let grown_bytes = bytes - at_last_snapshot.0;
+        let grown_entries = last_log_index.saturating_sub(at_last_snapshot.1);
+        let snapshot_bytes = LedgerStateMachine::current_snapshot_bytes(&data_directory);
+        let due = snapshot_due(grown_entries, grown_bytes, &settings, snapshot_bytes);
         if due {
-            at_last_snapshot = now;
+            at_last_snapshot = (bytes, last_log_index);
         }
         let raft = raft.clone();
         async move {
             if due {
-                tracing::info!(grown, limit, "the log grew by raft.snapshot_after_log_bytes: building a snapshot");
+                tracing::info!(grown_entries, grown_bytes, snapshot_bytes, "the log grew: building a snapshot");
                 if let Err(error) = raft.trigger().snapshot().await {
                     tracing::warn!(%error, "cannot start a snapshot");
                 }
@@ -373,5 +404,33 @@ impl tonic::transport::server::Connected for LimitedConnection {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn settings() -> RaftSettings {
+        RaftSettings { snapshot_after_entries: 1_000, snapshot_after_log_bytes: 64 * MIB, ..RaftSettings::default() }
+    }
+
+    #[test]
+    fn a_small_ledger_snapshots_at_either_log_limit() {
+        let snapshot_bytes = MIB;
+        assert!(!snapshot_due(999, 64 * MIB - 1, &settings(), snapshot_bytes));
+        assert!(snapshot_due(1_000, 2 * MIB, &settings(), snapshot_bytes), "the entry limit");
+        assert!(snapshot_due(10, 64 * MIB, &settings(), snapshot_bytes), "the byte limit");
+        assert!(snapshot_due(1_000, 0, &settings(), 0), "no snapshot yet: nothing to wait for");
+    }
+
+    #[test]
+    fn a_large_ledger_waits_for_a_log_as_large_as_its_snapshot() {
+        let snapshot_bytes = 200 * MIB;
+        assert!(!snapshot_due(5_000, 64 * MIB, &settings(), snapshot_bytes), "both limits passed, log still small");
+        assert!(!snapshot_due(50_000, 200 * MIB - 1, &settings(), snapshot_bytes));
+        assert!(snapshot_due(50_000, 200 * MIB, &settings(), snapshot_bytes));
     }
 }

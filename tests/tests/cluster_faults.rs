@@ -218,7 +218,8 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
     create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
     let away = if leader == 7 { 6 } else { 7 };
     cluster.kill(away);
-    // One request at a time: forty log entries, four snapshots' worth, purged behind each.
+    // One request at a time: forty log entries, snapshots every ten (once the log has also grown by
+    // the last snapshot's size), the log purged behind each.
     let clients = clients(&cluster, &[leader]).await;
     let mut written = Vec::new();
     for request in 0..40u128 {
