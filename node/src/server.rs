@@ -271,8 +271,8 @@ async fn snapshot_when_log_grows(
 ) {
     // Where the log stood (bytes appended, last index) at the last snapshot, and which snapshot
     // that was: one built for another reason (an operator's trigger, an install) counts too.
-    let mut at_last_snapshot = (appended.get(), 0);
     let mut snapshot_seen = raft.metrics().borrow().snapshot;
+    let mut at_last_snapshot = (appended.get(), snapshot_seen.map_or(0, |log_id| log_id.index));
     every(LOG_GROWTH_CHECK_INTERVAL, stopped, || {
         let (snapshot, last_log_index) = {
             let metrics = raft.metrics();
