@@ -15,7 +15,7 @@
 //! that does not add up is refused with the first inconsistency, never installed.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::ops::ControlFlow;
 
 use crate::codec::{self, DecodeError, Put, Reader};
@@ -70,6 +70,8 @@ pub struct SnapshotSummary {
 
 /// The write buffer between a snapshot's records and its checksum.
 const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// The read buffer of a restore, hashed a buffer at a time.
+const SNAPSHOT_READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Passes bytes through while hashing them and counting them.
 struct Hashing<T> {
@@ -96,13 +98,77 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-impl<R: Read> Hashing<R> {
+/// Reads a snapshot through a buffer of its own, hashing what was consumed a buffer at a time:
+/// blake3 fed field by field went one chunk at a time and made restores several times slower.
+struct HashingReader<R> {
+    inner: R,
+    buffer: Box<[u8]>,
+    /// The next unread byte of `buffer`, and the end of the bytes read into it.
+    start: usize,
+    end: usize,
+    /// Bytes of `buffer` already hashed: the hasher lags behind `start` until a refill or the end.
+    hashed: usize,
+    /// Cleared once the hash is finished: what follows (the checksum) is not hashed.
+    hashing: bool,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            buffer: vec![0; SNAPSHOT_READ_BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            hashed: 0,
+            hashing: true,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn hash_consumed(&mut self) {
+        if self.hashing {
+            self.hasher.update(&self.buffer[self.hashed..self.start]);
+        }
+        self.hashed = self.start;
+    }
+
+    /// Reads more into the emptied buffer; `false` at the end of the input.
+    fn refill(&mut self) -> io::Result<bool> {
+        self.hash_consumed();
+        let read = loop {
+            match self.inner.read(&mut self.buffer) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                result => break result?,
+            }
+        };
+        (self.start, self.end, self.hashed) = (0, read, 0);
+        Ok(read > 0)
+    }
+
     fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
         let mut bytes = [0u8; N];
-        self.inner.read_exact(&mut bytes)?;
-        self.hasher.update(&bytes);
-        self.bytes += N as u64;
+        let mut filled = 0;
+        while filled < N {
+            if self.start == self.end && !self.refill()? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let taken = (N - filled).min(self.end - self.start);
+            bytes[filled..filled + taken].copy_from_slice(&self.buffer[self.start..self.start + taken]);
+            (self.start, filled) = (self.start + taken, filled + taken);
+        }
         Ok(bytes)
+    }
+
+    /// The hash of everything consumed so far; later reads are not hashed.
+    fn finish_hash(&mut self) -> [u8; 32] {
+        self.hash_consumed();
+        self.hashing = false;
+        *self.hasher.finalize().as_bytes()
+    }
+
+    fn at_end(&mut self) -> io::Result<bool> {
+        Ok(self.start == self.end && !self.refill()?)
     }
 }
 
@@ -214,7 +280,7 @@ impl<S: Storage> StateMachine<S> {
         if storage.meta_get() != StateMeta::default() {
             return Err(SnapshotError::StorageNotEmpty);
         }
-        let mut input = Hashing::new(BufReader::new(reader));
+        let mut input = HashingReader::new(reader);
         if &input.read_array::<8>()? != MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
@@ -249,13 +315,11 @@ impl<S: Storage> StateMachine<S> {
                 _ => return Err(inconsistent(format!("unknown record tag {tag}"))),
             }
         }
-        let expected = *input.hasher.finalize().as_bytes();
-        let mut checksum = [0u8; 32];
-        input.inner.read_exact(&mut checksum)?;
-        if checksum != expected {
+        let expected = input.finish_hash();
+        if input.read_array::<32>()? != expected {
             return Err(SnapshotError::ChecksumMismatch);
         }
-        if input.inner.read(&mut [0u8; 1])? != 0 {
+        if !input.at_end()? {
             return Err(inconsistent("bytes follow the checksum".into()));
         }
         restore.finish()?;
