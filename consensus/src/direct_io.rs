@@ -57,14 +57,7 @@ impl DirectWriteBackend {
     pub fn open(path: &Path) -> io::Result<DirectWriteBackend> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let buffered = FileBackend::new(file).map_err(io::Error::other)?;
-        let direct = match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => Some(file),
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!(path = %path.display(), "the file system refuses O_DIRECT: writing through the page cache");
-                None
-            }
-            Err(error) => return Err(error),
-        };
+        let direct = open_direct(path)?;
         let direct_enabled = AtomicBool::new(direct.is_some());
         Ok(DirectWriteBackend { buffered, direct, direct_enabled, scratch: Mutex::new(AlignedBuffer::new(0)) })
     }
@@ -77,6 +70,18 @@ impl DirectWriteBackend {
         let aligned = &mut scratch.as_mut_slice()[..data.len()];
         aligned.copy_from_slice(data);
         file.write_all_at(aligned, offset)
+    }
+}
+
+/// Opens `path` for direct writes, or `None` where the file system refuses `O_DIRECT` (EINVAL).
+fn open_direct(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::info!(path = %path.display(), "the file system refuses O_DIRECT: writing through the page cache");
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -198,11 +203,7 @@ impl DirectFileWriter {
     /// Creates (or truncates) the file at `path`.
     pub fn create(path: &Path) -> io::Result<DirectFileWriter> {
         let buffered = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        let direct = match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => Some(file),
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(error) => return Err(error),
-        };
+        let direct = open_direct(path)?;
         Ok(DirectFileWriter {
             buffered,
             direct,

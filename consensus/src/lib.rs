@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`blocking`]: running synchronous storage work without stalling heartbeats.
-//! - [`direct_io`]: a redb backend that writes large pages (log entries) around the page cache.
+//! - [`direct_io`]: writing around the page cache: a redb backend for the log's large pages, and
+//!   the snapshot file writer.
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
 //!   the consensus record that says which log entry it applied; read views for snapshots.
 //! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
