@@ -18,10 +18,11 @@
 //! that restarts re-applies the log from the applied index this store recorded. redb keeps such
 //! commits in memory until a durable one, so at least every [`DURABLE_COMMIT_INTERVAL`] a commit
 //! is made durable (fsync): that bounds what a crash makes the replica re-apply, and lets redb
-//! reuse the pages that earlier commits freed. The replica's own snapshot covers the rest: a store
-//! that a crash left behind its snapshot is restored from it (`raft_state_machine`). An I/O error while
-//! applying is not something a replica can answer for a client: the store stops the process
-//! (fail-stop), and the replica recovers from its log on restart.
+//! reuse the pages that earlier commits freed. Before the log is purged, the replica makes a
+//! *checkpoint* ([`RedbLedgerStore::commit_checkpoint`]): a durable commit, so a crash never takes
+//! the store behind a purged log. An I/O error while applying is not something a replica can
+//! answer for a client: the store stops the process (fail-stop), and the replica recovers from its
+//! log on restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -67,6 +68,9 @@ const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
 const FORMAT_VERSION: &[u8] = b"tally-ledger-store/2";
+/// The consensus layer's record of the last checkpoint: the state it names was made durable, so
+/// the log up to it may be purged (`raft_state_machine`).
+const META_CHECKPOINT: &str = "checkpoint";
 
 /// The longest a store goes without a durable commit while it is committing.
 pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -140,6 +144,8 @@ pub struct RedbLedgerStore {
     defer_commits: bool,
     /// The meta of the last whole batch in the overlay, when commits are deferred.
     staged_meta: Option<StateMeta>,
+    /// The record of the last checkpoint ([`RedbLedgerStore::commit_checkpoint`]).
+    checkpoint: Option<Vec<u8>>,
 }
 
 /// The runs of account-index postings not yet merged, and when to merge them.
@@ -345,11 +351,12 @@ impl RedbLedgerStore {
             .create(path)
             .map_err(|error| open_error(error.to_string()))?;
         Self::initialise(&database).map_err(open_error)?;
-        let format = Self::read_format(&database).map_err(open_error)?;
+        let format = Self::read_meta(&database, META_FORMAT).map_err(open_error)?.unwrap_or_default();
         if format != FORMAT_VERSION {
             let found = String::from_utf8_lossy(&format).into_owned();
             return Err(LedgerStoreError::WrongFormat { path: path.display().to_string(), found });
         }
+        let checkpoint = Self::read_meta(&database, META_CHECKPOINT).map_err(open_error)?;
         let committed = LedgerReadView::open(&database);
         let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
         let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs);
@@ -367,6 +374,7 @@ impl RedbLedgerStore {
             committed_ids_max,
             defer_commits: false,
             staged_meta: None,
+            checkpoint,
         })
     }
 
@@ -432,6 +440,29 @@ impl RedbLedgerStore {
         }
     }
 
+    /// The record of the last checkpoint, `None` before the first.
+    pub fn checkpoint(&self) -> Option<&[u8]> {
+        self.checkpoint.as_deref()
+    }
+
+    /// Commits the whole batches waiting, then records `checkpoint` in a durable commit (fsync),
+    /// which makes every earlier commit durable too: after a crash the store holds at least the
+    /// state the checkpoint names, so the log behind it is no longer needed.
+    pub fn commit_checkpoint(&mut self, checkpoint: Vec<u8>) {
+        self.commit_deferred();
+        let mut transaction = fatal(self.database.begin_write(), "beginning a checkpoint");
+        fatal(transaction.set_durability(Durability::Immediate), "setting durability");
+        {
+            let mut meta = fatal(transaction.open_table(META), "opening a table");
+            fatal(meta.insert(META_CHECKPOINT, checkpoint.as_slice()), "writing a checkpoint");
+        }
+        fatal(transaction.commit(), "committing a checkpoint");
+        self.last_durable_commit = std::time::Instant::now();
+        self.checkpoint = Some(checkpoint);
+        // A fresh view, so that the old one does not keep the pages of earlier commits in use.
+        self.committed = LedgerReadView::open(&self.database);
+    }
+
     /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
     pub fn commit_durably(&mut self) {
         self.durability = Durability::Immediate;
@@ -466,11 +497,11 @@ impl RedbLedgerStore {
         transaction.commit().map_err(|error| error.to_string())
     }
 
-    fn read_format(database: &Database) -> Result<Vec<u8>, String> {
+    fn read_meta(database: &Database, key: &str) -> Result<Option<Vec<u8>>, String> {
         let transaction = database.begin_read().map_err(|error| error.to_string())?;
         let meta = transaction.open_table(META).map_err(|error| error.to_string())?;
-        let format = meta.get(META_FORMAT).map_err(|error| error.to_string())?;
-        Ok(format.map(|guard| guard.value().to_vec()).unwrap_or_default())
+        let record = meta.get(key).map_err(|error| error.to_string())?;
+        Ok(record.map(|guard| guard.value().to_vec()))
     }
 
     fn assert_committed(&self) {

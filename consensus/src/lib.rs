@@ -9,7 +9,9 @@
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
 //!   the consensus record that says which log entry it applied; read views for snapshots.
 //! - [`log_store`]: the Raft log and vote on redb, fsynced before openraft acts on them.
-//! - [`raft_state_machine`]: the ledger as openraft's state machine, with file snapshots.
+//! - [`raft_state_machine`]: the ledger as openraft's state machine: checkpoints, and snapshot
+//!   files written when a peer needs one.
+//! - [`snapshot_data`]: a snapshot's bytes for openraft, written from a ledger view when first read.
 //! - [`network`]: openraft's RPCs over tonic gRPC, client and server.
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
@@ -19,6 +21,7 @@ pub mod ledger_store;
 pub mod log_store;
 pub mod network;
 pub mod raft_state_machine;
+pub mod snapshot_data;
 pub mod types;
 
 pub use ledger_store::{CACHE_BYTES_DEFAULT, LedgerReadView, LedgerStoreError, RedbLedgerStore};

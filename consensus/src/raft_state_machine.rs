@@ -14,16 +14,26 @@
 //! them ([`LedgerViews::wait_committed`]). Committing 16 batches together writes each account row
 //! and B-tree page once instead of 16 times (BENCHMARKS.md).
 //!
-//! A snapshot is one file: a short header with openraft's snapshot meta, followed by the ledger's
-//! own snapshot format. It is written from a read view of the ledger store, so applying goes on
-//! while it is built; it is installed into a fresh store file that replaces the old one by an atomic
-//! rename.
+//! Snapshots are checkpoints. When openraft (on the node's log-size policy) builds a snapshot, the
+//! replica commits what it applied in one durable commit that records the checkpoint's meta: from
+//! then on the store holds at least that state whatever happens, so the log behind it may be
+//! purged. No file is written: writing the whole ledger at every checkpoint halved a cluster's
+//! throughput for half a minute at a time (BENCHMARKS.md). The ledger is written to a file only
+//! when a peer needs it: `get_current_snapshot` hands out a snapshot at a new durable checkpoint,
+//! whose data ([`SnapshotData`]) writes the file from a read view when first read, so applying goes
+//! on meanwhile. Every meta handed to openraft names a durable state, and a file is reused only
+//! while it is at least as new as the last checkpoint, so a peer caught up from a file never needs
+//! log that was purged.
+//!
+//! A snapshot file is a short header with openraft's snapshot meta, followed by the ledger's own
+//! snapshot format, named after the snapshot's id. A received one is installed into a fresh store
+//! file that replaces the old one by an atomic rename, and kept for the next peer that needs it.
 
 use std::fs;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -35,6 +45,7 @@ use tokio::sync::watch;
 
 use crate::direct_io::DirectFileWriter;
 use crate::ledger_store::{LedgerReadView, RedbLedgerStore};
+use crate::snapshot_data::{SnapshotData, UnwrittenSnapshot};
 use crate::types::{
     ApplyResponse, ConsensusRecord, Entry, LogPayload, Membership, SnapshotMeta, StorageError, TypeConfig, decode,
     encode,
@@ -43,7 +54,10 @@ use crate::types::{
 const LEDGER_FILE: &str = "ledger.redb";
 const LEDGER_INSTALLING_FILE: &str = "ledger.installing.redb";
 const SNAPSHOT_DIRECTORY: &str = "snapshots";
-const CURRENT_SNAPSHOT: &str = "current.snapshot";
+/// Complete snapshot files end with this; files being written or received end otherwise and are
+/// removed at open.
+const SNAPSHOT_EXTENSION: &str = "snapshot";
+const PARTIAL_EXTENSION: &str = "partial";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TALLYRSN";
 /// The largest snapshot meta header accepted from a file (it holds a membership of a few nodes).
 const SNAPSHOT_META_BYTES_MAX: u32 = 1024 * 1024;
@@ -102,6 +116,23 @@ impl Applied {
             self.ledger_mut().storage_mut().commit_deferred();
             self.after_commit();
         }
+    }
+
+    /// Commits everything applied in one durable commit that records it as a checkpoint; returns
+    /// the checkpoint's meta and a view of exactly that state.
+    fn checkpoint(&mut self) -> (SnapshotMeta, LedgerReadView) {
+        self.commit_deferred();
+        let view = self.ledger().storage().read_view();
+        let meta = snapshot_meta(&view);
+        self.ledger_mut().storage_mut().commit_checkpoint(encode(&meta));
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "made a checkpoint");
+        (meta, view)
+    }
+
+    /// The meta of the last checkpoint, `None` before the first.
+    fn last_checkpoint(&self) -> Option<SnapshotMeta> {
+        let bytes = self.ledger().storage().checkpoint()?;
+        Some(decode(bytes, "checkpoint record").expect("the store holds a checkpoint it wrote"))
     }
 
     fn defer(&mut self, events: usize) {
@@ -217,6 +248,8 @@ pub struct LedgerStateMachine {
     received_snapshots: u64,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
+    /// The last snapshot handed out unwritten, shared with later readers while anyone holds it.
+    unwritten: Weak<UnwrittenSnapshot>,
     views: LedgerViews,
     /// The last decoded batch, kept so that the next one reuses its allocation.
     decoded: Batch,
@@ -233,7 +266,7 @@ impl LedgerStateMachine {
         remove_if_present(&directory.join(LEDGER_INSTALLING_FILE))?;
         for leftover in fs::read_dir(&snapshots).map_err(|error| error.to_string())? {
             let path = leftover.map_err(|error| error.to_string())?.path();
-            if path.file_name().is_some_and(|name| name != CURRENT_SNAPSHOT) {
+            if path.extension().is_none_or(|extension| extension != SNAPSHOT_EXTENSION) {
                 remove_if_present(&path)?;
             }
         }
@@ -243,16 +276,19 @@ impl LedgerStateMachine {
             Some(bytes) => decode(bytes, "consensus record").map_err(|error| error.to_string())?,
             None => ConsensusRecord::default(),
         };
-        // The store commits without fsync, so after a crash it may hold less than this replica's
-        // own snapshot, and the log behind that snapshot may be purged: start from the snapshot.
-        if let Some((meta, mut file)) = open_snapshot(&snapshots.join(CURRENT_SNAPSHOT))
-            .map_err(|error| format!("cannot read the current snapshot in {}: {error}", snapshots.display()))?
+        // A crash between installing a received snapshot and moving its store into place (or a
+        // data directory from before checkpoints) leaves the store behind this replica's newest
+        // snapshot file, and the log behind that may be purged: start from the snapshot.
+        if let Some((meta, path)) = newest_snapshot_file(&snapshots)
+            .map_err(|error| format!("cannot read the snapshots in {}: {error}", snapshots.display()))?
             && meta.last_log_id > record.applied
         {
+            let mut file = fs::File::open(&path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
             drop(store);
             record = install(directory, cache_bytes, &mut file, &meta)?;
             fs::rename(directory.join(LEDGER_INSTALLING_FILE), directory.join(LEDGER_FILE))
                 .map_err(|error| format!("cannot move the restored ledger into place: {error}"))?;
+            sync_directory(directory).map_err(|error| format!("cannot sync {}: {error}", directory.display()))?;
             store =
                 RedbLedgerStore::open(&directory.join(LEDGER_FILE), cache_bytes).map_err(|error| error.to_string())?;
             tracing::info!(
@@ -285,6 +321,7 @@ impl LedgerStateMachine {
             record,
             received_snapshots: 0,
             receiving: None,
+            unwritten: Weak::new(),
             decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
             defer_commits: false,
         })
@@ -296,9 +333,10 @@ impl LedgerStateMachine {
         self.defer_commits = true;
     }
 
-    /// The size of the replica's current snapshot in `directory` (0 when it has none).
-    pub fn current_snapshot_bytes(directory: &Path) -> u64 {
-        fs::metadata(directory.join(SNAPSHOT_DIRECTORY).join(CURRENT_SNAPSHOT)).map_or(0, |metadata| metadata.len())
+    /// The complete snapshot files of the replica whose data directory is `directory`: one at
+    /// most, but for a moment while a newer one replaces it.
+    pub fn snapshot_files(directory: &Path) -> io::Result<Vec<PathBuf>> {
+        complete_snapshot_files(&directory.join(SNAPSHOT_DIRECTORY))
     }
 
     /// Read views of this ledger that stay valid after the state machine moves into openraft.
@@ -371,72 +409,120 @@ fn read_snapshot_header(reader: &mut impl Read) -> io::Result<SnapshotMeta> {
     decode(&bytes, "snapshot meta").map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
-/// Writes a complete snapshot file: written under a temporary name, fsynced, then renamed.
-fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+/// Names the snapshot of the state a view holds: the same state always gets the same id.
+fn snapshot_meta(view: &LedgerReadView) -> SnapshotMeta {
+    let record = consensus_record(view);
+    let digest = tally_state_machine::digest::digest_hex(&view.meta_get().digest);
+    let snapshot_id = match record.applied {
+        Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, &digest[..16]),
+        None => format!("empty-{}", &digest[..16]),
+    };
+    SnapshotMeta { last_log_id: record.applied, last_membership: record.membership, snapshot_id }
+}
+
+/// Makes renames and removals in `directory` durable.
+fn sync_directory(directory: &Path) -> io::Result<()> {
+    fs::File::open(directory)?.sync_all()
+}
+
+/// Tells apart the partial files of writers that run at the same time.
+static PARTIAL_FILES: AtomicU64 = AtomicU64::new(0);
+
+fn partial_path(directory: &Path, what: &str) -> PathBuf {
+    let number = PARTIAL_FILES.fetch_add(1, Ordering::Relaxed);
+    directory.join(format!("{what}-{number}.{PARTIAL_EXTENSION}"))
+}
+
+/// The complete snapshot files in the snapshot folder `snapshots`, by name.
+fn complete_snapshot_files(snapshots: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(snapshots)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == SNAPSHOT_EXTENSION) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Moves a complete, fsynced snapshot file into place as `meta`'s file and removes the older
+/// ones (a reader still holding one keeps it open).
+fn publish_snapshot_file(directory: &Path, partial: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+    let complete = directory.join(format!("{}.{SNAPSHOT_EXTENSION}", meta.snapshot_id));
+    fs::rename(partial, &complete)?;
+    for older in complete_snapshot_files(directory)? {
+        if older != complete {
+            remove_if_present(&older).map_err(io::Error::other)?;
+        }
+    }
+    sync_directory(directory)?;
+    Ok(complete)
+}
+
+/// Writes a complete snapshot file of `view` (whose state `meta` names) and returns its path.
+pub(crate) fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta: &SnapshotMeta) -> io::Result<PathBuf> {
     let started = Instant::now();
-    let building = directory.join(format!("building-{}.snapshot", meta.snapshot_id));
-    // Around the page cache: the file is written once and read again only to catch a replica up.
-    let mut out = DirectFileWriter::create(&building)?;
-    let header = encode(meta);
-    out.write_all(SNAPSHOT_MAGIC)?;
-    out.write_all(&u32::try_from(header.len()).expect("a small header").to_le_bytes())?;
-    out.write_all(&header)?;
-    let summary = tally_state_machine::snapshot::write_snapshot(view, &mut out)?;
-    out.finish()?;
-    let current = directory.join(CURRENT_SNAPSHOT);
-    fs::rename(&building, &current)?;
+    let partial = partial_path(directory, "building");
+    let written = (|| {
+        // Around the page cache: the file is written once and read again only to catch a peer up.
+        let mut out = DirectFileWriter::create(&partial)?;
+        let header = encode(meta);
+        out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&u32::try_from(header.len()).expect("a small header").to_le_bytes())?;
+        out.write_all(&header)?;
+        let summary = tally_state_machine::snapshot::write_snapshot(view, &mut out)?;
+        out.finish()?;
+        Ok(summary)
+    })();
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(error) => {
+            // A full disk, say: leave no partial file behind to make it fuller.
+            let _ = fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    let complete = publish_snapshot_file(directory, &partial, meta)?;
     tracing::info!(
         snapshot = %meta.snapshot_id,
         bytes = summary.bytes,
         transfers = summary.transfers,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        "built a snapshot"
+        "wrote a snapshot file for a peer"
     );
-    Ok(current)
+    Ok(complete)
 }
 
-fn open_snapshot(path: &Path) -> io::Result<Option<(SnapshotMeta, fs::File)>> {
-    let mut file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    let meta = read_snapshot_header(&mut BufReader::new(&mut file))?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(Some((meta, file)))
+/// The newest complete snapshot file in `directory` (by the log id it covers), with its meta.
+fn newest_snapshot_file(directory: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    let mut newest: Option<(SnapshotMeta, PathBuf)> = None;
+    for path in complete_snapshot_files(directory)? {
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            // Replaced by a newer one meanwhile.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        let meta = read_snapshot_header(&mut BufReader::new(file))
+            .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+        if newest.as_ref().is_none_or(|(newest, _)| meta.last_log_id > newest.last_log_id) {
+            newest = Some((meta, path));
+        }
+    }
+    Ok(newest)
 }
 
-/// Builds snapshots from a read view taken when openraft asked for a builder.
+/// Hands openraft the checkpoint a builder was made at; the file is written only if read.
 #[derive(Debug)]
 pub struct LedgerSnapshotBuilder {
-    view: Option<LedgerReadView>,
-    directory: PathBuf,
+    checkpoint: Option<Arc<UnwrittenSnapshot>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let view = self.view.take().expect("a builder builds one snapshot");
-        let directory = self.directory.clone();
-        let written = tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, PathBuf), String> {
-            let record: ConsensusRecord = match view.consensus_state() {
-                Some(bytes) => decode(bytes, "consensus record").map_err(|error| error.to_string())?,
-                None => ConsensusRecord::default(),
-            };
-            let digest = tally_state_machine::digest::digest_hex(&view.meta_get().digest);
-            let snapshot_id = match record.applied {
-                Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, &digest[..16]),
-                None => format!("empty-{}", &digest[..16]),
-            };
-            let meta = SnapshotMeta { last_log_id: record.applied, last_membership: record.membership, snapshot_id };
-            let path = write_snapshot_file(&directory, &view, &meta).map_err(|error| error.to_string())?;
-            Ok((meta, path))
-        });
-        let (meta, path) = written
-            .await
-            .map_err(|error| snapshot_error(ErrorVerb::Write, error))?
-            .map_err(|error| snapshot_error(ErrorVerb::Write, error))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|error| snapshot_error(ErrorVerb::Read, error))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        let checkpoint = self.checkpoint.take().expect("a builder builds one snapshot");
+        Ok(Snapshot { meta: checkpoint.meta.clone(), snapshot: Box::new(SnapshotData::unwritten(checkpoint)) })
     }
 }
 
@@ -489,18 +575,18 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> LedgerSnapshotBuilder {
-        // A snapshot covers everything applied: openraft may purge the log up to it.
-        let view = crate::blocking::blocking(|| {
-            let mut applied = self.views.applied.lock().expect("the ledger lock is never poisoned");
-            applied.commit_deferred();
-            applied.ledger().storage().read_view()
+        // The checkpoint covers everything applied: openraft may purge the log up to it.
+        let (meta, view) = crate::blocking::blocking(|| {
+            self.views.applied.lock().expect("the ledger lock is never poisoned").checkpoint()
         });
-        LedgerSnapshotBuilder { view: Some(view), directory: self.snapshots() }
+        let checkpoint = UnwrittenSnapshot::new(meta, view, self.snapshots());
+        self.unwritten = Arc::downgrade(&checkpoint);
+        LedgerSnapshotBuilder { checkpoint: Some(checkpoint) }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         self.received_snapshots += 1;
-        let path = self.snapshots().join(format!("receiving-{}.snapshot", self.received_snapshots));
+        let path = partial_path(&self.snapshots(), &format!("receiving-{}", self.received_snapshots));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -512,15 +598,12 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         if let Some(abandoned) = self.receiving.replace(path) {
             remove_if_present(&abandoned).map_err(|error| snapshot_error(ErrorVerb::Delete, error))?;
         }
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::file(file)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
-        let mut file = snapshot.into_std().await;
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
+        let file = snapshot.into_file().await.map_err(|error| snapshot_error(ErrorVerb::Read, error))?;
+        let mut file = file.into_std().await;
         let directory = self.directory.clone();
         let cache_bytes = self.cache_bytes;
         let expected = meta.clone();
@@ -535,6 +618,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         drop(applied.ledger.take());
         let rename = fs::rename(self.directory.join(LEDGER_INSTALLING_FILE), self.directory.join(LEDGER_FILE));
         rename.map_err(|error| state_machine_error(ErrorVerb::Write, error))?;
+        sync_directory(&self.directory).map_err(|error| state_machine_error(ErrorVerb::Write, error))?;
         let mut store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
         store.defer_commits();
@@ -551,12 +635,34 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let path = self.snapshots().join(CURRENT_SNAPSHOT);
-        let opened = tokio::task::spawn_blocking(move || open_snapshot(&path))
-            .await
-            .map_err(|error| snapshot_error(ErrorVerb::Read, error))?
-            .map_err(|error| snapshot_error(ErrorVerb::Read, error))?;
-        Ok(opened.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+        let snapshots = self.snapshots();
+        let shared = Arc::clone(&self.views.applied);
+        let shared_unwritten = &mut self.unwritten;
+        let current = crate::blocking::blocking(|| -> io::Result<Option<Snapshot<TypeConfig>>> {
+            let mut applied = shared.lock().expect("the ledger lock is never poisoned");
+            let Some(checkpoint) = applied.last_checkpoint() else { return Ok(None) };
+            // A snapshot being written for the last checkpoint: share its file.
+            if let Some(unwritten) = shared_unwritten.upgrade()
+                && unwritten.meta.last_log_id >= checkpoint.last_log_id
+            {
+                let meta = unwritten.meta.clone();
+                return Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::unwritten(unwritten)) }));
+            }
+            // A file at least as new as the last checkpoint.
+            if let Some((meta, path)) = newest_snapshot_file(&snapshots)?
+                && meta.last_log_id >= checkpoint.last_log_id
+            {
+                let file = tokio::fs::File::from_std(fs::File::open(path)?);
+                return Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::file(file)) }));
+            }
+            // Otherwise a new checkpoint at what is applied now, written to a file when read.
+            let (meta, view) = applied.checkpoint();
+            let unwritten = UnwrittenSnapshot::new(meta.clone(), view, snapshots.clone());
+            *shared_unwritten = Arc::downgrade(&unwritten);
+            Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::unwritten(unwritten)) }))
+        })
+        .map_err(|error| snapshot_error(ErrorVerb::Read, error))?;
+        Ok(current)
     }
 }
 
@@ -584,14 +690,16 @@ fn install(
         StateMachine::restore_snapshot(store, reader).map_err(|error| format!("snapshot refused: {error}"))?;
     let record = ConsensusRecord { applied: meta.last_log_id, membership: meta.last_membership.clone() };
     ledger.storage_mut().commit_consensus_state(encode(&record));
+    // Durable before the store moves into place: the log behind the snapshot may be gone.
+    ledger.storage_mut().commit_checkpoint(encode(&meta));
     drop(ledger);
-    // Keep the received file as this replica's current snapshot, for the next lagging peer.
+    // Keep the received file for the next lagging peer.
     file.seek(SeekFrom::Start(0)).map_err(|error| error.to_string())?;
     let snapshots = directory.join(SNAPSHOT_DIRECTORY);
-    let copy = snapshots.join(format!("installed-{}.snapshot", meta.snapshot_id));
+    let copy = partial_path(&snapshots, "installed");
     let mut out = fs::File::create(&copy).map_err(|error| error.to_string())?;
     io::copy(file, &mut out).map_err(|error| error.to_string())?;
     out.sync_all().map_err(|error| error.to_string())?;
-    fs::rename(&copy, snapshots.join(CURRENT_SNAPSHOT)).map_err(|error| error.to_string())?;
+    publish_snapshot_file(&snapshots, &copy, &meta).map_err(|error| error.to_string())?;
     Ok(record)
 }

@@ -1,5 +1,5 @@
 //! The ledger as openraft's state machine: batches applied through log entries, state that survives
-//! a restart, and snapshots that move a whole ledger to a fresh replica.
+//! a restart, checkpoints, and snapshots that move a whole ledger to a fresh replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tally_consensus::types::{ApplyResponse, Entry, LogPayload, PeerNode};
 use tally_state_machine::codec::encode_batch;
 use tally_state_machine::storage::suite::reference_batches;
 use tally_state_machine::{Batch, ResultCode, StateMachine, StorageRead};
+use tokio::io::AsyncReadExt;
 
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -179,8 +180,89 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
     );
 }
 
+async fn read_to_end(mut data: Box<tally_consensus::snapshot_data::SnapshotData>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    data.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
 #[tokio::test]
-async fn a_store_left_behind_its_own_snapshot_is_restored_from_it_at_open() {
+async fn a_checkpoint_writes_no_file_and_a_peer_that_reads_the_snapshot_gets_one_shared_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut entries = entries();
+    let tail = entries.split_off(4);
+    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    assert!(machine.get_current_snapshot().await.unwrap().is_none(), "no snapshot before the first checkpoint");
+    machine.apply(entries).await.unwrap();
+    let checkpoint = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(checkpoint.meta.last_log_id, Some(log_id(4)));
+    drop(checkpoint.snapshot);
+    let files = || LedgerStateMachine::snapshot_files(directory.path()).unwrap();
+    assert!(files().is_empty(), "a checkpoint writes no snapshot file: {:?}", files());
+
+    // Later entries: a peer that needs the ledger gets it as applied now, at a new checkpoint.
+    let last = tail.last().unwrap().log_id;
+    machine.apply(tail).await.unwrap();
+    let first = machine.get_current_snapshot().await.unwrap().expect("a snapshot after a checkpoint");
+    let second = machine.get_current_snapshot().await.unwrap().expect("a snapshot after a checkpoint");
+    assert_eq!(first.meta.last_log_id, Some(last));
+    assert_eq!(second.meta, first.meta, "readers at the same time share one snapshot");
+    assert!(files().is_empty(), "written only when read");
+    let (first_bytes, second_bytes) = tokio::join!(read_to_end(first.snapshot), read_to_end(second.snapshot));
+    assert_eq!(first_bytes, second_bytes);
+    assert_eq!(files().len(), 1, "one file for both readers");
+
+    // The file serves the next peer as long as no newer checkpoint was made.
+    let again = machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(again.meta, first.meta);
+    assert_eq!(read_to_end(again.snapshot).await, first_bytes);
+
+    // It restores to the ledger the machine holds.
+    let target_directory = tempfile::tempdir().unwrap();
+    let mut target = LedgerStateMachine::open(target_directory.path(), CACHE_BYTES).unwrap();
+    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut receiving, &first_bytes).await.unwrap();
+    target.install_snapshot(&first.meta, receiving).await.unwrap();
+    assert_eq!(target.with_ledger(snapshot_bytes), machine.with_ledger(snapshot_bytes));
+
+    // A checkpoint survives a restart: the reopened replica still has a snapshot to offer, at
+    // least as new as the checkpoint.
+    drop(machine);
+    let mut reopened = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    let offered = reopened.get_current_snapshot().await.unwrap().expect("the checkpoint survives a restart");
+    assert_eq!(offered.meta, first.meta);
+}
+
+#[tokio::test]
+async fn a_snapshot_is_written_by_the_senders_first_seek_and_read_from_offsets() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
+    machine.apply(entries()).await.unwrap();
+    machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = machine.get_current_snapshot().await.unwrap().unwrap();
+    // openraft's sender: seek to the end for the size, then read chunks from offsets.
+    let mut data = snapshot.snapshot;
+    let size = tokio::io::AsyncSeekExt::seek(&mut data, std::io::SeekFrom::End(0)).await.unwrap();
+    assert_eq!(LedgerStateMachine::snapshot_files(directory.path()).unwrap().len(), 1);
+    let mut sent = Vec::new();
+    for offset in (0..size).step_by(1000) {
+        tokio::io::AsyncSeekExt::seek(&mut data, std::io::SeekFrom::Start(offset)).await.unwrap();
+        let mut chunk = vec![0u8; usize::try_from((size - offset).min(1000)).unwrap()];
+        data.read_exact(&mut chunk).await.unwrap();
+        sent.extend(chunk);
+    }
+    assert_eq!(u64::try_from(sent.len()).unwrap(), size);
+
+    let target_directory = tempfile::tempdir().unwrap();
+    let mut target = LedgerStateMachine::open(target_directory.path(), CACHE_BYTES).unwrap();
+    let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut receiving, &sent).await.unwrap();
+    target.install_snapshot(&snapshot.meta, receiving).await.unwrap();
+    assert_eq!(target.with_ledger(snapshot_bytes), snapshot_bytes(&reference_ledger()));
+}
+
+#[tokio::test]
+async fn a_store_left_behind_its_newest_snapshot_file_is_restored_from_it_at_open() {
     let directory = tempfile::tempdir().unwrap();
     let reference = reference_ledger();
     let entries = entries();
@@ -197,9 +279,10 @@ async fn a_store_left_behind_its_own_snapshot_is_restored_from_it_at_open() {
         let mut builder = machine.get_snapshot_builder().await;
         let snapshot = builder.build_snapshot().await.unwrap();
         assert_eq!(snapshot.meta.last_log_id, Some(last));
+        read_to_end(snapshot.snapshot).await; // a peer reads it: the file is written
     }
-    // What a crash leaves when the store's last durable commit came before the snapshot (and the
-    // log behind the snapshot may be purged): an older store beside a newer snapshot.
+    // What a crash between installing a received snapshot and moving its store into place leaves
+    // (the log behind the snapshot may be purged): an older store beside a newer snapshot file.
     std::fs::rename(&behind, &ledger_file).unwrap();
     let mut reopened = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     assert_eq!(reopened.applied_state().await.unwrap().0, Some(last), "restored up to the snapshot");

@@ -59,11 +59,10 @@ pub struct RaftSettings {
     /// Build a snapshot after this many entries since the last one...
     pub snapshot_after_entries: u64,
     /// ...or after this many bytes of entries, whichever comes first (entries range from one
-    /// transfer to a full batch of about 1 MiB, so the bytes are what bounds the log on disk).
-    /// Either way the log must also have grown by the size of the current snapshot, so that
-    /// snapshots of a large ledger are not rewritten for a small log (`server::snapshot_due`): the
-    /// log then holds at most the larger of this and the snapshot's size, plus
-    /// `log_entries_kept_after_snapshot` entries.
+    /// transfer to a full batch of about 1 MiB, so the bytes are what bounds the log on disk: at
+    /// most this plus `log_entries_kept_after_snapshot` entries). A snapshot is a checkpoint, one
+    /// durable commit of the ledger store; the ledger is written to a file only when a peer needs
+    /// it (`server::snapshot_due`, `raft_state_machine`).
     pub snapshot_after_log_bytes: u64,
     /// Log entries kept behind a snapshot, so briefly absent replicas catch up from the log.
     pub log_entries_kept_after_snapshot: u64,

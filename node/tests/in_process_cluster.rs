@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tally_consensus::raft_state_machine::LedgerStateMachine;
 use tally_node::NodeConfig;
 use tally_node::config::{GroupCommitSettings, Limits, Member, RaftSettings, StorageSettings};
 use tally_proto::v1 as wire;
@@ -239,26 +240,32 @@ async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
     // here, the byte limit does after a handful of requests.
     let raft = RaftSettings { snapshot_after_log_bytes: 64 * 1024, ..RaftSettings::default() };
     let cluster = start_cluster_with(1, raft).await;
-    let snapshot = cluster.directory.path().join("node-1/snapshots/current.snapshot");
+    let snapshot_index = || async {
+        let metrics = reqwest_like_get(&cluster.metrics_addresses[0], "/metrics").await;
+        let line = metrics.lines().find(|line| line.starts_with("tally_snapshot_index ")).map(str::to_owned);
+        line.map_or(0.0, |line| line["tally_snapshot_index ".len()..].trim().parse::<f64>().unwrap())
+    };
     let mut client = ledger_with_two_accounts(&cluster).await;
     for request in 0..3 {
         assert_eq!(hundred_transfers(&mut client, request).await, ok_codes(100));
     }
     // 300 transfers: about 40 KB of log, under the limit.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(!snapshot.exists(), "a snapshot before the log reached the limit");
+    assert_eq!(snapshot_index().await, 0.0, "a snapshot before the log reached the limit");
     for request in 3..8 {
         assert_eq!(hundred_transfers(&mut client, request).await, ok_codes(100));
     }
     let mut built = false;
     for _ in 0..100 {
-        if snapshot.exists() {
+        if snapshot_index().await > 0.0 {
             built = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(built, "no snapshot after the log grew past raft.snapshot_after_log_bytes");
+    let files = LedgerStateMachine::snapshot_files(&cluster.directory.path().join("node-1")).unwrap();
+    assert!(files.is_empty(), "the snapshot is a checkpoint; no peer asked for a file: {files:?}");
     cluster.stop().await;
 }
 
