@@ -8,6 +8,14 @@
 //!
 //! The commit index is the exception: openraft may lose it (it then re-learns it from the leader),
 //! so it is written without fsync and made durable by the next append.
+//!
+//! Purging records the purge point durably and returns; a background thread then deletes the
+//! entries behind it a few at a time. redb reads every page it deletes, and a purge after a
+//! checkpoint covers hundreds of 1 MiB entries written around the page cache: deleted in one
+//! transaction, they held the log's only writer (and openraft's core, which awaits `purge`) for
+//! about two seconds on every replica at once, and the cluster stopped (BENCHMARKS.md). Readers
+//! never see an entry at or below the purge point, deleted yet or not; after a crash the deletion
+//! resumes from the recorded point.
 
 #![allow(
     clippy::result_large_err,
@@ -17,8 +25,10 @@
 use std::fmt::{Debug, Display};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -35,6 +45,19 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 /// made every replica's memory grow by the log's whole size.
 pub const LOG_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 
+/// Entries the background purge deletes per transaction (at most ~1 MiB each): few enough that an
+/// append waits milliseconds for the writer, not seconds.
+const PURGE_ENTRIES_PER_TRANSACTION: u64 = 8;
+/// The pace of the background purge, in bytes of entries deleted per second. redb reads every page
+/// it deletes: deleting 512 MiB of entries at full speed on all seven replicas at once saturated
+/// this machine's disk for two seconds, and the fsyncs of appends queued behind the reads. At this
+/// pace a purge of 512 MiB takes 16 s, and the log grows by 512 MiB in about 40 s at full load.
+const PURGE_BYTES_PER_SECOND: u64 = 32 * 1024 * 1024;
+/// The least pause between two purge transactions, which lets appends take the writer in between.
+const PURGE_PAUSE_MIN: Duration = Duration::from_millis(2);
+/// The pause after a purge transaction failed, before the thread tries again.
+const PURGE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
@@ -43,6 +66,121 @@ const LAST_PURGED: &str = "last_purged";
 pub struct RedbLogStore {
     database: Arc<Database>,
     appended: AppendedBytes,
+    /// Entries with an index below this are purged, whether deleted yet or not.
+    purged_below: Arc<AtomicU64>,
+    purger: Arc<Purger>,
+}
+
+/// The background thread that deletes purged entries, and what it is asked to delete.
+#[derive(Debug)]
+struct Purger {
+    request: Arc<PurgeRequest>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct PurgeRequest {
+    state: Mutex<PurgeState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PurgeState {
+    /// Delete every entry with an index up to this, inclusive.
+    up_to: Option<u64>,
+    stopped: bool,
+}
+
+impl Purger {
+    fn start(database: Weak<Database>) -> Result<Purger, String> {
+        let request = Arc::new(PurgeRequest::default());
+        let shared = Arc::clone(&request);
+        let thread = std::thread::Builder::new()
+            .name("raft-log-purge".into())
+            .spawn(move || delete_purged_entries(&database, &shared))
+            .map_err(|error| format!("cannot start the log's purge thread: {error}"))?;
+        Ok(Purger { request, thread: Some(thread) })
+    }
+
+    fn delete_up_to(&self, index: u64) {
+        let mut state = self.request.state.lock().expect("the purge lock is never poisoned");
+        state.up_to = Some(state.up_to.map_or(index, |up_to| up_to.max(index)));
+        self.request.changed.notify_one();
+    }
+}
+
+impl Drop for Purger {
+    fn drop(&mut self) {
+        self.request.state.lock().expect("the purge lock is never poisoned").stopped = true;
+        self.request.changed.notify_one();
+        // Joined, so that the database is closed once the last store handle is gone.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The purge thread: deletes what is asked, a few entries per transaction, until stopped.
+fn delete_purged_entries(database: &Weak<Database>, request: &PurgeRequest) {
+    loop {
+        let up_to = {
+            let mut state = request.state.lock().expect("the purge lock is never poisoned");
+            while !state.stopped && state.up_to.is_none() {
+                state = request.changed.wait(state).expect("the purge lock is never poisoned");
+            }
+            if state.stopped {
+                return;
+            }
+            state.up_to.expect("woken with a request")
+        };
+        let Some(database) = database.upgrade() else { return };
+        let deleted = delete_some_entries(&database, up_to);
+        drop(database);
+        match deleted {
+            Ok(Some(bytes)) => {
+                let paced = Duration::from_secs_f64(bytes as f64 / PURGE_BYTES_PER_SECOND as f64);
+                std::thread::sleep(paced.max(PURGE_PAUSE_MIN));
+            }
+            Ok(None) => {
+                let mut state = request.state.lock().expect("the purge lock is never poisoned");
+                if state.up_to == Some(up_to) {
+                    state.up_to = None;
+                }
+            }
+            Err(error) => {
+                // The entries stay, unseen by readers, until a later try deletes them.
+                tracing::warn!(%error, up_to, "cannot delete purged log entries; trying again");
+                std::thread::sleep(PURGE_RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+/// Deletes up to [`PURGE_ENTRIES_PER_TRANSACTION`] of the oldest entries, none above `up_to`.
+/// Returns the bytes deleted when more are left to delete, `None` when done. Not fsynced: the next
+/// append makes it durable, and after a crash the purge point recorded in the log tells what to
+/// delete again.
+fn delete_some_entries(database: &Database, up_to: u64) -> Result<Option<u64>, redb::Error> {
+    let mut transaction = database.begin_write()?;
+    transaction.set_durability(Durability::None)?;
+    let more = {
+        let mut table = transaction.open_table(LOG)?;
+        let first = table.first()?.map(|(index, _)| index.value());
+        match first {
+            Some(first) if first <= up_to => {
+                let last = up_to.min(first + PURGE_ENTRIES_PER_TRANSACTION - 1);
+                let mut bytes = 0u64;
+                table.retain_in(first..=last, |_, value| {
+                    bytes += value.len() as u64;
+                    false
+                })?;
+                (last < up_to).then_some(bytes)
+            }
+            _ => None,
+        }
+    };
+    transaction.commit()?;
+    Ok(more)
 }
 
 /// Bytes of entries appended to the log since it was opened, so that the node can take a snapshot
@@ -81,7 +219,22 @@ impl RedbLogStore {
         transaction.open_table(LOG).map_err(|error| error.to_string())?;
         transaction.open_table(STATE).map_err(|error| error.to_string())?;
         transaction.commit().map_err(|error| error.to_string())?;
-        Ok(RedbLogStore { database: Arc::new(database), appended: AppendedBytes::default() })
+        let database = Arc::new(database);
+        let purger = Purger::start(Arc::downgrade(&database))?;
+        let store = RedbLogStore {
+            database,
+            appended: AppendedBytes::default(),
+            purged_below: Arc::new(AtomicU64::new(0)),
+            purger: Arc::new(purger),
+        };
+        // Entries a crash left behind the purge point are deleted again.
+        let last_purged: Option<LogIdOf> =
+            store.read_state(LAST_PURGED, ErrorSubject::Logs).map_err(|error| error.to_string())?;
+        if let Some(last_purged) = last_purged {
+            store.purged_below.store(last_purged.index + 1, Ordering::Release);
+            store.purger.delete_up_to(last_purged.index);
+        }
+        Ok(store)
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(
@@ -128,22 +281,14 @@ impl RedbLogStore {
         Ok(Some(entry.log_id))
     }
 
-    /// Removes the entries with indexes in `range`, recording `last_purged` first when purging.
-    fn remove_entries(
-        &self,
-        range: (Bound<u64>, Bound<u64>),
-        last_purged: Option<&LogIdOf>,
-    ) -> Result<(), StorageError> {
+    /// Removes the entries with indexes from `index` on.
+    fn remove_entries_from(&self, index: u64) -> Result<(), StorageError> {
         let failed = logs_error(ErrorVerb::Delete);
         let mut transaction = self.database.begin_write().map_err(|error| failed(&error))?;
         transaction.set_durability(Durability::Immediate).map_err(|error| failed(&error))?;
         {
-            if let Some(log_id) = last_purged {
-                let mut state = transaction.open_table(STATE).map_err(|error| failed(&error))?;
-                state.insert(LAST_PURGED, encode(log_id).as_slice()).map_err(|error| failed(&error))?;
-            }
             let mut table = transaction.open_table(LOG).map_err(|error| failed(&error))?;
-            table.retain_in(range, |_, _| false).map_err(|error| failed(&error))?;
+            table.retain_in(index.., |_, _| false).map_err(|error| failed(&error))?;
         }
         transaction.commit().map_err(|error| failed(&error))
     }
@@ -157,7 +302,15 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         let failed = logs_error(ErrorVerb::Read);
         let transaction = self.database.begin_read().map_err(|error| failed(&error))?;
         let table = transaction.open_table(LOG).map_err(|error| failed(&error))?;
-        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Purged entries the purge thread has not deleted yet are not there for readers.
+        let purged_below = self.purged_below.load(Ordering::Acquire);
+        let start = match range.start_bound().cloned() {
+            Bound::Included(start) => Bound::Included(start.max(purged_below)),
+            Bound::Excluded(start) if start < purged_below => Bound::Included(purged_below),
+            Bound::Excluded(start) => Bound::Excluded(start),
+            Bound::Unbounded => Bound::Included(purged_below),
+        };
+        let bounds = (start, range.end_bound().cloned());
         let mut entries = Vec::new();
         for item in table.range(bounds).map_err(|error| failed(&error))? {
             let (_, bytes) = item.map_err(|error| failed(&error))?;
@@ -172,7 +325,11 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogIdOf> = self.read_state(LAST_PURGED, ErrorSubject::Logs)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        // The last entry may be one the purge thread has not deleted yet.
+        let last_log_id = match (self.last_entry_log_id()?, last_purged_log_id) {
+            (Some(last), Some(purged)) if last.index <= purged.index => Some(purged),
+            (last, purged) => last.or(purged),
+        };
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -222,12 +379,91 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogIdOf) -> Result<(), StorageError> {
-        crate::blocking::blocking(|| self.remove_entries((Bound::Included(log_id.index), Bound::Unbounded), None))
+        crate::blocking::blocking(|| self.remove_entries_from(log_id.index))
     }
 
     async fn purge(&mut self, log_id: LogIdOf) -> Result<(), StorageError> {
+        // The purge point is durable before openraft goes on; the entries go in the background.
         crate::blocking::blocking(|| {
-            self.remove_entries((Bound::Unbounded, Bound::Included(log_id.index)), Some(&log_id))
-        })
+            self.write_state(LAST_PURGED, &log_id, ErrorSubject::Logs, Durability::Immediate)
+        })?;
+        self.purged_below.fetch_max(log_id.index + 1, Ordering::AcqRel);
+        self.purger.delete_up_to(log_id.index);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        // About 64 KiB, so that the purge spans many pages.
+        let payload = crate::types::LogPayload::Batch(vec![u8::try_from(index % 251).unwrap(); 64 * 1024]);
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(payload) }
+    }
+
+    /// Writes entries straight into the table (openraft's append callback cannot be made outside
+    /// openraft).
+    fn write_entries(store: &RedbLogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let transaction = store.database.begin_write().unwrap();
+        {
+            let mut table = transaction.open_table(LOG).unwrap();
+            for index in indexes {
+                table.insert(index, encode(&entry(index)).as_slice()).unwrap();
+            }
+        }
+        transaction.commit().unwrap();
+    }
+
+    fn stored_indexes(store: &RedbLogStore) -> Vec<u64> {
+        let transaction = store.database.begin_read().unwrap();
+        let table = transaction.open_table(LOG).unwrap();
+        table.iter().unwrap().map(|item| item.unwrap().0.value()).collect()
+    }
+
+    fn wait_until_stored(store: &RedbLogStore, expected: &[u64]) {
+        for _ in 0..500 {
+            if stored_indexes(store) == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the log still holds {:?}, not {expected:?}", stored_indexes(store));
+    }
+
+    #[tokio::test]
+    async fn purged_entries_are_never_read_and_are_deleted_in_the_background_even_after_a_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("raft-log.redb");
+        let mut store = RedbLogStore::open(&path, LOG_CACHE_BYTES_DEFAULT).unwrap();
+        write_entries(&store, 1..=100);
+        store.purge(entry(60).log_id).await.unwrap();
+
+        // At once, whatever the thread has deleted so far.
+        let indexes = |entries: Vec<Entry>| entries.iter().map(|entry| entry.log_id.index).collect::<Vec<_>>();
+        assert_eq!(indexes(store.try_get_log_entries(..).await.unwrap()), (61..=100).collect::<Vec<_>>());
+        assert_eq!(indexes(store.try_get_log_entries(10..70).await.unwrap()), (61..70).collect::<Vec<_>>());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|log_id| log_id.index), Some(60));
+        assert_eq!(state.last_log_id.map(|log_id| log_id.index), Some(100));
+        wait_until_stored(&store, &(61..=100).collect::<Vec<_>>());
+
+        // Purging everything: the last log id is the purge point.
+        store.purge(entry(100).log_id).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|log_id| log_id.index), Some(100));
+        assert!(store.try_get_log_entries(..).await.unwrap().is_empty());
+
+        // Entries a crash left behind the purge point (here written back by hand) are deleted
+        // when the log is opened again.
+        wait_until_stored(&store, &[]);
+        write_entries(&store, 95..=105);
+        drop(store);
+        let mut reopened = RedbLogStore::open(&path, LOG_CACHE_BYTES_DEFAULT).unwrap();
+        assert_eq!(indexes(reopened.try_get_log_entries(..).await.unwrap()), (101..=105).collect::<Vec<_>>());
+        wait_until_stored(&reopened, &(101..=105).collect::<Vec<_>>());
     }
 }
