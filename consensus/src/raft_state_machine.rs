@@ -460,8 +460,14 @@ fn publish_snapshot_file(directory: &Path, partial: &Path, meta: &SnapshotMeta) 
     Ok(complete)
 }
 
-/// Writes a complete snapshot file of `view` (whose state `meta` names) and returns its path.
-pub(crate) fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+/// Writes a complete snapshot file of `view` (whose state `meta` names); returns its path and a
+/// handle opened before it was moved into place (so that a newer file replacing it at once cannot
+/// take it from the caller).
+pub(crate) fn write_snapshot_file(
+    directory: &Path,
+    view: &LedgerReadView,
+    meta: &SnapshotMeta,
+) -> io::Result<(PathBuf, fs::File)> {
     let started = Instant::now();
     let partial = partial_path(directory, "building");
     let written = (|| {
@@ -473,10 +479,10 @@ pub(crate) fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta:
         out.write_all(&header)?;
         let summary = tally_state_machine::snapshot::write_snapshot(view, &mut out)?;
         out.finish()?;
-        Ok(summary)
+        Ok((summary, fs::File::open(&partial)?))
     })();
-    let summary = match written {
-        Ok(summary) => summary,
+    let (summary, file) = match written {
+        Ok(written) => written,
         Err(error) => {
             // A full disk, say: leave no partial file behind to make it fuller.
             let _ = fs::remove_file(&partial);
@@ -491,7 +497,7 @@ pub(crate) fn write_snapshot_file(directory: &Path, view: &LedgerReadView, meta:
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         "wrote a snapshot file for a peer"
     );
-    Ok(complete)
+    Ok((complete, file))
 }
 
 /// The newest complete snapshot file in `directory` (by the log id it covers), with its meta.

@@ -169,7 +169,25 @@ pub(crate) struct UnwrittenSnapshot {
     /// The view to write; released once the file is written, so that redb may reuse the pages it
     /// holds.
     view: Mutex<Option<LedgerReadView>>,
-    written: OnceCell<PathBuf>,
+    /// The written file, kept open: a newer snapshot's file may replace it on disk while readers
+    /// of this one still start.
+    written: OnceCell<WrittenFile>,
+}
+
+struct WrittenFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl WrittenFile {
+    /// A handle of the reader's own (its own file offset) on the written file, even if a newer
+    /// snapshot's file has replaced it on disk since: Linux reopens a file, removed or not,
+    /// through its descriptor in `/proc/self/fd`.
+    fn reopen(&self) -> io::Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let descriptor = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        std::fs::File::open(descriptor).or_else(|_| std::fs::File::open(&self.path))
+    }
 }
 
 impl fmt::Debug for UnwrittenSnapshot {
@@ -186,22 +204,22 @@ impl UnwrittenSnapshot {
     /// Writes the file (once, whoever asks first) and opens it for this reader.
     async fn open(self: Arc<Self>) -> io::Result<tokio::fs::File> {
         let writer = Arc::clone(&self);
-        let path = self
+        let written = self
             .written
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || writer.write()).await.map_err(io::Error::other)?
             })
             .await?;
-        tokio::fs::File::open(path).await
+        Ok(tokio::fs::File::from_std(written.reopen()?))
     }
 
-    fn write(&self) -> io::Result<PathBuf> {
+    fn write(&self) -> io::Result<WrittenFile> {
         let mut view = self.view.lock().expect("the snapshot view lock is never poisoned");
-        let written = {
+        let (path, file) = {
             let view = view.as_ref().expect("the view is released only after the file is written");
             crate::raft_state_machine::write_snapshot_file(&self.directory, view, &self.meta)?
         };
         *view = None;
-        Ok(written)
+        Ok(WrittenFile { path, file })
     }
 }

@@ -208,14 +208,13 @@ async fn a_checkpoint_writes_no_file_and_a_peer_that_reads_the_snapshot_gets_one
     assert_eq!(first.meta.last_log_id, Some(last));
     assert_eq!(second.meta, first.meta, "readers at the same time share one snapshot");
     assert!(files().is_empty(), "written only when read");
-    let (first_bytes, second_bytes) = tokio::join!(read_to_end(first.snapshot), read_to_end(second.snapshot));
-    assert_eq!(first_bytes, second_bytes);
-    assert_eq!(files().len(), 1, "one file for both readers");
-
-    // The file serves the next peer as long as no newer checkpoint was made.
-    let again = machine.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(again.meta, first.meta);
-    assert_eq!(read_to_end(again.snapshot).await, first_bytes);
+    let (first_bytes, first_again) = tokio::join!(read_to_end(first.snapshot), async {
+        let again = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(again.meta, first.meta);
+        read_to_end(again.snapshot).await
+    });
+    assert_eq!(first_again, first_bytes);
+    assert_eq!(files().len(), 1, "one file for every reader");
 
     // It restores to the ledger the machine holds.
     let target_directory = tempfile::tempdir().unwrap();
@@ -225,12 +224,24 @@ async fn a_checkpoint_writes_no_file_and_a_peer_that_reads_the_snapshot_gets_one
     target.install_snapshot(&first.meta, receiving).await.unwrap();
     assert_eq!(target.with_ledger(snapshot_bytes), machine.with_ledger(snapshot_bytes));
 
+    // A newer checkpoint: the file no longer serves (the log behind the newer one may be gone), a
+    // newer one replaces it, and a reader of the older snapshot that starts only now still reads
+    // the older one whole.
+    machine.apply(vec![batch_entry(last.index + 1, &reference_batches()[0])]).await.unwrap();
+    machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let newer = machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(newer.meta.last_log_id, Some(log_id(last.index + 1)));
+    let newer_bytes = read_to_end(newer.snapshot).await;
+    assert_ne!(newer_bytes, first_bytes);
+    assert_eq!(files().len(), 1, "the newer file replaced the older one");
+    assert_eq!(read_to_end(second.snapshot).await, first_bytes);
+
     // A checkpoint survives a restart: the reopened replica still has a snapshot to offer, at
     // least as new as the checkpoint.
     drop(machine);
     let mut reopened = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     let offered = reopened.get_current_snapshot().await.unwrap().expect("the checkpoint survives a restart");
-    assert_eq!(offered.meta, first.meta);
+    assert_eq!(offered.meta, newer.meta);
 }
 
 #[tokio::test]
