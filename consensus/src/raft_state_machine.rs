@@ -245,7 +245,6 @@ pub struct LedgerStateMachine {
     cache_bytes: usize,
     /// The last applied entry and the membership; what the store holds may be older.
     record: ConsensusRecord,
-    received_snapshots: u64,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
     /// The last snapshot handed out unwritten, shared with later readers while anyone holds it.
@@ -319,7 +318,6 @@ impl LedgerStateMachine {
             cache_bytes,
             views,
             record,
-            received_snapshots: 0,
             receiving: None,
             unwritten: Weak::new(),
             decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
@@ -591,8 +589,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        self.received_snapshots += 1;
-        let path = partial_path(&self.snapshots(), &format!("receiving-{}", self.received_snapshots));
+        let path = partial_path(&self.snapshots(), "receiving");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
