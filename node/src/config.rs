@@ -113,7 +113,8 @@ impl Default for Limits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupCommitSettings {
-    /// How long the leader waits for more requests before proposing a batch that is not full.
+    /// How long the leader waits for more requests before proposing a batch that is not full,
+    /// while earlier batches are still committing (with none in flight it proposes at once).
     pub linger_us: u64,
     /// Events per proposed batch, at most `EVENTS_PER_BATCH_MAX`.
     pub events_per_batch_max: usize,

@@ -2,7 +2,9 @@
 //!
 //! Requests queue in a bounded channel. The batcher takes the first, then keeps taking requests of
 //! the same kind until the batch holds `events_per_batch_max` events or `linger_us` has passed, and
-//! proposes the batch to Raft. A request's events stay together in one batch, so its linked chains
+//! proposes the batch to Raft. It lingers only while earlier batches are still committing: with
+//! none in flight, waiting would only delay a lone request, so it takes what is already queued and
+//! proposes at once. A request's events stay together in one batch, so its linked chains
 //! are never split. Batches are proposed one after another, in the order their timestamps were
 //! assigned, while up to `batches_in_flight_max` of them wait to commit; each request gets its own
 //! slice of the results once its entry is committed and applied.
@@ -160,7 +162,7 @@ impl Batcher {
     }
 
     /// Waits for a request, then gathers more of the same kind until the batch is full or the
-    /// linger has passed.
+    /// linger has passed (no linger while no batch is in flight).
     async fn next_group(&mut self) -> Option<Vec<Submission>> {
         let first = match self.carried.take() {
             Some(submission) => submission,
@@ -168,7 +170,10 @@ impl Batcher {
         };
         let mut events = first.events.len();
         let mut group = vec![first];
-        let deadline = Instant::now() + Duration::from_micros(self.settings.linger_us);
+        let idle = self.in_flight.available_permits() == self.settings.batches_in_flight_max;
+        let linger = if idle { Duration::ZERO } else { Duration::from_micros(self.settings.linger_us) };
+        // With a deadline already passed, the loop still takes every request already queued.
+        let deadline = Instant::now() + linger;
         while events < self.settings.events_per_batch_max && !matches!(group[0].events, Events::Expire) {
             let next = match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
                 Ok(Some(next)) => next,

@@ -27,6 +27,10 @@ async fn start_cluster(size: u64) -> Cluster {
 
 /// A cluster of `size` replicas with `raft` settings (their timeouts shortened for tests).
 async fn start_cluster_with(size: u64, raft: RaftSettings) -> Cluster {
+    start_cluster_configured(size, raft, GroupCommitSettings::default()).await
+}
+
+async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: GroupCommitSettings) -> Cluster {
     let directory = tempfile::tempdir().unwrap();
     let mut listeners = Vec::new();
     for _ in 0..size {
@@ -64,7 +68,7 @@ async fn start_cluster_with(size: u64, raft: RaftSettings) -> Cluster {
                 ..raft.clone()
             },
             limits: Limits { request_timeout_ms: 5_000, ..Limits::default() },
-            group_commit: GroupCommitSettings::default(),
+            group_commit: group_commit.clone(),
             storage: StorageSettings { cache_bytes: 8 * 1024 * 1024, log_cache_bytes: 8 * 1024 * 1024 },
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -266,6 +270,20 @@ async fn a_replica_snapshots_when_its_log_grows_by_the_byte_limit() {
     assert!(built, "no snapshot after the log grew past raft.snapshot_after_log_bytes");
     let files = LedgerStateMachine::snapshot_files(&cluster.directory.path().join("node-1")).unwrap();
     assert!(files.is_empty(), "the snapshot is a checkpoint; no peer asked for a file: {files:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_is_proposed_at_once_whatever_the_linger() {
+    // A linger far longer than the test: a request that waited for it would hit its deadline.
+    let group_commit = GroupCommitSettings { linger_us: 60_000_000, ..GroupCommitSettings::default() };
+    let cluster = start_cluster_configured(1, RaftSettings::default(), group_commit).await;
+    let mut client = ledger_with_two_accounts(&cluster).await;
+    for request in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(hundred_transfers(&mut client, request).await, ok_codes(100));
+        assert!(started.elapsed() < Duration::from_secs(5), "a lone request waited {:?}", started.elapsed());
+    }
     cluster.stop().await;
 }
 
