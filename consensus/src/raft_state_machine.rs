@@ -610,7 +610,15 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let directory = self.directory.clone();
         let cache_bytes = self.cache_bytes;
         let expected = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || install(&directory, cache_bytes, &mut file, &expected));
+        let received = self.receiving.take();
+        let installed = tokio::task::spawn_blocking(move || {
+            let record = install(&directory, cache_bytes, &mut file, &expected)?;
+            // Kept for the next lagging peer, before the store moves into place: a crash between
+            // the two is repaired at open from this file.
+            keep_snapshot_file(&directory.join(SNAPSHOT_DIRECTORY), &mut file, received.as_deref(), &expected)
+                .map_err(|error| format!("cannot keep the received snapshot: {error}"))?;
+            Ok::<_, String>(record)
+        });
         let record = installed
             .await
             .map_err(|error| state_machine_error(ErrorVerb::Write, error))?
@@ -631,9 +639,6 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         drop(applied);
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         self.record = record;
-        if let Some(received) = self.receiving.take() {
-            remove_if_present(&received).map_err(|error| snapshot_error(ErrorVerb::Delete, error))?;
-        }
         Ok(())
     }
 
@@ -669,8 +674,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 }
 
-/// Restores a received snapshot file into a new store file beside the live one and keeps the
-/// file as the replica's current snapshot. Returns the consensus record the store now holds.
+/// Restores a snapshot file into a new store file beside the live one, durably. Returns the
+/// consensus record the store now holds.
 fn install(
     directory: &Path,
     cache_bytes: usize,
@@ -695,14 +700,36 @@ fn install(
     ledger.storage_mut().commit_consensus_state(encode(&record));
     // Durable before the store moves into place: the log behind the snapshot may be gone.
     ledger.storage_mut().commit_checkpoint(encode(&meta));
-    drop(ledger);
-    // Keep the received file for the next lagging peer.
-    file.seek(SeekFrom::Start(0)).map_err(|error| error.to_string())?;
-    let snapshots = directory.join(SNAPSHOT_DIRECTORY);
-    let copy = partial_path(&snapshots, "installed");
-    let mut out = fs::File::create(&copy).map_err(|error| error.to_string())?;
-    io::copy(file, &mut out).map_err(|error| error.to_string())?;
-    out.sync_all().map_err(|error| error.to_string())?;
-    publish_snapshot_file(&snapshots, &copy, &meta).map_err(|error| error.to_string())?;
     Ok(record)
+}
+
+/// Keeps an installed snapshot `file` in `snapshots` as the replica's snapshot file. The file
+/// received from the leader (`received`) is moved into place; any other (the data of a snapshot
+/// handed over in process, as openraft's storage suite does) is copied.
+fn keep_snapshot_file(
+    snapshots: &Path,
+    file: &mut fs::File,
+    received: Option<&Path>,
+    meta: &SnapshotMeta,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let installed = file.metadata()?;
+    let same_file = |path: &Path| {
+        fs::metadata(path).is_ok_and(|metadata| metadata.dev() == installed.dev() && metadata.ino() == installed.ino())
+    };
+    if let Some(received) = received.filter(|path| same_file(path)) {
+        file.sync_all()?;
+        publish_snapshot_file(snapshots, received, meta)?;
+        return Ok(());
+    }
+    if let Some(abandoned) = received {
+        remove_if_present(abandoned).map_err(io::Error::other)?;
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let copy = partial_path(snapshots, "installed");
+    let mut out = fs::File::create(&copy)?;
+    io::copy(file, &mut out)?;
+    out.sync_all()?;
+    publish_snapshot_file(snapshots, &copy, meta)?;
+    Ok(())
 }

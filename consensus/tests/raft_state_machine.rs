@@ -163,6 +163,10 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
     tokio::io::copy(&mut sent, &mut receiving).await.unwrap();
     target.install_snapshot(&snapshot.meta, receiving).await.unwrap();
     assert_eq!(target.applied_state().await.unwrap(), source.applied_state().await.unwrap());
+    // The received file itself is kept as the target's snapshot: nothing else is left beside it.
+    let kept: Vec<_> = std::fs::read_dir(target_directory.path().join("snapshots")).unwrap().collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(LedgerStateMachine::snapshot_files(target_directory.path()).unwrap().len(), 1);
     assert_eq!(target.with_ledger(snapshot_bytes), source.with_ledger(snapshot_bytes));
 
     // Both go on identically, and the target serves the snapshot it received to the next peer.
