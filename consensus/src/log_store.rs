@@ -49,9 +49,10 @@ pub const LOG_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// append waits milliseconds for the writer, not seconds.
 const PURGE_ENTRIES_PER_TRANSACTION: u64 = 8;
 /// The pace of the background purge, in bytes of entries deleted per second. redb reads every page
-/// it deletes: deleting 512 MiB of entries at full speed on all seven replicas at once saturated
-/// this machine's disk for two seconds, and the fsyncs of appends queued behind the reads. At this
-/// pace a purge of 512 MiB takes 16 s, and the log grows by 512 MiB in about 40 s at full load.
+/// it deletes: deleting 512 MiB of entries at full speed, even in the background, still stalled the
+/// cluster at each checkpoint (all seven replicas read at once, and appends fsync meanwhile); paced
+/// like this it did not (BENCHMARKS.md). A purge of 512 MiB then takes 16 s, and the log grows by
+/// 512 MiB in about 40 s at full load.
 const PURGE_BYTES_PER_SECOND: u64 = 32 * 1024 * 1024;
 /// The least pause between two purge transactions, which lets appends take the writer in between.
 const PURGE_PAUSE_MIN: Duration = Duration::from_millis(2);
