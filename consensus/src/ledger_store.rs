@@ -46,7 +46,12 @@ const ACCOUNTS_BY_TIME: TableDefinition<u64, u128> = TableDefinition::new("accou
 /// the timestamp of a block's first transfer. One insert per block instead of one per transfer:
 /// rows per transfer were a quarter of the store's time.
 const TRANSFER_BLOCKS: TableDefinition<u64, Bytes> = TableDefinition::new("transfer_blocks");
-const TRANSFER_IDS: TableDefinition<u128, u64> = TableDefinition::new("transfer_ids");
+/// Transfer ids in chunks of up to [`TRANSFER_IDS_PER_CHUNK`] `(id, timestamp)` entries sorted by id,
+/// keyed by the chunk's first id; chunks never overlap. A commit rewrites the few chunks its ids fall
+/// into instead of inserting one row per transfer: rows per id were a third of the store's time
+/// (BENCHMARKS.md), and clients' ids are time-ordered, so a batch's ids almost always extend the
+/// last chunk.
+const TRANSFER_ID_CHUNKS: TableDefinition<u128, Bytes> = TableDefinition::new("transfer_id_chunks");
 /// Merged account-index postings: each row holds up to [`TIMESTAMPS_PER_CHUNK`] transfer timestamps of
 /// one account, ascending, keyed by the account and its first timestamp. A merge writes one row per
 /// account it touches rather than one per posting.
@@ -67,7 +72,7 @@ const META_STATE: &str = "state";
 const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
-const FORMAT_VERSION: &[u8] = b"tally-ledger-store/2";
+const FORMAT_VERSION: &[u8] = b"tally-ledger-store/3";
 /// The consensus layer's record of the last checkpoint: the state it names was made durable, so
 /// the log up to it may be purged (`raft_state_machine`).
 const META_CHECKPOINT: &str = "checkpoint";
@@ -83,6 +88,10 @@ pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// rest are read from redb.
 pub const ACCOUNTS_CACHED_MAX: usize = 1_000_000;
 
+/// Ledgers kept decoded in memory (a few dozen bytes each); beyond this many, the rest are read
+/// from redb.
+pub const LEDGERS_CACHED_MAX: usize = 65_536;
+
 /// Timestamps per merged account-index row: 4,032 bytes, so that a full row with its key and redb's
 /// leaf header fits one 4 KiB page (512 took an 8 KiB page each).
 pub const TIMESTAMPS_PER_CHUNK: usize = 504;
@@ -92,6 +101,10 @@ pub const TIMESTAMPS_PER_CHUNK: usize = 504;
 /// leaf header fits one 8 KiB page: blocks of 64 (exactly 8 KiB) took a 16 KiB page each, and the
 /// store wrote 1.7 times the bytes it does now (BENCHMARKS.md).
 pub const TRANSFERS_PER_BLOCK: usize = 63;
+
+/// Entries per transfer-id chunk: 4,032 bytes, so that a full chunk with its key and redb's leaf
+/// header fits one 4 KiB page.
+pub const TRANSFER_IDS_PER_CHUNK: usize = 168;
 
 /// Postings (two per transfer) gathered in runs before they are merged into the account index.
 /// About 32 full batches: large enough that a merge rewrites each leaf for many postings at once,
@@ -134,6 +147,10 @@ pub struct RedbLedgerStore {
     /// Committed accounts, decoded; holds every account while `accounts_cache_complete`.
     accounts_cache: HashMap<u128, Account, RandomState>,
     accounts_cache_complete: bool,
+    /// Committed ledgers (every transfer reads its ledger); holds every ledger while
+    /// `ledgers_cache_complete`. Ledgers never change once created.
+    ledgers_cache: Map<u32, Ledger>,
+    ledgers_cache_complete: bool,
     index: AccountIndexRuns,
     /// The largest id of any committed transfer or recorded transfer failure. Ids made by clients
     /// are time-ordered, so a new transfer's id is almost always above it, and then the ledger's
@@ -184,6 +201,56 @@ mod transfer_blocks {
         let start = block.partition_point(|encoded| transfer_timestamp(encoded) < range.min);
         let end = block.partition_point(|encoded| transfer_timestamp(encoded) <= range.max);
         &block[start..end.max(start)]
+    }
+}
+
+/// The encoding of transfer-id chunks: each entry is 24 bytes, the transfer id then its timestamp,
+/// both big-endian, so byte order is id order.
+pub mod transfer_ids {
+    pub const ENTRY_BYTES: usize = 24;
+    pub type Entry = [u8; ENTRY_BYTES];
+
+    pub fn encode(id: u128, timestamp: u64) -> Entry {
+        let mut entry = [0; ENTRY_BYTES];
+        entry[..16].copy_from_slice(&id.to_be_bytes());
+        entry[16..].copy_from_slice(&timestamp.to_be_bytes());
+        entry
+    }
+
+    pub fn decode(entry: &Entry) -> (u128, u64) {
+        let (id, timestamp) = entry.split_at(16);
+        (
+            u128::from_be_bytes(id.try_into().expect("16 bytes")),
+            u64::from_be_bytes(timestamp.try_into().expect("8 bytes")),
+        )
+    }
+
+    /// The entries of a stored chunk; a chunk that is not a whole number of entries is corrupt.
+    pub fn records(chunk: &[u8]) -> &[Entry] {
+        let (records, rest) = chunk.as_chunks::<ENTRY_BYTES>();
+        assert!(rest.is_empty(), "a transfer-id chunk of {} bytes is not whole entries", chunk.len());
+        records
+    }
+
+    /// The timestamp of transfer `id`, if the chunk holds it.
+    pub fn find(chunk: &[Entry], id: u128) -> Option<u64> {
+        let key = id.to_be_bytes();
+        let position = chunk.binary_search_by(|entry| entry[..16].cmp(&key[..])).ok()?;
+        Some(decode(&chunk[position]).1)
+    }
+
+    /// Splits `entries` (sorted, more than `per_chunk`) into the fewest chunks of at most
+    /// `per_chunk`, as even as possible, so that a chunk split by an insert in its middle does not
+    /// leave a sliver behind.
+    pub fn split(entries: &[(u128, u64)], per_chunk: usize) -> impl Iterator<Item = &[(u128, u64)]> {
+        let pieces = entries.len().div_ceil(per_chunk).max(1);
+        let (size, larger) = (entries.len() / pieces, entries.len() % pieces);
+        let mut rest = entries;
+        (0..pieces).map(move |piece| {
+            let (taken, left) = rest.split_at(size + usize::from(piece < larger));
+            rest = left;
+            taken
+        })
     }
 }
 
@@ -261,7 +328,7 @@ struct ReadHandles {
     accounts: ReadOnlyTable<u128, Bytes>,
     accounts_by_time: ReadOnlyTable<u64, u128>,
     transfer_blocks: ReadOnlyTable<u64, Bytes>,
-    transfer_ids: ReadOnlyTable<u128, u64>,
+    transfer_id_chunks: ReadOnlyTable<u128, Bytes>,
     account_transfer_chunks: ReadOnlyTable<(u128, u64), Bytes>,
     failures: ReadOnlyTable<u128, Bytes>,
     failures_by_time: ReadOnlyTable<u64, u128>,
@@ -280,7 +347,7 @@ impl ReadHandles {
             accounts: fatal(transaction.open_table(ACCOUNTS), open),
             accounts_by_time: fatal(transaction.open_table(ACCOUNTS_BY_TIME), open),
             transfer_blocks: fatal(transaction.open_table(TRANSFER_BLOCKS), open),
-            transfer_ids: fatal(transaction.open_table(TRANSFER_IDS), open),
+            transfer_id_chunks: fatal(transaction.open_table(TRANSFER_ID_CHUNKS), open),
             account_transfer_chunks: fatal(transaction.open_table(ACCOUNT_TRANSFER_CHUNKS), open),
             failures: fatal(transaction.open_table(FAILURES), open),
             failures_by_time: fatal(transaction.open_table(FAILURES_BY_TIME), open),
@@ -302,7 +369,14 @@ struct Overlay {
     accounts: Map<u128, Account>,
     accounts_created: Vec<Account>,
     transfers: Vec<Transfer>,
+    /// Positions in `transfers` by id, kept only once ids are out of order: while every transfer's id
+    /// is above the one before (clients' ids are time-ordered), a binary search of `transfers`
+    /// finds an id, and each insert saves a hash-map insert.
     transfer_positions: Map<u128, usize>,
+    transfers_out_of_order: bool,
+    /// No transfer or failure in the overlay has a larger id (it may be larger than all of them
+    /// after a rollback).
+    ids_max: u128,
     failures: Vec<TransferFailure>,
     failure_positions: Map<u128, usize>,
     /// `None`: removed.
@@ -313,6 +387,14 @@ struct Overlay {
 }
 
 impl Overlay {
+    fn transfer_position(&self, id: u128) -> Option<usize> {
+        if !self.transfers_out_of_order {
+            self.transfers.binary_search_by_key(&id, |transfer| transfer.id).ok()
+        } else {
+            self.transfer_positions.get(&id).copied()
+        }
+    }
+
     /// Empties the overlay but keeps its allocations: a batch of 8,190 transfers fills maps and
     /// vectors of a megabyte or more, and allocating them afresh for every batch faulted in new
     /// pages each time.
@@ -322,6 +404,8 @@ impl Overlay {
         self.accounts_created.clear();
         self.transfers.clear();
         self.transfer_positions.clear();
+        self.transfers_out_of_order = false;
+        self.ids_max = 0;
         self.failures.clear();
         self.failure_positions.clear();
         self.pending_statuses.clear();
@@ -359,6 +443,7 @@ impl RedbLedgerStore {
         let checkpoint = Self::read_meta(&database, META_CHECKPOINT).map_err(open_error)?;
         let committed = LedgerReadView::open(&database);
         let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
+        let (ledgers_cache, ledgers_cache_complete) = load_ledgers(&committed);
         let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs);
         let committed_ids_max = committed.ids_max();
         Ok(RedbLedgerStore {
@@ -370,6 +455,8 @@ impl RedbLedgerStore {
             consensus_staged: None,
             accounts_cache,
             accounts_cache_complete,
+            ledgers_cache,
+            ledgers_cache_complete,
             index,
             committed_ids_max,
             defer_commits: false,
@@ -482,7 +569,7 @@ impl RedbLedgerStore {
                 transaction.open_table(ACCOUNTS)?;
                 transaction.open_table(ACCOUNTS_BY_TIME)?;
                 transaction.open_table(TRANSFER_BLOCKS)?;
-                transaction.open_table(TRANSFER_IDS)?;
+                transaction.open_table(TRANSFER_ID_CHUNKS)?;
                 transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
                 transaction.open_table(FAILURES)?;
                 transaction.open_table(FAILURES_BY_TIME)?;
@@ -515,6 +602,16 @@ impl RedbLedgerStore {
     }
 
     /// Writes the overlay (and the meta record, when given) in one transaction.
+    fn cache_ledgers(&mut self) {
+        for ledger in &self.overlay.ledgers {
+            if self.ledgers_cache.len() < LEDGERS_CACHED_MAX {
+                self.ledgers_cache.insert(ledger.id, *ledger);
+            } else {
+                self.ledgers_cache_complete = false;
+            }
+        }
+    }
+
     fn cache_accounts(&mut self) {
         for (id, account) in &self.overlay.accounts {
             if self.accounts_cache.len() < ACCOUNTS_CACHED_MAX || self.accounts_cache.contains_key(id) {
@@ -538,11 +635,27 @@ impl RedbLedgerStore {
         fatal(write_overlay(&transaction, &self.overlay, meta, consensus, &mut self.index), "writing a batch");
         fatal(transaction.commit(), "committing a batch");
         self.cache_accounts();
+        self.cache_ledgers();
         self.note_committed_ids();
         self.overlay.clear();
         self.consensus_staged = None;
         self.committed = LedgerReadView::open(&self.database);
     }
+}
+
+/// Decodes up to `LEDGERS_CACHED_MAX` ledgers; says whether that was all of them.
+fn load_ledgers(view: &LedgerReadView) -> (Map<u32, Ledger>, bool) {
+    let mut cache = Map::default();
+    let mut complete = true;
+    view.ledgers_scan(TimestampRange::ALL, Direction::Ascending, &mut |ledger| {
+        if cache.len() == LEDGERS_CACHED_MAX {
+            complete = false;
+            return ControlFlow::Break(());
+        }
+        cache.insert(ledger.id, *ledger);
+        ControlFlow::Continue(())
+    });
+    (cache, complete)
 }
 
 /// Decodes up to `ACCOUNTS_CACHED_MAX` accounts; says whether that was all of them.
@@ -606,10 +719,7 @@ fn write_overlay(
         block.iter().for_each(|transfer| transfer.encode(&mut encoder.buffer));
         transfer_blocks.insert(block[0].timestamp, encoder.buffer.as_slice())?;
     }
-    let mut transfer_ids = transaction.open_table(TRANSFER_IDS)?;
-    for transfer in &overlay.transfers {
-        transfer_ids.insert(transfer.id, transfer.timestamp)?;
-    }
+    write_transfer_ids(transaction, &overlay.transfers)?;
     index.append(transaction, &overlay.transfers)?;
     let mut failures = transaction.open_table(FAILURES)?;
     let mut failures_by_time = transaction.open_table(FAILURES_BY_TIME)?;
@@ -643,6 +753,63 @@ fn write_overlay(
     }
     if let Some(consensus) = consensus {
         meta_table.insert(META_CONSENSUS, consensus)?;
+    }
+    Ok(())
+}
+
+/// Adds the ids of `transfers` (none of them stored yet) to the transfer-id chunks. Ids in order
+/// extend the last chunk and start new ones; an id that falls inside an existing chunk's range is
+/// merged into that chunk, which is split if it outgrows [`TRANSFER_IDS_PER_CHUNK`].
+fn write_transfer_ids(transaction: &redb::WriteTransaction, transfers: &[Transfer]) -> Result<(), redb::Error> {
+    let mut entries: Vec<(u128, u64)> = transfers.iter().map(|transfer| (transfer.id, transfer.timestamp)).collect();
+    if !entries.is_sorted_by_key(|entry| entry.0) {
+        entries.sort_unstable_by_key(|entry| entry.0);
+    }
+    let mut table = transaction.open_table(TRANSFER_ID_CHUNKS)?;
+    let mut merged: Vec<(u128, u64)> = Vec::new();
+    let mut encoded: Vec<u8> = Vec::with_capacity(TRANSFER_IDS_PER_CHUNK * transfer_ids::ENTRY_BYTES);
+    let mut rest = entries.as_slice();
+    while let Some(&(first_id, _)) = rest.first() {
+        // The chunk these ids join: the last one that starts at or below the first of them, or the
+        // very first chunk when they all start above it.
+        let target = match table.range(..=first_id)?.next_back() {
+            Some(entry) => Some(entry?.0.value()),
+            None => table.first()?.map(|(key, _)| key.value()),
+        };
+        // It takes every id below the start of the chunk after it.
+        let next_start = match target {
+            Some(key) => match table.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))?.next() {
+                Some(entry) => Some(entry?.0.value()),
+                None => None,
+            },
+            None => None,
+        };
+        let taken = next_start.map_or(rest.len(), |next| rest.partition_point(|entry| entry.0 < next));
+        let (joining, later) = rest.split_at(taken);
+        rest = later;
+        merged.clear();
+        if let Some(key) = target {
+            let guard = table.get(key)?.expect("the chunk just found exists");
+            let stored = transfer_ids::records(guard.value());
+            let last_stored = transfer_ids::decode(stored.last().expect("a stored transfer-id chunk is never empty")).0;
+            if stored.len() < TRANSFER_IDS_PER_CHUNK || joining[0].0 < last_stored {
+                merged.extend(stored.iter().map(transfer_ids::decode));
+                drop(guard);
+                table.remove(key)?;
+            }
+            // A full chunk that every new id follows stays as it is.
+        }
+        let stored = merged.len();
+        merged.extend_from_slice(joining);
+        if stored > 0 && joining[0].0 < merged[stored - 1].0 {
+            merged.sort_unstable_by_key(|entry| entry.0);
+        }
+        assert!(merged.windows(2).all(|pair| pair[0].0 < pair[1].0), "a transfer id stored twice");
+        for piece in transfer_ids::split(&merged, TRANSFER_IDS_PER_CHUNK) {
+            encoded.clear();
+            piece.iter().for_each(|(id, timestamp)| encoded.extend_from_slice(&transfer_ids::encode(*id, *timestamp)));
+            table.insert(piece[0].0, encoded.as_slice())?;
+        }
     }
     Ok(())
 }
@@ -733,10 +900,12 @@ fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl StorageRead for RedbLedgerStore {
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
-        match self.overlay.ledgers.iter().find(|ledger| ledger.id == id) {
-            Some(ledger) => Some(*ledger),
-            None => self.committed.ledger_get(id),
+        if let Some(ledger) =
+            self.ledgers_cache.get(&id).or_else(|| self.overlay.ledgers.iter().find(|ledger| ledger.id == id))
+        {
+            return Some(*ledger);
         }
+        if self.ledgers_cache_complete { None } else { self.committed.ledger_get(id) }
     }
 
     fn ledgers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Ledger>) {
@@ -757,8 +926,11 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
-        match self.overlay.transfer_positions.get(&id) {
-            Some(position) => Some(self.overlay.transfers[*position]),
+        if id > self.committed_ids_max && id > self.overlay.ids_max {
+            return None;
+        }
+        match self.overlay.transfer_position(id) {
+            Some(position) => Some(self.overlay.transfers[position]),
             None if id > self.committed_ids_max => None,
             None => self.committed.transfer_get(id),
         }
@@ -781,6 +953,9 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
+        if id > self.committed_ids_max && id > self.overlay.ids_max {
+            return None;
+        }
         match self.overlay.failure_positions.get(&id) {
             Some(position) => Some(self.overlay.failures[*position]),
             None if id > self.committed_ids_max => None,
@@ -824,9 +999,12 @@ impl StorageRead for RedbLedgerStore {
 impl LedgerReadView {
     /// The largest transfer or failure id in this state (0 when there is none).
     fn ids_max(&self) -> u128 {
-        let last_transfer = fatal(self.handles.transfer_ids.last(), "reading the last transfer id");
+        let last_chunk = fatal(self.handles.transfer_id_chunks.last(), "reading the last transfer-id chunk");
         let last_failure = fatal(self.handles.failures.last(), "reading the last failure id");
-        let transfer = last_transfer.map_or(0, |(id, _)| id.value());
+        let transfer = last_chunk.map_or(0, |(_, chunk)| {
+            let entries = transfer_ids::records(chunk.value());
+            transfer_ids::decode(entries.last().expect("a stored transfer-id chunk is never empty")).0
+        });
         let failure = last_failure.map_or(0, |(id, _)| id.value());
         transfer.max(failure)
     }
@@ -862,7 +1040,10 @@ impl StorageRead for LedgerReadView {
     }
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
-        let timestamp = fatal(self.handles.transfer_ids.get(id), "reading a transfer id")?.value();
+        let chunk = fatal(self.handles.transfer_id_chunks.range(..=id), "reading a transfer-id chunk")
+            .next_back()
+            .map(|entry| fatal(entry, "reading a transfer-id chunk").1)?;
+        let timestamp = transfer_ids::find(transfer_ids::records(chunk.value()), id)?;
         Some(self.transfer_at(timestamp))
     }
 
@@ -996,18 +1177,30 @@ impl Storage for RedbLedgerStore {
     }
 
     fn transfer_insert(&mut self, transfer: &Transfer) {
-        self.overlay.transfer_positions.insert(transfer.id, self.overlay.transfers.len());
-        self.overlay.transfers.push(*transfer);
+        let overlay = &mut self.overlay;
+        if !overlay.transfers_out_of_order && overlay.transfers.last().is_some_and(|last| last.id >= transfer.id) {
+            overlay.transfers_out_of_order = true;
+            let positions = overlay.transfers.iter().enumerate().map(|(position, stored)| (stored.id, position));
+            overlay.transfer_positions.extend(positions);
+        }
+        if overlay.transfers_out_of_order {
+            overlay.transfer_positions.insert(transfer.id, overlay.transfers.len());
+        }
+        overlay.transfers.push(*transfer);
+        overlay.ids_max = overlay.ids_max.max(transfer.id);
     }
 
     fn transfer_rollback_insert(&mut self, transfer: &Transfer) {
         let removed = self.overlay.transfers.pop().expect("rollback of a transfer that was not inserted");
         assert_eq!(removed.id, transfer.id, "rollback out of insertion order");
-        self.overlay.transfer_positions.remove(&transfer.id);
+        if self.overlay.transfers_out_of_order {
+            self.overlay.transfer_positions.remove(&transfer.id);
+        }
     }
 
     fn transfer_failure_insert(&mut self, failure: &TransferFailure) {
         self.overlay.failure_positions.insert(failure.id, self.overlay.failures.len());
+        self.overlay.ids_max = self.overlay.ids_max.max(failure.id);
         self.overlay.failures.push(*failure);
     }
 

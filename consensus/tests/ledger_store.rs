@@ -285,3 +285,102 @@ fn the_consensus_record_commits_with_its_batch() {
     assert_eq!(store.consensus_state(), Some(&b"applied 2"[..]));
     assert_eq!(store.meta_get().batches_applied, 2);
 }
+
+/// Transfer ids arrive in any order: below every stored id, inside a chunk's range (splitting full
+/// chunks), between chunks, after them, and as resubmissions of stored ids. Lookups of stored and
+/// absent ids and every result match the in-memory store, across commits and a reopen.
+#[test]
+fn transfer_ids_in_any_order_are_found_across_chunks_and_a_reopen() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.redb");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut batches = random_transfer_batches(0, 0);
+    let mut submitted: Vec<u128> = Vec::new();
+    for batch in 0..60_u64 {
+        let mut ids = Vec::new();
+        for position in 0..200_u128 {
+            let id = match batch % 4 {
+                // Ascending, above everything so far.
+                0 => (1 << 100) + u128::from(batch) * 1_000 + position,
+                // Scattered over the whole range, so most land inside existing chunks.
+                1 | 2 => (u128::from(next()) << 40) | u128::from(batch) << 8 | position,
+                // Below every id so far, descending.
+                _ => 1_000_000 - u128::from(batch) * 1_000 - position,
+            };
+            ids.push(id);
+        }
+        // A few resubmissions of stored ids (answered `exists`, nothing stored twice).
+        for _ in 0..5 {
+            if !submitted.is_empty() {
+                ids.push(submitted[usize::try_from(next()).unwrap() % submitted.len()]);
+            }
+        }
+        submitted.extend(&ids);
+        let transfers = ids
+            .into_iter()
+            .map(|id| NewTransfer {
+                id,
+                debit_account_id: 1 + u128::from(next() % 6),
+                credit_account_id: 7 + u128::from(next() % 6),
+                amount: Some(Decimal::new(1, 2)),
+                ledger: 1,
+                code: 1,
+                ..NewTransfer::default()
+            })
+            .collect();
+        batches
+            .push(Batch { timestamp: (3 + batch) * 1_000_000_000, operation: Operation::CreateTransfers(transfers) });
+    }
+    let mut reference = StateMachine::new();
+    let open = || StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
+    let mut ledger = open();
+    for (index, batch) in batches.iter().enumerate() {
+        assert_eq!(ledger.apply(batch), reference.apply(batch), "batch {index}");
+        if index == 31 {
+            drop(ledger);
+            ledger = open();
+        }
+    }
+    let absent = |id: u128| [id.wrapping_sub(1), id + 1];
+    for &id in &submitted {
+        let found = ledger.storage().transfer_get(id);
+        assert!(found.is_some(), "transfer {id} is stored");
+        assert_eq!(found, reference.storage().transfer_get(id), "transfer {id}");
+        for probe in absent(id) {
+            assert_eq!(ledger.storage().transfer_get(probe), reference.storage().transfer_get(probe), "id {probe}");
+        }
+    }
+    for probe in [0, 1, u128::MAX, 1 << 100, (1 << 101) + 3] {
+        assert_eq!(ledger.storage().transfer_get(probe), reference.storage().transfer_get(probe), "id {probe}");
+    }
+    assert_eq!(ledger.digest(), reference.digest());
+}
+
+#[test]
+fn transfer_id_chunks_split_into_the_fewest_even_pieces_within_the_limit() {
+    use tally_consensus::ledger_store::{TRANSFER_IDS_PER_CHUNK, transfer_ids};
+    for len in [1, 2, TRANSFER_IDS_PER_CHUNK, TRANSFER_IDS_PER_CHUNK + 1, 3 * TRANSFER_IDS_PER_CHUNK - 1, 8_190 + 168] {
+        let entries: Vec<(u128, u64)> = (0..len as u64).map(|id| (u128::from(id), id)).collect();
+        let pieces: Vec<&[(u128, u64)]> = transfer_ids::split(&entries, TRANSFER_IDS_PER_CHUNK).collect();
+        assert_eq!(pieces.len(), len.div_ceil(TRANSFER_IDS_PER_CHUNK), "{len} entries");
+        assert_eq!(pieces.concat(), entries, "{len} entries, in order, each once");
+        let sizes: Vec<usize> = pieces.iter().map(|piece| piece.len()).collect();
+        assert!(sizes.iter().all(|size| *size <= TRANSFER_IDS_PER_CHUNK), "{len}: {sizes:?}");
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{len}: {sizes:?}");
+    }
+    let chunk: Vec<u8> = [(3_u128, 30_u64), (9, 90), (1 << 90, 7)]
+        .iter()
+        .flat_map(|(id, timestamp)| transfer_ids::encode(*id, *timestamp))
+        .collect();
+    let entries = transfer_ids::records(&chunk);
+    assert_eq!(transfer_ids::find(entries, 9), Some(90));
+    assert_eq!(transfer_ids::find(entries, 1 << 90), Some(7));
+    assert_eq!(transfer_ids::find(entries, 4), None);
+    assert_eq!(transfer_ids::find(entries, 256), None, "ids compare as numbers, not by their low bytes");
+}
