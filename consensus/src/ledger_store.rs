@@ -72,7 +72,7 @@ const META_STATE: &str = "state";
 const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
-const FORMAT_VERSION: &[u8] = b"tally-ledger-store/3";
+const FORMAT_VERSION: &[u8] = b"tally-ledger-store/4";
 /// The consensus layer's record of the last checkpoint: the state it names was made durable, so
 /// the log up to it may be purged (`raft_state_machine`).
 const META_CHECKPOINT: &str = "checkpoint";
@@ -254,43 +254,101 @@ pub mod transfer_ids {
     }
 }
 
-/// The encoding of the account-index runs: each posting is 24 bytes, the account id then the
-/// transfer timestamp, both big-endian, so byte order is key order and a run is searched in place.
+/// The encoding of an account-index run: a directory of the run's accounts, then their timestamps.
+///
+/// `accounts: u32` (little-endian), then for each account in ascending id order its id (`u128`,
+/// big-endian) and the end of its timestamps (`u32`, little-endian: one past its last), then every
+/// timestamp (`u64`, little-endian), grouped by account and ascending within each. A lookup
+/// binary-searches the directory and then the account's timestamps, in place. An account's id is
+/// written once per run rather than once per posting: 8 bytes a posting plus 20 an account, where
+/// the earlier `(account, timestamp)` postings took 24, and the runs were a quarter of the bytes the
+/// store wrote (BENCHMARKS.md).
 pub mod postings {
     use tally_state_machine::storage::TimestampRange;
 
-    pub const POSTING_BYTES: usize = 24;
-    pub type Posting = [u8; POSTING_BYTES];
+    pub const DIRECTORY_ENTRY_BYTES: usize = 20;
+    pub type DirectoryEntry = [u8; DIRECTORY_ENTRY_BYTES];
+    pub type Timestamp = [u8; 8];
 
-    pub fn encode(account_id: u128, timestamp: u64) -> Posting {
-        let mut posting = [0; POSTING_BYTES];
-        posting[..16].copy_from_slice(&account_id.to_be_bytes());
-        posting[16..].copy_from_slice(&timestamp.to_be_bytes());
-        posting
+    /// Encodes `postings`, sorted by `(account, timestamp)`, into `out` (cleared first).
+    pub fn encode(postings: &[(u128, u64)], out: &mut Vec<u8>) {
+        out.clear();
+        let accounts = postings.chunk_by(|left, right| left.0 == right.0);
+        let count = u32::try_from(accounts.clone().count()).expect("fewer than 2^32 accounts in a run");
+        out.extend_from_slice(&count.to_le_bytes());
+        let mut end = 0_usize;
+        for account_postings in accounts {
+            end += account_postings.len();
+            out.extend_from_slice(&account_postings[0].0.to_be_bytes());
+            out.extend_from_slice(&u32::try_from(end).expect("fewer than 2^32 postings in a run").to_le_bytes());
+        }
+        for (_, timestamp) in postings {
+            out.extend_from_slice(&timestamp.to_le_bytes());
+        }
     }
 
-    pub fn decode(posting: &Posting) -> (u128, u64) {
-        let (account, timestamp) = posting.split_at(16);
-        (
-            u128::from_be_bytes(account.try_into().expect("16 bytes")),
-            u64::from_be_bytes(timestamp.try_into().expect("8 bytes")),
-        )
+    /// A stored run, read in place.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Run<'a> {
+        directory: &'a [DirectoryEntry],
+        timestamps: &'a [Timestamp],
     }
 
-    /// The postings of a stored run; a run whose length is not a whole number of postings is corrupt.
-    pub fn records(run: &[u8]) -> &[Posting] {
-        let (records, rest) = run.as_chunks::<POSTING_BYTES>();
-        assert!(rest.is_empty(), "an account-index run of {} bytes is not whole postings", run.len());
-        records
+    fn account_of(entry: &DirectoryEntry) -> u128 {
+        u128::from_be_bytes(entry[..16].try_into().expect("16 bytes"))
     }
 
-    /// The postings of `account_id` within `range` in a sorted run, in timestamp order.
-    pub fn account_range(run: &[Posting], account_id: u128, range: TimestampRange) -> &[Posting] {
-        let lower = encode(account_id, range.min);
-        let upper = encode(account_id, range.max);
-        let start = run.partition_point(|posting| *posting < lower);
-        let end = run.partition_point(|posting| *posting <= upper);
-        &run[start..end.max(start)]
+    fn end_of(entry: &DirectoryEntry) -> usize {
+        u32::from_le_bytes(entry[16..].try_into().expect("4 bytes")) as usize
+    }
+
+    pub fn timestamp(bytes: &Timestamp) -> u64 {
+        u64::from_le_bytes(*bytes)
+    }
+
+    impl<'a> Run<'a> {
+        /// Reads a stored run; one whose parts do not add up is corrupt.
+        pub fn parse(run: &'a [u8]) -> Run<'a> {
+            let (count, rest) = run.split_first_chunk::<4>().expect("an account-index run starts with its count");
+            let accounts = u32::from_le_bytes(*count) as usize;
+            let (directory, timestamps) = rest.split_at(accounts * DIRECTORY_ENTRY_BYTES);
+            let (directory, none) = directory.as_chunks::<DIRECTORY_ENTRY_BYTES>();
+            let (timestamps, rest) = timestamps.as_chunks::<8>();
+            assert!(none.is_empty() && rest.is_empty(), "an account-index run of {} bytes is corrupt", run.len());
+            assert_eq!(directory.last().map_or(0, end_of), timestamps.len(), "an account-index run is corrupt");
+            Run { directory, timestamps }
+        }
+
+        /// Postings in the run.
+        pub fn len(&self) -> usize {
+            self.timestamps.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.timestamps.is_empty()
+        }
+
+        /// The timestamps of `account_id` within `range`, ascending.
+        pub fn account_range(&self, account_id: u128, range: TimestampRange) -> &'a [Timestamp] {
+            let Ok(position) = self.directory.binary_search_by_key(&account_id, account_of) else { return &[] };
+            let start = if position == 0 { 0 } else { end_of(&self.directory[position - 1]) };
+            let timestamps = &self.timestamps[start..end_of(&self.directory[position])];
+            let first = timestamps.partition_point(|bytes| timestamp(bytes) < range.min);
+            let last = timestamps.partition_point(|bytes| timestamp(bytes) <= range.max).max(first);
+            &timestamps[first..last]
+        }
+
+        /// Every posting, in `(account, timestamp)` order.
+        pub fn postings(&self) -> impl Iterator<Item = (u128, u64)> + 'a {
+            let timestamps = self.timestamps;
+            let mut start = 0;
+            self.directory.iter().flat_map(move |entry| {
+                let (account, end) = (account_of(entry), end_of(entry));
+                let account_timestamps = &timestamps[start..end];
+                start = end;
+                account_timestamps.iter().map(move |bytes| (account, timestamp(bytes)))
+            })
+        }
     }
 }
 
@@ -827,7 +885,7 @@ impl AccountIndexRuns {
         let entries = fatal(runs_table.range::<u64>(..), "scanning account-index runs");
         let _ = scan_range(entries, Direction::Ascending, |key, run| {
             index.runs += 1;
-            index.postings += postings::records(run).len();
+            index.postings += postings::Run::parse(run).len();
             index.last_key = Some(key);
             ControlFlow::Continue(())
         });
@@ -848,10 +906,7 @@ impl AccountIndexRuns {
         let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
         if self.postings + self.buffer.len() < self.merge_postings && self.runs < INDEX_RUNS_MAX {
             self.buffer.sort_unstable();
-            self.encoded.clear();
-            for (account_id, timestamp) in &self.buffer {
-                self.encoded.extend_from_slice(&postings::encode(*account_id, *timestamp));
-            }
+            postings::encode(&self.buffer, &mut self.encoded);
             runs_table.insert(key, self.encoded.as_slice())?;
             self.runs += 1;
             self.postings += self.buffer.len();
@@ -862,7 +917,7 @@ impl AccountIndexRuns {
         // timestamps. All of them are newer than any chunk already written.
         for entry in runs_table.range::<u64>(..)? {
             let (_, run) = entry?;
-            self.buffer.extend(postings::records(run.value()).iter().map(postings::decode));
+            self.buffer.extend(postings::Run::parse(run.value()).postings());
         }
         self.buffer.sort_unstable();
         let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
@@ -1098,8 +1153,8 @@ impl StorageRead for LedgerReadView {
         let scan_runs = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
             let runs = fatal(self.handles.account_transfer_runs.range::<u64>(..), "scanning account-index runs");
             scan_range(runs, direction, |_, run| {
-                let matching = postings::account_range(postings::records(run), account_id, range);
-                let mut visit_posting = |posting: &postings::Posting| visit_timestamp(postings::decode(posting).1);
+                let matching = postings::Run::parse(run).account_range(account_id, range);
+                let mut visit_posting = |bytes: &postings::Timestamp| visit_timestamp(postings::timestamp(bytes));
                 match direction {
                     Direction::Ascending => matching.iter().try_for_each(&mut visit_posting),
                     Direction::Descending => matching.iter().rev().try_for_each(&mut visit_posting),

@@ -384,3 +384,38 @@ fn transfer_id_chunks_split_into_the_fewest_even_pieces_within_the_limit() {
     assert_eq!(transfer_ids::find(entries, 4), None);
     assert_eq!(transfer_ids::find(entries, 256), None, "ids compare as numbers, not by their low bytes");
 }
+
+#[test]
+fn an_account_index_run_finds_each_accounts_timestamps_in_place() {
+    use tally_consensus::ledger_store::postings;
+    let sorted = [(2_u128, 10_u64), (2, 20), (2, 30), (7, 15), (1 << 100, 5), (1 << 100, 25)];
+    let mut encoded = Vec::new();
+    postings::encode(&sorted, &mut encoded);
+    assert_eq!(encoded.len(), 4 + 3 * postings::DIRECTORY_ENTRY_BYTES + sorted.len() * 8);
+    let run = postings::Run::parse(&encoded);
+    assert_eq!(run.len(), sorted.len());
+    assert_eq!(run.postings().collect::<Vec<_>>(), sorted, "every posting back, in order");
+    let timestamps = |account, min, max| -> Vec<u64> {
+        run.account_range(account, TimestampRange { min, max }).iter().map(postings::timestamp).collect()
+    };
+    assert_eq!(timestamps(2, 0, u64::MAX), [10, 20, 30]);
+    assert_eq!(timestamps(2, 11, 30), [20, 30]);
+    assert_eq!(timestamps(2, 31, 40), Vec::<u64>::new());
+    assert_eq!(timestamps(7, 0, u64::MAX), [15], "an account's timestamps stop where the next account's begin");
+    assert_eq!(timestamps(1 << 100, 6, 25), [25]);
+    assert_eq!(timestamps(3, 0, u64::MAX), Vec::<u64>::new(), "an account not in the run");
+    assert_eq!(timestamps(1 << 101, 0, u64::MAX), Vec::<u64>::new());
+    let mut empty = Vec::new();
+    postings::encode(&[], &mut empty);
+    assert!(postings::Run::parse(&empty).is_empty());
+}
+
+#[test]
+#[should_panic(expected = "corrupt")]
+fn an_account_index_run_whose_directory_and_timestamps_disagree_is_refused() {
+    use tally_consensus::ledger_store::postings;
+    let mut encoded = Vec::new();
+    postings::encode(&[(2, 10), (2, 20), (7, 15)], &mut encoded);
+    encoded.truncate(encoded.len() - 8);
+    let _ = tally_consensus::ledger_store::postings::Run::parse(&encoded);
+}
