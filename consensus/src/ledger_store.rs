@@ -30,6 +30,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::direct_io::DirectWriteBackend;
 use foldhash::fast::RandomState;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tally_state_machine::codec::Record;
@@ -96,11 +97,13 @@ pub const LEDGERS_CACHED_MAX: usize = 65_536;
 /// leaf header fits one 4 KiB page (512 took an 8 KiB page each).
 pub const TIMESTAMPS_PER_CHUNK: usize = 504;
 
-/// Transfers per stored block: a point read decodes one transfer out of a block of this many, and a
-/// batch of 8,190 transfers writes 130 rows. 8,064 bytes, so that a block with its key and redb's
-/// leaf header fits one 8 KiB page: blocks of 64 (exactly 8 KiB) took a 16 KiB page each, and the
-/// store wrote 1.7 times the bytes it does now (BENCHMARKS.md).
-pub const TRANSFERS_PER_BLOCK: usize = 63;
+/// Transfers per stored block: 130,944 bytes, so that a block with its key and redb's leaf header
+/// fits one 128 KiB page (a block of exactly a power of two takes the next page size up). A full
+/// block is written around the page cache ([`DirectWriteBackend`]), which on this machine's VM
+/// costs a fraction of copying it into fresh cache pages; and redb's cost per row is paid once per
+/// 1,023 transfers. Blocks of 63 (8 KiB pages) took 27% more time to apply (BENCHMARKS.md). A point
+/// read binary-searches one block, which redb caches whole.
+pub const TRANSFERS_PER_BLOCK: usize = 1023;
 
 /// Entries per transfer-id chunk: 4,032 bytes, so that a full chunk with its key and redb's leaf
 /// header fits one 4 KiB page.
@@ -488,9 +491,10 @@ impl RedbLedgerStore {
     /// Opens the store at `path`, creating it if it does not exist.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbLedgerStore, LedgerStoreError> {
         let open_error = |detail: String| LedgerStoreError::Open { path: path.display().to_string(), detail };
+        let backend = DirectWriteBackend::open(path).map_err(|error| open_error(error.to_string()))?;
         let database = Database::builder()
             .set_cache_size(cache_bytes)
-            .create(path)
+            .create_with_backend(backend)
             .map_err(|error| open_error(error.to_string()))?;
         Self::initialise(&database).map_err(open_error)?;
         let format = Self::read_meta(&database, META_FORMAT).map_err(open_error)?.unwrap_or_default();

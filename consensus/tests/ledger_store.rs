@@ -108,7 +108,7 @@ fn account_scan(
 fn scans_and_lookups_match_the_in_memory_store_across_blocks_index_runs_and_a_reopen() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("ledger.redb");
-    // 100 transfers a batch: blocks of 63 and 37, so ranges start and end inside blocks.
+    // 100 transfers a batch, committed alone: a block each, so ranges start and end inside blocks.
     let batches = random_transfer_batches(40, 100);
     let mut reference = StateMachine::new();
     let open = |merge_postings: usize| {
