@@ -110,9 +110,12 @@ pub const TRANSFERS_PER_BLOCK: usize = 1023;
 pub const TRANSFER_IDS_PER_CHUNK: usize = 168;
 
 /// Postings (two per transfer) gathered in runs before they are merged into the account index.
-/// About 32 full batches: large enough that a merge rewrites each leaf for many postings at once,
-/// small enough that a merge takes a fraction of a second.
-pub const INDEX_MERGE_POSTINGS_DEFAULT: usize = 1 << 19;
+/// About 128 full batches (16 MiB of runs). A merge writes one row per account it touches, and
+/// each row lands in that account's own B-tree leaf, so a merge rewrites about one 4 KiB leaf per
+/// account whatever its size: merging four times less often than at 2^19 took the seven-replica
+/// cluster from 129-137 k to 154-162 k transfers/s (BENCHMARKS.md). A merge sorts 2 M postings, a
+/// fraction of a second.
+pub const INDEX_MERGE_POSTINGS_DEFAULT: usize = 1 << 21;
 
 /// Runs kept at most, whatever their size: an account's scan binary-searches every run, so small
 /// batches must not pile up unmerged.
