@@ -8,8 +8,10 @@
 //! Applied batches need not be committed to the store at once: they wait in the store's overlay,
 //! which answers the ledger's own reads, and the durable log holds them. A replica that defers its
 //! commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
-//! wait; at the end of the first apply call after [`DEFERRED_AGE_MAX`] (on a follower,
-//! [`DEFERRED_AGE_MAX_FOLLOWER`]); when the node's ticker finds them older than that
+//! wait; right after the first apply call that finds them older than [`DEFERRED_AGE_MAX`] (on a
+//! follower, [`DEFERRED_AGE_MAX_FOLLOWER`]) has handed its responses back, on a blocking thread, so
+//! that the clients of that call do not wait for the commit and it overlaps the replication of the
+//! next batch (BENCHMARKS.md); when the node's ticker finds them older than that
 //! ([`LedgerViews::commit_if_due`]); before a snapshot or an expiry scan; and when a reader needs
 //! them ([`LedgerViews::wait_committed`]). Committing 16 batches together writes each account row
 //! and B-tree page once instead of 16 times (BENCHMARKS.md).
@@ -32,7 +34,7 @@
 use std::fs;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -166,6 +168,8 @@ pub struct LedgerViews {
     applied: Arc<Mutex<Applied>>,
     /// How long applied batches may wait for their commit, in milliseconds.
     deferred_age_max_ms: Arc<AtomicU64>,
+    /// A commit is scheduled to run after the current apply call ([`LedgerViews::commit_soon`]).
+    commit_scheduled: Arc<AtomicBool>,
 }
 
 impl LedgerViews {
@@ -213,6 +217,21 @@ impl LedgerViews {
     /// Commits every batch applied so far (blocking: it waits for an apply call in progress).
     pub fn commit_applied(&self) {
         self.applied.lock().expect("the ledger lock is never poisoned").commit_deferred();
+    }
+
+    /// Commits every batch applied so far on a blocking thread, once the apply call under way lets
+    /// go of the ledger; at most one such commit waits at a time. Without a tokio runtime (tests,
+    /// tools) the caller must commit itself: this returns `false`.
+    fn commit_soon(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
+        if !self.commit_scheduled.swap(true, Ordering::AcqRel) {
+            let views = self.clone();
+            runtime.spawn_blocking(move || {
+                views.commit_applied();
+                views.commit_scheduled.store(false, Ordering::Release);
+            });
+        }
+        true
     }
 
     /// Commits the batches applied so far if the oldest has waited [`LedgerViews::deferred_age_max`]
@@ -312,6 +331,7 @@ impl LedgerStateMachine {
             deferred_age_max_ms: Arc::new(AtomicU64::new(
                 u64::try_from(DEFERRED_AGE_MAX.as_millis()).expect("a small constant"),
             )),
+            commit_scheduled: Arc::new(AtomicBool::new(false)),
         };
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),
@@ -567,10 +587,12 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             // Clients get their answers from these responses: the batches are in the durable log
             // and the store's overlay, so their commit to the store may wait (module documentation).
-            let commit_due = !self.defer_commits
+            // Too many waiting events commit here, which bounds the overlay; batches that are only
+            // old enough commit just after this call returns, without holding up its clients.
+            let commit_now = !self.defer_commits
                 || applied.deferred_events >= DEFERRED_EVENTS_MAX
-                || applied.deferred_longer_than(self.views.deferred_age_max());
-            if commit_due {
+                || (applied.deferred_longer_than(self.views.deferred_age_max()) && !self.views.commit_soon());
+            if commit_now {
                 applied.commit_deferred();
             }
             responses
