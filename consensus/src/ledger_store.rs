@@ -710,29 +710,40 @@ impl RedbLedgerStore {
 
 /// Decodes up to `LEDGERS_CACHED_MAX` ledgers; says whether that was all of them.
 fn load_ledgers(view: &LedgerReadView) -> (Map<u32, Ledger>, bool) {
-    let mut cache = Map::default();
-    let mut complete = true;
-    view.ledgers_scan(TimestampRange::ALL, Direction::Ascending, &mut |ledger| {
-        if cache.len() == LEDGERS_CACHED_MAX {
-            complete = false;
-            return ControlFlow::Break(());
-        }
-        cache.insert(ledger.id, *ledger);
-        ControlFlow::Continue(())
-    });
-    (cache, complete)
+    load_cache(
+        LEDGERS_CACHED_MAX,
+        |ledger: &Ledger| ledger.id,
+        |visit| {
+            view.ledgers_scan(TimestampRange::ALL, Direction::Ascending, visit);
+        },
+    )
 }
 
 /// Decodes up to `ACCOUNTS_CACHED_MAX` accounts; says whether that was all of them.
-fn load_accounts(view: &LedgerReadView) -> (HashMap<u128, Account, RandomState>, bool) {
-    let mut cache = HashMap::default();
+fn load_accounts(view: &LedgerReadView) -> (Map<u128, Account>, bool) {
+    load_cache(
+        ACCOUNTS_CACHED_MAX,
+        |account: &Account| account.id,
+        |visit| {
+            view.accounts_scan(TimestampRange::ALL, Direction::Ascending, visit);
+        },
+    )
+}
+
+/// Collects up to `limit` of the records `scan` visits, by `key`; says whether that was all of them.
+fn load_cache<K: std::hash::Hash + Eq, V: Copy>(
+    limit: usize,
+    key: impl Fn(&V) -> K,
+    scan: impl FnOnce(Visit<V>),
+) -> (Map<K, V>, bool) {
+    let mut cache = Map::default();
     let mut complete = true;
-    view.accounts_scan(TimestampRange::ALL, Direction::Ascending, &mut |account| {
-        if cache.len() == ACCOUNTS_CACHED_MAX {
+    scan(&mut |record: &V| {
+        if cache.len() == limit {
             complete = false;
             return ControlFlow::Break(());
         }
-        cache.insert(account.id, *account);
+        cache.insert(key(record), *record);
         ControlFlow::Continue(())
     });
     (cache, complete)
