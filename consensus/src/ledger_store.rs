@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -98,11 +98,11 @@ pub const LEDGERS_CACHED_MAX: usize = 65_536;
 pub const TIMESTAMPS_PER_CHUNK: usize = 504;
 
 /// Transfers per stored block: 130,944 bytes, so that a block with its key and redb's leaf header
-/// fits one 128 KiB page (a block of exactly a power of two takes the next page size up). A full
-/// block is written around the page cache ([`DirectWriteBackend`]), which on this machine's VM
-/// costs a fraction of copying it into fresh cache pages; and redb's cost per row is paid once per
-/// 1,023 transfers. Blocks of 63 (8 KiB pages) took 27% more time to apply (BENCHMARKS.md). A point
-/// read binary-searches one block, which redb caches whole.
+/// fits one 128 KiB page (a block of exactly a power of two takes the next page size up). redb's
+/// cost per row is paid once per 1,023 transfers, and a full block is written around the page
+/// cache ([`DirectWriteBackend`]) instead of being copied into fresh cache pages. With blocks of
+/// 63 (8 KiB pages, buffered) the seven-replica cluster spent 20-28% more CPU per transfer
+/// (BENCHMARKS.md). A point read binary-searches one block, which redb caches whole.
 pub const TRANSFERS_PER_BLOCK: usize = 1023;
 
 /// Entries per transfer-id chunk: 4,032 bytes, so that a full chunk with its key and redb's leaf
@@ -245,9 +245,9 @@ pub mod transfer_ids {
         Some(decode(&chunk[position]).1)
     }
 
-    /// Splits `entries` (sorted, more than `per_chunk`) into the fewest chunks of at most
-    /// `per_chunk`, as even as possible, so that a chunk split by an insert in its middle does not
-    /// leave a sliver behind.
+    /// Splits sorted `entries` into the fewest chunks of at most `per_chunk` (one when they fit),
+    /// as even as possible, so that a chunk split by an insert in its middle does not leave a
+    /// sliver behind.
     pub fn split(entries: &[(u128, u64)], per_chunk: usize) -> impl Iterator<Item = &[(u128, u64)]> {
         let pieces = entries.len().div_ceil(per_chunk).max(1);
         let (size, larger) = (entries.len() / pieces, entries.len() % pieces);
@@ -666,7 +666,7 @@ impl RedbLedgerStore {
         self.committed_ids_max = transfers.chain(failures).fold(self.committed_ids_max, u128::max);
     }
 
-    /// Writes the overlay (and the meta record, when given) in one transaction.
+    /// Adds the ledgers just committed to the cache, while it has room.
     fn cache_ledgers(&mut self) {
         for ledger in &self.overlay.ledgers {
             if self.ledgers_cache.len() < LEDGERS_CACHED_MAX {
@@ -677,6 +677,8 @@ impl RedbLedgerStore {
         }
     }
 
+    /// Puts the accounts just committed in the cache: new ones while it has room, and every
+    /// update of one it holds.
     fn cache_accounts(&mut self) {
         for (id, account) in &self.overlay.accounts {
             if self.accounts_cache.len() < ACCOUNTS_CACHED_MAX || self.accounts_cache.contains_key(id) {
@@ -687,6 +689,7 @@ impl RedbLedgerStore {
         }
     }
 
+    /// Writes the overlay (and the meta record, when given) in one transaction.
     fn commit(&mut self, meta: Option<&StateMeta>) {
         let mut transaction = fatal(self.database.begin_write(), "beginning a write");
         let durability = if self.last_durable_commit.elapsed() >= DURABLE_COMMIT_INTERVAL {
@@ -854,10 +857,9 @@ fn write_transfer_ids(transaction: &redb::WriteTransaction, transfers: &[Transfe
         };
         // It takes every id below the start of the chunk after it.
         let next_start = match target {
-            Some(key) => match table.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))?.next() {
-                Some(entry) => Some(entry?.0.value()),
-                None => None,
-            },
+            Some(key) => {
+                table.range((Bound::Excluded(key), Bound::Unbounded))?.next().transpose()?.map(|(next, _)| next.value())
+            }
             None => None,
         };
         let taken = next_start.map_or(rest.len(), |next| rest.partition_point(|entry| entry.0 < next));

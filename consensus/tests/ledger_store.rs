@@ -34,17 +34,21 @@ fn the_redb_store_passes_the_storage_suite_when_it_merges_its_account_index_ofte
     });
 }
 
-/// Batches of random transfers among `ACCOUNTS` accounts of one ledger, from a fixed seed.
-fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Batch> {
-    const ACCOUNTS: u128 = 12;
-    let second = 1_000_000_000;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
+/// A deterministic pseudo-random sequence (xorshift64) from `seed`, so that failures reproduce.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+/// Batches of random transfers among `ACCOUNTS` accounts of one ledger, from a fixed seed.
+fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Batch> {
+    const ACCOUNTS: u128 = 12;
+    let second = 1_000_000_000;
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut all = vec![
         Batch {
             timestamp: second,
@@ -68,7 +72,7 @@ fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Ba
             .map(|_| {
                 id += 1;
                 // Account 1 is hot: it pays in half of the transfers.
-                let debit = if next() % 2 == 0 { 1 } else { u128::from(next()) % ACCOUNTS + 1 };
+                let debit = if next().is_multiple_of(2) { 1 } else { u128::from(next()) % ACCOUNTS + 1 };
                 let credit = debit % ACCOUNTS + 1 + u128::from(next()) % (ACCOUNTS - 1);
                 let credit = (credit - 1) % ACCOUNTS + 1;
                 NewTransfer {
@@ -293,13 +297,7 @@ fn the_consensus_record_commits_with_its_batch() {
 fn transfer_ids_in_any_order_are_found_across_chunks_and_a_reopen() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("ledger.redb");
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let mut batches = random_transfer_batches(0, 0);
     let mut submitted: Vec<u128> = Vec::new();
     for batch in 0..60_u64 {
