@@ -168,25 +168,10 @@ impl Batcher {
             Some(submission) => submission,
             None => self.receiver.recv().await?,
         };
-        let mut events = first.events.len();
-        let mut group = vec![first];
         let idle = self.in_flight.available_permits() == self.settings.batches_in_flight_max;
         let linger = if idle { Duration::ZERO } else { Duration::from_micros(self.settings.linger_us) };
-        // With a deadline already passed, the loop still takes every request already queued.
-        let deadline = Instant::now() + linger;
-        while events < self.settings.events_per_batch_max && !matches!(group[0].events, Events::Expire) {
-            let next = match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Ok(Some(next)) => next,
-                Ok(None) | Err(_) => break,
-            };
-            let fits = events + next.events.len() <= self.settings.events_per_batch_max;
-            if !(next.events.same_kind(&group[0].events) && fits) {
-                self.carried = Some(next);
-                break;
-            }
-            events += next.events.len();
-            group.push(next);
-        }
+        let (group, carried) = gather(&mut self.receiver, first, linger, self.settings.events_per_batch_max).await;
+        self.carried = carried;
         Some(group)
     }
 
@@ -288,6 +273,41 @@ impl Batcher {
     }
 }
 
+/// Groups `first` with the requests of its kind that follow it, up to `events_max` events: those
+/// already queued, then those arriving within `linger`. Returns the group and the request that
+/// ended it by not fitting, if any.
+async fn gather(
+    receiver: &mut mpsc::Receiver<Submission>,
+    first: Submission,
+    linger: Duration,
+    events_max: usize,
+) -> (Vec<Submission>, Option<Submission>) {
+    let mut events = first.events.len();
+    let mut group = vec![first];
+    let deadline = Instant::now() + linger;
+    while events < events_max && !matches!(group[0].events, Events::Expire) {
+        // Requests already queued are taken without a timer: tokio rounds a timer's deadline up
+        // to its next millisecond tick, so even a deadline already passed cost a lone request up
+        // to 1 ms of waiting (two-thirds of a single replica's whole write; BENCHMARKS.md).
+        let next = match receiver.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) if linger.is_zero() || Instant::now() >= deadline => break,
+            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(next)) => next,
+                Ok(None) | Err(_) => break,
+            },
+        };
+        let fits = events + next.events.len() <= events_max;
+        if !(next.events.same_kind(&group[0].events) && fits) {
+            return (group, Some(next));
+        }
+        events += next.events.len();
+        group.push(next);
+    }
+    (group, None)
+}
+
 /// Moves every submission's events into one vector, without copying them one by one.
 fn take_events<T>(group: &mut [Submission], events: impl Fn(&mut Events) -> &mut Vec<T>) -> Vec<T> {
     let mut all = std::mem::take(events(&mut group[0].events));
@@ -326,5 +346,83 @@ fn distribute(group: Vec<Submission>, sizes: Vec<usize>, outcome: Result<(u64, A
         }
         ApplyResponse::Refused { reason } => fail(group, &WriteError::Refused(reason)),
         ApplyResponse::NoOp => fail(group, &WriteError::Refused("the entry carried no batch".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(events: Events) -> Submission {
+        let (reply, _answer) = oneshot::channel();
+        Submission { events, reply }
+    }
+
+    fn accounts(count: usize) -> Events {
+        Events::Accounts((0..count).map(|_| NewAccount::default()).collect())
+    }
+
+    fn transfers(count: usize) -> Events {
+        Events::Transfers((0..count).map(|_| NewTransfer::default()).collect())
+    }
+
+    fn sizes(group: &[Submission]) -> Vec<usize> {
+        group.iter().map(|submission| submission.events.len()).collect()
+    }
+
+    /// Time is paused: the clock moves only when every task waits on a timer, so a group that
+    /// waited for one shows as time passed.
+    #[tokio::test(start_paused = true)]
+    async fn without_linger_a_group_takes_what_is_queued_and_never_waits_for_a_timer() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        // Between two of the timer's millisecond ticks, as a request arriving at any time is.
+        tokio::time::advance(Duration::from_micros(300)).await;
+        let started = Instant::now();
+        let (group, carried) = gather(&mut receiver, submission(transfers(1)), Duration::ZERO, 10).await;
+        assert_eq!(sizes(&group), [1]);
+        assert!(carried.is_none());
+        assert_eq!(Instant::now(), started, "a lone request waited for a timer");
+
+        for count in [2, 3, 4] {
+            sender.try_send(submission(transfers(count))).unwrap();
+        }
+        let (group, carried) = gather(&mut receiver, submission(transfers(1)), Duration::ZERO, 10).await;
+        assert_eq!(sizes(&group), [1, 2, 3, 4]);
+        assert!(carried.is_none());
+        assert_eq!(Instant::now(), started);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_ends_at_a_request_of_another_kind_or_one_that_does_not_fit() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        sender.try_send(submission(transfers(4))).unwrap();
+        sender.try_send(submission(accounts(1))).unwrap();
+        let (group, carried) = gather(&mut receiver, submission(transfers(3)), Duration::ZERO, 10).await;
+        assert_eq!(sizes(&group), [3, 4]);
+        assert!(matches!(carried.map(|next| next.events), Some(Events::Accounts(_))));
+
+        sender.try_send(submission(transfers(5))).unwrap();
+        let (group, carried) = gather(&mut receiver, submission(transfers(6)), Duration::ZERO, 10).await;
+        assert_eq!(sizes(&group), [6]);
+        assert_eq!(carried.map(|next| next.events.len()), Some(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_linger_a_group_waits_for_requests_until_the_deadline() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            sender.send(submission(transfers(2))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            sender.send(submission(transfers(7))).await.unwrap();
+        });
+        let started = Instant::now();
+        let linger = Duration::from_millis(5);
+        let (group, carried) = gather(&mut receiver, submission(transfers(1)), linger, 100).await;
+        assert_eq!(sizes(&group), [1, 2], "the request 3 ms in joins, the one 13 ms in does not");
+        assert!(carried.is_none());
+        let waited = Instant::now() - started;
+        assert!(waited >= linger && waited < Duration::from_millis(13), "waited {waited:?}");
+        late.await.unwrap();
     }
 }
