@@ -562,9 +562,18 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Applying a batch commits to redb synchronously; keep heartbeats flowing meanwhile.
+        // A large batch takes milliseconds to apply: hand this worker's other tasks (heartbeats,
+        // peer RPCs) to another thread meanwhile. A small one is quicker than that hand-over.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let payload_bytes: usize = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(LogPayload::Batch(bytes)) => bytes.len(),
+                _ => 0,
+            })
+            .sum();
         let shared = Arc::clone(&self.views.applied);
-        let responses = crate::blocking::blocking(|| {
+        let responses = crate::blocking::blocking_when(payload_bytes >= crate::blocking::LONG_WORK_BYTES_MIN, || {
             let mut applied = shared.lock().expect("the ledger lock is never poisoned");
             let mut responses = Vec::new();
             for entry in entries {
@@ -593,7 +602,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 || applied.deferred_events >= DEFERRED_EVENTS_MAX
                 || (applied.deferred_longer_than(self.views.deferred_age_max()) && !self.views.commit_soon());
             if commit_now {
-                applied.commit_deferred();
+                crate::blocking::blocking(|| applied.commit_deferred());
             }
             responses
         });
