@@ -23,12 +23,18 @@
 //! the store behind a purged log. An I/O error while applying is not something a replica can
 //! answer for a client: the store stops the process (fail-stop), and the replica recovers from its
 //! log on restart.
+//!
+//! A replica that defers its commits may also write one off its apply path:
+//! [`RedbLedgerStore::begin_commit`] moves the whole batches staged so far out of the overlay into
+//! a [`LedgerCommit`], which any thread writes while the store applies more into a fresh overlay.
+//! Point reads consult the overlay, then the batches being written, then the committed state,
+//! until [`RedbLedgerStore::finish_commit`] hands the written batches to the caches and the view.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::direct_io::DirectWriteBackend;
 use foldhash::fast::RandomState;
@@ -148,6 +154,13 @@ pub struct RedbLedgerStore {
     last_durable_commit: std::time::Instant,
     committed: LedgerReadView,
     overlay: Overlay,
+    /// Whole batches handed to a commit that is being written ([`RedbLedgerStore::begin_commit`]):
+    /// reads find them here until the commit is finished.
+    committing: Option<Arc<Overlay>>,
+    /// The meta of the batches in `committing`.
+    committing_meta: Option<StateMeta>,
+    /// An emptied overlay, kept for its allocations.
+    spare: Option<Overlay>,
     /// The consensus record to write with the next commit.
     consensus_staged: Option<Vec<u8>>,
     /// Committed accounts, decoded; holds every account while `accounts_cache_complete`.
@@ -157,7 +170,8 @@ pub struct RedbLedgerStore {
     /// `ledgers_cache_complete`. Ledgers never change once created.
     ledgers_cache: Map<u32, Ledger>,
     ledgers_cache_complete: bool,
-    index: AccountIndexRuns,
+    /// Used only by commits, which may run on another thread.
+    index: Arc<Mutex<AccountIndexRuns>>,
     /// The largest id of any committed transfer or recorded transfer failure. Ids made by clients
     /// are time-ordered, so a new transfer's id is almost always above it, and then the ledger's
     /// "does this id exist?" needs no B-tree lookup.
@@ -517,12 +531,15 @@ impl RedbLedgerStore {
             last_durable_commit: std::time::Instant::now(),
             committed,
             overlay: Overlay::default(),
+            committing: None,
+            committing_meta: None,
+            spare: None,
             consensus_staged: None,
             accounts_cache,
             accounts_cache_complete,
             ledgers_cache,
             ledgers_cache_complete,
-            index,
+            index: Arc::new(Mutex::new(index)),
             committed_ids_max,
             defer_commits: false,
             staged_meta: None,
@@ -534,12 +551,12 @@ impl RedbLedgerStore {
     /// [`INDEX_MERGE_POSTINGS_DEFAULT`]); tests set it low to exercise merges.
     pub fn set_index_merge_postings(&mut self, postings: usize) {
         assert!(postings > 0, "a merge threshold of zero postings");
-        self.index.merge_postings = postings;
+        self.index.lock().expect("the index lock is never poisoned").merge_postings = postings;
     }
 
     /// Account-index runs not yet merged.
     pub fn index_runs(&self) -> usize {
-        self.index.runs
+        self.index.lock().expect("the index lock is never poisoned").runs
     }
 
     /// A read view of the last committed state, independent of later commits.
@@ -572,7 +589,7 @@ impl RedbLedgerStore {
         );
         self.consensus_staged = Some(record);
         let meta = self.staged_meta.take();
-        self.commit(meta.as_ref());
+        self.commit(meta);
     }
 
     /// From now on, `meta_put` (the end of each batch) stages instead of committing: the owner
@@ -586,10 +603,45 @@ impl RedbLedgerStore {
     /// Commits the whole batches staged since the last commit, with the staged consensus record.
     pub fn commit_deferred(&mut self) {
         if let Some(meta) = self.staged_meta.take() {
-            self.commit(Some(&meta));
+            self.commit(Some(meta));
         } else {
             assert!(self.overlay.is_empty(), "writes without the end of their batch");
         }
+    }
+
+    /// Takes the whole batches staged since the last commit (with the staged consensus record) out
+    /// of the overlay, for [`LedgerCommit::write`] to write on any thread while this store applies
+    /// more; reads find them in memory until [`RedbLedgerStore::finish_commit`]. `None` when no
+    /// batch is staged. One commit at a time: the one under way must be finished first.
+    pub fn begin_commit(&mut self) -> Option<LedgerCommit> {
+        match self.staged_meta.take() {
+            Some(meta) => Some(self.take_commit(Some(meta))),
+            None => {
+                assert!(self.overlay.is_empty(), "writes without the end of their batch");
+                None
+            }
+        }
+    }
+
+    /// Whether a commit was begun and not finished yet.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Makes a written commit the store's committed state: its batches move from memory to the
+    /// caches and to the read view.
+    pub fn finish_commit(&mut self, written: WrittenCommit) {
+        let committing = self.committing.take().expect("finishing a commit that was begun");
+        assert!(Arc::ptr_eq(&committing, &written.overlay), "finishing the commit this store began");
+        drop(written);
+        let mut overlay = Arc::into_inner(committing).expect("nothing else holds a written commit's batches");
+        self.cache_accounts(&overlay);
+        self.cache_ledgers(&overlay);
+        self.note_committed_ids(&overlay);
+        self.committing_meta = None;
+        self.committed = LedgerReadView::open(&self.database);
+        overlay.clear();
+        self.spare = Some(overlay);
     }
 
     /// The record of the last checkpoint, `None` before the first.
@@ -601,6 +653,7 @@ impl RedbLedgerStore {
     /// which makes every earlier commit durable too: after a crash the store holds at least the
     /// state the checkpoint names, so the log behind it is no longer needed.
     pub fn commit_checkpoint(&mut self, checkpoint: Vec<u8>) {
+        assert!(self.committing.is_none(), "a checkpoint follows every commit under way");
         self.commit_deferred();
         let mut transaction = fatal(self.database.begin_write(), "beginning a checkpoint");
         fatal(transaction.set_durability(Durability::Immediate), "setting durability");
@@ -657,18 +710,26 @@ impl RedbLedgerStore {
     }
 
     fn assert_committed(&self) {
-        assert!(self.overlay.is_empty(), "a scan must not run while a batch is half applied");
+        assert!(
+            self.overlay.is_empty() && self.committing.is_none(),
+            "a scan must not run while a batch is half applied or being committed"
+        );
     }
 
-    fn note_committed_ids(&mut self) {
-        let transfers = self.overlay.transfers.iter().map(|transfer| transfer.id);
-        let failures = self.overlay.failures.iter().map(|failure| failure.id);
+    /// The writes not committed yet, newest first: the overlay, then a commit being written.
+    fn uncommitted(&self) -> impl Iterator<Item = &Overlay> {
+        std::iter::once(&self.overlay).chain(self.committing.as_deref())
+    }
+
+    fn note_committed_ids(&mut self, committed: &Overlay) {
+        let transfers = committed.transfers.iter().map(|transfer| transfer.id);
+        let failures = committed.failures.iter().map(|failure| failure.id);
         self.committed_ids_max = transfers.chain(failures).fold(self.committed_ids_max, u128::max);
     }
 
     /// Adds the ledgers just committed to the cache, while it has room.
-    fn cache_ledgers(&mut self) {
-        for ledger in &self.overlay.ledgers {
+    fn cache_ledgers(&mut self, committed: &Overlay) {
+        for ledger in &committed.ledgers {
             if self.ledgers_cache.len() < LEDGERS_CACHED_MAX {
                 self.ledgers_cache.insert(ledger.id, *ledger);
             } else {
@@ -679,8 +740,8 @@ impl RedbLedgerStore {
 
     /// Puts the accounts just committed in the cache: new ones while it has room, and every
     /// update of one it holds.
-    fn cache_accounts(&mut self) {
-        for (id, account) in &self.overlay.accounts {
+    fn cache_accounts(&mut self, committed: &Overlay) {
+        for (id, account) in &committed.accounts {
             if self.accounts_cache.len() < ACCOUNTS_CACHED_MAX || self.accounts_cache.contains_key(id) {
                 self.accounts_cache.insert(*id, *account);
             } else {
@@ -689,25 +750,68 @@ impl RedbLedgerStore {
         }
     }
 
-    /// Writes the overlay (and the meta record, when given) in one transaction.
-    fn commit(&mut self, meta: Option<&StateMeta>) {
-        let mut transaction = fatal(self.database.begin_write(), "beginning a write");
+    /// Writes the overlay (and the meta record, when given) in one transaction, here and now.
+    fn commit(&mut self, meta: Option<StateMeta>) {
+        let written = self.take_commit(meta).write();
+        self.finish_commit(written);
+    }
+
+    /// Moves the overlay (with `meta` and the staged consensus record) into a commit to write.
+    fn take_commit(&mut self, meta: Option<StateMeta>) -> LedgerCommit {
+        assert!(self.committing.is_none(), "one commit at a time: finish the one under way first");
         let durability = if self.last_durable_commit.elapsed() >= DURABLE_COMMIT_INTERVAL {
             self.last_durable_commit = std::time::Instant::now();
             Durability::Immediate
         } else {
             self.durability
         };
-        fatal(transaction.set_durability(durability), "setting durability");
-        let consensus = self.consensus_staged.as_deref();
-        fatal(write_overlay(&transaction, &self.overlay, meta, consensus, &mut self.index), "writing a batch");
+        let emptied = self.spare.take().unwrap_or_default();
+        let overlay = Arc::new(std::mem::replace(&mut self.overlay, emptied));
+        self.committing = Some(Arc::clone(&overlay));
+        self.committing_meta = meta;
+        LedgerCommit {
+            database: Arc::clone(&self.database),
+            overlay,
+            meta,
+            consensus: self.consensus_staged.take(),
+            durability,
+            index: Arc::clone(&self.index),
+        }
+    }
+}
+
+/// Whole batches taken out of a store's overlay to be written in one transaction, on any thread,
+/// while the store applies more ([`RedbLedgerStore::begin_commit`]).
+#[derive(Debug)]
+pub struct LedgerCommit {
+    database: Arc<Database>,
+    overlay: Arc<Overlay>,
+    meta: Option<StateMeta>,
+    consensus: Option<Vec<u8>>,
+    durability: Durability,
+    index: Arc<Mutex<AccountIndexRuns>>,
+}
+
+/// A [`LedgerCommit`] written and committed, for its store to finish
+/// ([`RedbLedgerStore::finish_commit`]).
+#[derive(Debug)]
+pub struct WrittenCommit {
+    overlay: Arc<Overlay>,
+}
+
+impl LedgerCommit {
+    /// Writes the batches and commits them. A store that cannot write stops the replica
+    /// (fail-stop): the panic names what failed.
+    pub fn write(self) -> WrittenCommit {
+        let mut transaction = fatal(self.database.begin_write(), "beginning a write");
+        fatal(transaction.set_durability(self.durability), "setting durability");
+        let mut index = self.index.lock().expect("the index lock is never poisoned");
+        let written =
+            write_overlay(&transaction, &self.overlay, self.meta.as_ref(), self.consensus.as_deref(), &mut index);
+        fatal(written, "writing a batch");
+        drop(index);
         fatal(transaction.commit(), "committing a batch");
-        self.cache_accounts();
-        self.cache_ledgers();
-        self.note_committed_ids();
-        self.overlay.clear();
-        self.consensus_staged = None;
-        self.committed = LedgerReadView::open(&self.database);
+        WrittenCommit { overlay: self.overlay }
     }
 }
 
@@ -975,9 +1079,11 @@ fn scan_range<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl StorageRead for RedbLedgerStore {
     fn ledger_get(&self, id: u32) -> Option<Ledger> {
-        if let Some(ledger) =
-            self.ledgers_cache.get(&id).or_else(|| self.overlay.ledgers.iter().find(|ledger| ledger.id == id))
-        {
+        let found = self
+            .ledgers_cache
+            .get(&id)
+            .or_else(|| self.uncommitted().flat_map(|overlay| overlay.ledgers.iter()).find(|ledger| ledger.id == id));
+        if let Some(ledger) = found {
             return Some(*ledger);
         }
         if self.ledgers_cache_complete { None } else { self.committed.ledger_get(id) }
@@ -989,7 +1095,11 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn account_get(&self, id: u128) -> Option<Account> {
-        if let Some(account) = self.overlay.accounts.get(&id).or_else(|| self.accounts_cache.get(&id)) {
+        let uncommitted = match &self.committing {
+            None => self.overlay.accounts.get(&id),
+            Some(committing) => self.overlay.accounts.get(&id).or_else(|| committing.accounts.get(&id)),
+        };
+        if let Some(account) = uncommitted.or_else(|| self.accounts_cache.get(&id)) {
             return Some(*account);
         }
         if self.accounts_cache_complete { None } else { self.committed.account_get(id) }
@@ -1001,14 +1111,15 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn transfer_get(&self, id: u128) -> Option<Transfer> {
-        if id > self.committed_ids_max && id > self.overlay.ids_max {
+        if self.uncommitted().all(|overlay| id > overlay.ids_max) && id > self.committed_ids_max {
             return None;
         }
-        match self.overlay.transfer_position(id) {
-            Some(position) => Some(self.overlay.transfers[position]),
-            None if id > self.committed_ids_max => None,
-            None => self.committed.transfer_get(id),
+        for overlay in self.uncommitted() {
+            if let Some(position) = overlay.transfer_position(id) {
+                return Some(overlay.transfers[position]);
+            }
         }
+        if id > self.committed_ids_max { None } else { self.committed.transfer_get(id) }
     }
 
     fn transfers_scan(&self, range: TimestampRange, direction: Direction, visit: Visit<Transfer>) {
@@ -1028,14 +1139,15 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn transfer_failure_get(&self, id: u128) -> Option<TransferFailure> {
-        if id > self.committed_ids_max && id > self.overlay.ids_max {
+        if self.uncommitted().all(|overlay| id > overlay.ids_max) && id > self.committed_ids_max {
             return None;
         }
-        match self.overlay.failure_positions.get(&id) {
-            Some(position) => Some(self.overlay.failures[*position]),
-            None if id > self.committed_ids_max => None,
-            None => self.committed.transfer_failure_get(id),
+        for overlay in self.uncommitted() {
+            if let Some(position) = overlay.failure_positions.get(&id) {
+                return Some(overlay.failures[*position]);
+            }
         }
+        if id > self.committed_ids_max { None } else { self.committed.transfer_failure_get(id) }
     }
 
     fn transfer_failures_scan(&self, visit: Visit<TransferFailure>) {
@@ -1044,7 +1156,7 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn pending_status_get(&self, pending_id: u128) -> Option<PendingStatus> {
-        match self.overlay.pending_statuses.get(&pending_id) {
+        match self.uncommitted().find_map(|overlay| overlay.pending_statuses.get(&pending_id)) {
             Some(status) => *status,
             None => self.committed.pending_status_get(pending_id),
         }
@@ -1067,7 +1179,7 @@ impl StorageRead for RedbLedgerStore {
     }
 
     fn meta_get(&self) -> StateMeta {
-        self.staged_meta.unwrap_or(self.committed.meta)
+        self.staged_meta.or(self.committing_meta).unwrap_or(self.committed.meta)
     }
 }
 
@@ -1315,7 +1427,7 @@ impl Storage for RedbLedgerStore {
             self.staged_meta = Some(*meta);
             return;
         }
-        self.commit(Some(meta));
+        self.commit(Some(*meta));
         debug_assert_eq!(self.committed.meta, *meta);
     }
 

@@ -7,14 +7,21 @@
 //!
 //! Applied batches need not be committed to the store at once: they wait in the store's overlay,
 //! which answers the ledger's own reads, and the durable log holds them. A replica that defers its
-//! commits ([`LedgerStateMachine::defer_commits`]) commits when [`DEFERRED_EVENTS_MAX`] events
-//! wait; right after the first apply call that finds them older than [`DEFERRED_AGE_MAX`] (on a
-//! follower, [`DEFERRED_AGE_MAX_FOLLOWER`]) has handed its responses back, on a blocking thread, so
-//! that the clients of that call do not wait for the commit and it overlaps the replication of the
-//! next batch (BENCHMARKS.md); when the node's ticker finds them older than that
+//! commits ([`LedgerStateMachine::defer_commits`]) commits right after the first apply call that
+//! finds [`DEFERRED_EVENTS_MAX`] events waiting, or finds them older than [`DEFERRED_AGE_MAX`] (on
+//! a follower, [`DEFERRED_AGE_MAX_FOLLOWER`]), has handed its responses back, on a blocking thread,
+//! so that the clients of that call do not wait for the commit and it overlaps the replication of
+//! the next batch (BENCHMARKS.md); when the node's ticker finds them older than that
 //! ([`LedgerViews::commit_if_due`]); before a snapshot or an expiry scan; and when a reader needs
 //! them ([`LedgerViews::wait_committed`]). Committing 16 batches together writes each account row
 //! and B-tree page once instead of 16 times (BENCHMARKS.md).
+//!
+//! Such a commit takes its batches out of the store under the ledger lock, writes them without
+//! it, and takes the lock again to finish: apply calls go on meanwhile. On the leader a commit of
+//! 200 ms of batches took 40-380 ms, and while it held the lock every apply call, and so every
+//! client, waited for it (BENCHMARKS.md). One commit is written at a time; a commit that must
+//! happen at once (a snapshot, an expiry, a refused entry, or twice [`DEFERRED_EVENTS_MAX`]
+//! events waiting) first waits for the one being written.
 //!
 //! Snapshots are checkpoints. When openraft (on the node's log-size policy) builds a snapshot, the
 //! replica commits what it applied in one durable commit that records the checkpoint's meta: from
@@ -35,7 +42,7 @@ use std::fs;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -46,7 +53,7 @@ use tally_state_machine::{Batch, BatchOutcome, Operation, StateMachine, StorageR
 use tokio::sync::watch;
 
 use crate::direct_io::DirectFileWriter;
-use crate::ledger_store::{LedgerReadView, RedbLedgerStore};
+use crate::ledger_store::{LedgerReadView, RedbLedgerStore, WrittenCommit};
 use crate::snapshot_data::{SnapshotData, UnwrittenSnapshot};
 use crate::types::{
     ApplyResponse, ConsensusRecord, Entry, LogPayload, Membership, SnapshotMeta, StorageError, TypeConfig, decode,
@@ -64,9 +71,12 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"TALLYRSN";
 /// The largest snapshot meta header accepted from a file (it holds a membership of a few nodes).
 const SNAPSHOT_META_BYTES_MAX: u32 = 1024 * 1024;
 
-/// The most events a replica keeps applied but uncommitted (16 full batches: an overlay of about
-/// 25 MB).
+/// Events a replica keeps applied but uncommitted before it commits them (16 full batches: an
+/// overlay of about 25 MB), after the apply call, without the ledger lock.
 pub const DEFERRED_EVENTS_MAX: usize = 16 * EVENTS_PER_BATCH_MAX;
+/// The most events a replica keeps applied but uncommitted while a commit is being written: at
+/// this many an apply call commits them itself, and waits for the commit under way first.
+pub const DEFERRED_EVENTS_HARD_MAX: usize = 2 * DEFERRED_EVENTS_MAX;
 /// The longest a replica keeps applied batches uncommitted while it applies more; the node's
 /// ticker commits older ones when no more come. The node sets it by role
 /// ([`LedgerViews::set_deferred_age_max`]): the leader commits sooner, since its commits delay its
@@ -92,8 +102,65 @@ struct Applied {
     ledger: Option<StateMachine<RedbLedgerStore>>,
     deferred_events: usize,
     deferred_since: Option<Instant>,
+    /// A commit being written without this lock ([`LedgerViews::commit_applied`]).
+    in_flight: Option<Arc<CommitSlot>>,
     /// The log index that views reach, published after every commit.
     committed: Arc<watch::Sender<Option<u64>>>,
+}
+
+/// Where a commit written without the ledger lock is handed back, for whoever holds the lock
+/// next to finish.
+#[derive(Debug, Default)]
+struct CommitSlot {
+    state: Mutex<CommitState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+enum CommitState {
+    #[default]
+    Writing,
+    Written(WrittenCommit),
+    Taken,
+    /// The writer panicked: the store cannot write, and the replica stops (fail-stop).
+    Failed,
+}
+
+impl CommitSlot {
+    fn set(&self, state: CommitState) {
+        *self.state.lock().expect("the commit slot lock is never poisoned") = state;
+        self.changed.notify_all();
+    }
+
+    fn is_writing(&self) -> bool {
+        matches!(*self.state.lock().expect("the commit slot lock is never poisoned"), CommitState::Writing)
+    }
+
+    /// Waits until the writer is done, leaving what it wrote for the lock holder to finish.
+    fn wait_until_written(&self) {
+        let mut state = self.state.lock().expect("the commit slot lock is never poisoned");
+        while matches!(*state, CommitState::Writing) {
+            state = self.changed.wait(state).expect("the commit slot lock is never poisoned");
+        }
+        assert!(!matches!(*state, CommitState::Failed), "a ledger commit failed: the replica cannot write its ledger");
+    }
+
+    /// Waits until the writer is done; the written commit, once (`None` after it was taken).
+    fn wait_written(&self) -> Option<WrittenCommit> {
+        let mut state = self.state.lock().expect("the commit slot lock is never poisoned");
+        while matches!(*state, CommitState::Writing) {
+            state = self.changed.wait(state).expect("the commit slot lock is never poisoned");
+        }
+        match std::mem::replace(&mut *state, CommitState::Taken) {
+            CommitState::Written(written) => Some(written),
+            CommitState::Taken => None,
+            CommitState::Failed => {
+                *state = CommitState::Failed;
+                panic!("a ledger commit failed: the replica cannot write its ledger");
+            }
+            CommitState::Writing => unreachable!("waited until it was written"),
+        }
+    }
 }
 
 impl Applied {
@@ -108,15 +175,28 @@ impl Applied {
     /// Commits `record` (with any batches still deferred), for entries that change no ledger data
     /// or were refused.
     fn commit_record(&mut self, record: &ConsensusRecord) {
+        self.finish_in_flight();
         self.ledger_mut().storage_mut().commit_consensus_state(encode(record));
         self.after_commit();
     }
 
-    /// Commits the batches applied since the last commit, if any.
+    /// Commits the batches applied since the last commit, if any, here and now (after the commit
+    /// under way, if any).
     fn commit_deferred(&mut self) {
+        self.finish_in_flight();
         if self.deferred_since.is_some() {
             self.ledger_mut().storage_mut().commit_deferred();
             self.after_commit();
+        }
+    }
+
+    /// Finishes the commit being written without the lock, if any, waiting for its writer (which
+    /// needs no lock to finish writing).
+    fn finish_in_flight(&mut self) {
+        let Some(slot) = self.in_flight.take() else { return };
+        if let Some(written) = slot.wait_written() {
+            self.ledger_mut().storage_mut().finish_commit(written);
+            self.publish_committed();
         }
     }
 
@@ -150,6 +230,11 @@ impl Applied {
     fn after_commit(&mut self) {
         self.deferred_events = 0;
         self.deferred_since = None;
+        self.publish_committed();
+    }
+
+    /// Tells readers which log index views now reach.
+    fn publish_committed(&mut self) {
         let record: ConsensusRecord = match self.ledger().storage().consensus_state() {
             Some(bytes) => decode(bytes, "consensus record").expect("the store holds a record it wrote"),
             None => ConsensusRecord::default(),
@@ -214,21 +299,70 @@ impl LedgerViews {
         let _ = receiver.wait_for(reached).await;
     }
 
-    /// Commits every batch applied so far (blocking: it waits for an apply call in progress).
+    /// Commits every batch applied so far (blocking). The batches are written without the ledger
+    /// lock, so apply calls go on meanwhile: a commit of 200 ms of batches took 40-380 ms on the
+    /// leader, and an apply call that waited for it delayed its clients by as much (BENCHMARKS.md).
     pub fn commit_applied(&self) {
-        self.applied.lock().expect("the ledger lock is never poisoned").commit_deferred();
+        self.commit_applied_then(|| {});
+    }
+
+    /// [`LedgerViews::commit_applied`], calling `begun` once this commit has taken its batches
+    /// (or found none), before it writes them.
+    fn commit_applied_then(&self, begun: impl FnOnce()) {
+        let mut begun = Some(begun);
+        let mut begun = move || {
+            if let Some(begun) = begun.take() {
+                begun();
+            }
+        };
+        let (commit, slot) = loop {
+            let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
+            if let Some(slot) = applied.in_flight.as_ref().filter(|slot| slot.is_writing()).map(Arc::clone) {
+                // Another commit is being written: wait for it without the lock.
+                drop(applied);
+                slot.wait_until_written();
+                continue;
+            }
+            applied.finish_in_flight();
+            if applied.deferred_since.is_none() {
+                begun();
+                return;
+            }
+            let Some(commit) = applied.ledger_mut().storage_mut().begin_commit() else {
+                applied.after_commit();
+                begun();
+                return;
+            };
+            let slot = Arc::new(CommitSlot::default());
+            applied.in_flight = Some(Arc::clone(&slot));
+            applied.deferred_events = 0;
+            applied.deferred_since = None;
+            begun();
+            break (commit, slot);
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit.write())) {
+            Ok(written) => slot.set(CommitState::Written(written)),
+            Err(panic) => {
+                slot.set(CommitState::Failed);
+                std::panic::resume_unwind(panic);
+            }
+        }
+        let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
+        if applied.in_flight.as_ref().is_some_and(|in_flight| Arc::ptr_eq(in_flight, &slot)) {
+            applied.finish_in_flight();
+        }
     }
 
     /// Commits every batch applied so far on a blocking thread, once the apply call under way lets
-    /// go of the ledger; at most one such commit waits at a time. Without a tokio runtime (tests,
-    /// tools) the caller must commit itself: this returns `false`.
+    /// go of the ledger; at most one such commit waits to take its batches at a time (another may
+    /// be writing meanwhile). Without a tokio runtime (tests, tools) the caller must commit
+    /// itself: this returns `false`.
     fn commit_soon(&self) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
         if !self.commit_scheduled.swap(true, Ordering::AcqRel) {
             let views = self.clone();
             runtime.spawn_blocking(move || {
-                views.commit_applied();
-                views.commit_scheduled.store(false, Ordering::Release);
+                views.commit_applied_then(|| views.commit_scheduled.store(false, Ordering::Release));
             });
         }
         true
@@ -239,9 +373,9 @@ impl LedgerViews {
     /// cluster went quiet become visible to views.
     pub fn commit_if_due(&self) {
         let age = self.deferred_age_max();
-        let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
-        if applied.deferred_longer_than(age) {
-            applied.commit_deferred();
+        let due = self.applied.lock().expect("the ledger lock is never poisoned").deferred_longer_than(age);
+        if due {
+            self.commit_applied();
         }
     }
 
@@ -322,6 +456,7 @@ impl LedgerStateMachine {
             ledger: Some(StateMachine::open(store)),
             deferred_events: 0,
             deferred_since: None,
+            in_flight: None,
             committed: Arc::clone(&committed),
         };
         let views = LedgerViews {
@@ -596,11 +731,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             // Clients get their answers from these responses: the batches are in the durable log
             // and the store's overlay, so their commit to the store may wait (module documentation).
-            // Too many waiting events commit here, which bounds the overlay; batches that are only
-            // old enough commit just after this call returns, without holding up its clients.
+            // Batches old enough or many enough commit just after this call returns, written
+            // without the ledger lock, so that no apply call waits for them. Only when commits fall
+            // so far behind that twice as many wait does one run here, which bounds the overlay.
+            let due = applied.deferred_events >= DEFERRED_EVENTS_MAX
+                || applied.deferred_longer_than(self.views.deferred_age_max());
             let commit_now = !self.defer_commits
-                || applied.deferred_events >= DEFERRED_EVENTS_MAX
-                || (applied.deferred_longer_than(self.views.deferred_age_max()) && !self.views.commit_soon());
+                || applied.deferred_events >= DEFERRED_EVENTS_HARD_MAX
+                || (due && !self.views.commit_soon());
             if commit_now {
                 crate::blocking::blocking(|| applied.commit_deferred());
             }
@@ -657,6 +795,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         // Swap the stores: close the old one, move the restored file over it, reopen. Whatever the
         // old one had deferred goes with it: the snapshot is newer.
         let mut applied = self.views.applied.lock().expect("the ledger lock is never poisoned");
+        applied.finish_in_flight();
         drop(applied.ledger.take());
         let rename = fs::rename(self.directory.join(LEDGER_INSTALLING_FILE), self.directory.join(LEDGER_FILE));
         rename.map_err(|error| state_machine_error(ErrorVerb::Write, error))?;

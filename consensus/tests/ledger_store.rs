@@ -2,6 +2,7 @@
 //! reopen, and loses nothing but the uncommitted tail of a batch.
 
 use std::ops::ControlFlow;
+use tally_consensus::ledger_store::WrittenCommit;
 use tally_consensus::{CACHE_BYTES_DEFAULT, LedgerStoreError, RedbLedgerStore};
 use tally_state_machine::storage::suite;
 
@@ -416,4 +417,71 @@ fn an_account_index_run_whose_directory_and_timestamps_disagree_is_refused() {
     postings::encode(&[(2, 10), (2, 20), (7, 15)], &mut encoded);
     encoded.truncate(encoded.len() - 8);
     let _ = tally_consensus::ledger_store::postings::Run::parse(&encoded);
+}
+
+/// Every point lookup the ledger makes, compared with the in-memory reference.
+fn assert_lookups_match(store: &RedbLedgerStore, reference: &impl StorageRead, when: &str) {
+    for id in 1..=3_100 {
+        assert_eq!(store.transfer_get(id), reference.transfer_get(id), "transfer {id}, {when}");
+        assert_eq!(store.transfer_failure_get(id), reference.transfer_failure_get(id), "failure {id}, {when}");
+        assert_eq!(store.pending_status_get(id), reference.pending_status_get(id), "pending {id}, {when}");
+        assert_eq!(store.account_get(id), reference.account_get(id), "account {id}, {when}");
+    }
+    for id in 1..=20 {
+        assert_eq!(store.ledger_get(id), reference.ledger_get(id), "ledger {id}, {when}");
+    }
+    assert_eq!(store.meta_get(), reference.meta_get(), "meta, {when}");
+}
+
+/// Batches taken out of the store by `begin_commit` are written on another thread while the
+/// store applies more (as a replica commits without its ledger lock): meanwhile and afterwards
+/// every lookup finds them, and the store, then a reopened copy, ends where the reference does.
+#[test]
+fn batches_apply_and_are_found_while_an_earlier_commit_is_written_on_another_thread() {
+    for (name, batches) in
+        [("random transfers", random_transfer_batches(30, 100)), ("reference", suite::reference_batches())]
+    {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("ledger.redb");
+        let mut reference = StateMachine::new();
+        let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+        store.defer_commits();
+        let mut ledger = StateMachine::open(store);
+        let mut writer: Option<std::thread::JoinHandle<WrittenCommit>> = None;
+        let mut written_meanwhile = 0;
+        for (index, batch) in batches.iter().enumerate() {
+            if matches!(batch.operation, Operation::ExpirePendingTransfers) {
+                // An expiry scans committed state: the replica commits everything before it.
+                if let Some(writer) = writer.take() {
+                    ledger.storage_mut().finish_commit(writer.join().unwrap());
+                }
+                ledger.storage_mut().commit_deferred();
+            }
+            assert_eq!(ledger.apply(batch), reference.apply(batch), "{name}, batch {index}");
+            if let Some(running) = writer.take() {
+                assert!(ledger.storage().is_committing());
+                let when = format!("{name}, batch {index}, a commit being written");
+                assert_lookups_match(ledger.storage(), reference.storage(), &when);
+                let written = running.join().unwrap();
+                ledger.storage_mut().finish_commit(written);
+                written_meanwhile += 1;
+                let when = format!("{name}, batch {index}, a commit finished");
+                assert_lookups_match(ledger.storage(), reference.storage(), &when);
+            }
+            let commit = ledger.storage_mut().begin_commit().expect("whole batches are staged");
+            writer = Some(std::thread::spawn(move || commit.write()));
+        }
+        assert!(written_meanwhile >= 3, "{name}: only {written_meanwhile} commits overlapped applying");
+        if let Some(writer) = writer.take() {
+            ledger.storage_mut().finish_commit(writer.join().unwrap());
+        }
+        ledger.storage_mut().commit_deferred();
+        assert!(!ledger.storage().is_committing());
+        assert_eq!(ledger.digest(), reference.digest(), "{name}");
+        assert_eq!(snapshot(&ledger), snapshot(&reference), "{name}");
+        drop(ledger);
+        let reopened = StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
+        assert_lookups_match(reopened.storage(), reference.storage(), &format!("{name}, reopened"));
+        assert_eq!(snapshot(&reopened), snapshot(&reference), "{name}, reopened");
+    }
 }

@@ -219,11 +219,15 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
     let away = if leader == 7 { 6 } else { 7 };
     cluster.kill(away);
     // One request at a time: forty log entries, snapshots every ten (once the log has also grown by
-    // the last snapshot's size), the log purged behind each.
+    // the last snapshot's size), the log purged behind each. The policy looks at the log four times
+    // a second, and forty writes take far less than that: a pause after every ten lets it see them.
     let clients = clients(&cluster, &[leader]).await;
     let mut written = Vec::new();
     for request in 0..40u128 {
         written.extend(write_until_acknowledged(&clients, 1 + request * 10, 1, 10).await);
+        if request % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
     }
     cluster.restart(away);
     cluster.wait_converged(&cluster.ids(), CONVERGE_WITHIN).await;
