@@ -206,8 +206,13 @@ $members]
 
 [storage]
 cache_bytes = 134217728
+
+[scheduling]
+# All replicas share this host: followers yield CPU to the leader (node/src/scheduling.rs).
+follower_nice = 5
 TOML
-    "$ROOT/target/release/tally-node" --config "$directory/node-$index.toml" >"$directory/node-$index.log" 2>&1 &
+    # Each replica in its own session, as scripts/cluster.sh starts them (follower_nice needs it).
+    setsid "$ROOT/target/release/tally-node" --config "$directory/node-$index.toml" >"$directory/node-$index.log" 2>&1 &
     TALLY_PIDS+=($!)
     PIDS+=($!)
     TALLY_ENDPOINTS+="${TALLY_ENDPOINTS:+,}127.0.0.1:$((7300 + index))"

@@ -37,6 +37,22 @@ pub struct NodeConfig {
     pub group_commit: GroupCommitSettings,
     #[serde(default)]
     pub storage: StorageSettings,
+    #[serde(default)]
+    pub scheduling: SchedulingSettings,
+}
+
+/// For replicas that share a host (a local cluster, a test rig). A replica on a host of its own
+/// needs none of this.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingSettings {
+    /// The nice value (0-19) of the replica's process group while it follows; it goes back to 0
+    /// while it leads. Replicas sharing a host then share it unevenly in the leader's favour: the
+    /// leader does the most work per transfer (clients, every follower's messages), and with an
+    /// even share it was the one every write waited for (BENCHMARKS.md). 0, the default, changes
+    /// nothing. It takes effect only when the replica leads its own session (`setsid`), as
+    /// `scripts/cluster.sh` starts it, since Linux sets it for the whole session's group.
+    pub follower_nice: u8,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -213,6 +229,9 @@ impl NodeConfig {
         if self.group_commit.batches_in_flight_max == 0 {
             return invalid("group_commit.batches_in_flight_max must be at least 1".into());
         }
+        if self.scheduling.follower_nice > 19 {
+            return invalid(format!("scheduling.follower_nice must be 0..=19, not {}", self.scheduling.follower_nice));
+        }
         let limits = &self.limits;
         if limits.requests_in_flight_max == 0 || limits.connections_max == 0 || limits.request_timeout_ms == 0 {
             return invalid("limits must all be above 0".into());
@@ -293,5 +312,16 @@ initial_members = [
         assert!(parse(&timeouts).unwrap_err().contains("election_timeout_min_ms"));
         let batch = format!("{}\n[group_commit]\nevents_per_batch_max = 9000\n", minimal());
         assert!(parse(&batch).unwrap_err().contains("events_per_batch_max"));
+        let nice = format!("{}\n[scheduling]\nfollower_nice = 20\n", minimal());
+        assert!(parse(&nice).unwrap_err().contains("follower_nice must be 0..=19, not 20"));
+        let negative = format!("{}\n[scheduling]\nfollower_nice = -1\n", minimal());
+        assert!(parse(&negative).unwrap_err().contains("follower_nice"));
+    }
+
+    #[test]
+    fn followers_yield_the_host_only_when_asked() {
+        assert_eq!(parse(minimal()).unwrap().scheduling.follower_nice, 0);
+        let nice = format!("{}\n[scheduling]\nfollower_nice = 5\n", minimal());
+        assert_eq!(parse(&nice).unwrap().scheduling.follower_nice, 5);
     }
 }

@@ -21,6 +21,7 @@ pub mod convert;
 pub mod gateway;
 pub mod group_commit;
 pub mod observe;
+pub mod scheduling;
 pub mod server;
 
 pub use config::NodeConfig;

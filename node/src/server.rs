@@ -144,6 +144,7 @@ pub async fn run(
     tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
     tokio::spawn(snapshot_when_log_grows(raft.clone(), appended, config.raft.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
+    tokio::spawn(crate::scheduling::yield_host_while_following(Arc::clone(&replica), config.scheduling.follower_nice));
     if let Some(listener) = metrics_listener {
         tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
     }

@@ -28,6 +28,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         limits: Limits { message_bytes_max: 64 * 1024, ..Limits::default() },
         group_commit: GroupCommitSettings::default(),
         storage: StorageSettings { cache_bytes: 4 * 1024 * 1024, log_cache_bytes: 4 * 1024 * 1024 },
+        scheduling: Default::default(),
     }
 }
 
