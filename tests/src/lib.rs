@@ -83,11 +83,19 @@ pub struct Settings {
     pub snapshot_after_entries: u64,
     pub log_entries_kept_after_snapshot: u64,
     pub request_timeout_ms: u64,
+    /// `scheduling.follower_nice`; when set, each replica is started in its own session (`setsid`),
+    /// as `scripts/cluster.sh` starts them.
+    pub follower_nice: u8,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { snapshot_after_entries: 20_000, log_entries_kept_after_snapshot: 1_000, request_timeout_ms: 5_000 }
+        Settings {
+            snapshot_after_entries: 20_000,
+            log_entries_kept_after_snapshot: 1_000,
+            request_timeout_ms: 5_000,
+            follower_nice: 0,
+        }
     }
 }
 
@@ -161,7 +169,7 @@ impl LocalCluster {
              advertise_address = \"127.0.0.1:{grpc}\"\nmetrics_address = \"127.0.0.1:{metrics}\"\ndata_directory = \"{data}\"\n\
              {members}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n\
              snapshot_after_entries = {snapshot}\nlog_entries_kept_after_snapshot = {kept}\n\n[limits]\nrequest_timeout_ms = {timeout}\n\n\
-             [storage]\ncache_bytes = 33554432\n",
+             [storage]\ncache_bytes = 33554432\n\n[scheduling]\nfollower_nice = {nice}\n",
             site = replica.site,
             grpc = replica.grpc_port,
             metrics = replica.metrics_port,
@@ -169,6 +177,7 @@ impl LocalCluster {
             snapshot = self.settings.snapshot_after_entries,
             kept = self.settings.log_entries_kept_after_snapshot,
             timeout = self.settings.request_timeout_ms,
+            nice = self.settings.follower_nice,
         );
         std::fs::write(&replica.config_path, config).expect("the config is written");
     }
@@ -178,7 +187,16 @@ impl LocalCluster {
         let replica = self.replicas.get_mut(&id).expect("a known replica");
         assert!(replica.child.is_none(), "replica {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&replica.log_path).expect("a log file");
-        let child = Command::new(binary)
+        // `setsid` (util-linux) runs the replica in its own session without forking: a child of this
+        // process leads no process group, so the pid is the replica's.
+        let mut command = if self.settings.follower_nice > 0 {
+            let mut command = Command::new("setsid");
+            command.arg(binary);
+            command
+        } else {
+            Command::new(binary)
+        };
+        let child = command
             .arg("--config")
             .arg(&replica.config_path)
             .env("RUST_LOG", "info,openraft=warn")
@@ -188,6 +206,11 @@ impl LocalCluster {
             .spawn()
             .expect("tally-node starts");
         replica.child = Some(child);
+    }
+
+    /// The process id of a running replica.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.replicas[&id].child.as_ref().map(Child::id)
     }
 
     /// SIGKILLs a replica: no shutdown, no flush, like a power cut.

@@ -331,3 +331,43 @@ async fn sigterm_stops_a_replica_cleanly_and_it_rejoins() {
     cluster.wait_converged(&cluster.ids(), CONVERGE_WITHIN).await;
     assert_all_present(&cluster, follower, &written).await;
 }
+
+/// The nice value of a process's session group, from `/proc/PID/autogroup` ("/autogroup-7 nice 5").
+fn group_nice(pid: u32) -> Option<i32> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// Waits until the leader's session group runs at nice 0 and every other running replica's at
+/// `follower_nice`.
+async fn wait_for_priorities(cluster: &LocalCluster, leader: u64, follower_nice: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Vec<(u64, Option<i32>)> =
+            cluster.running().into_iter().map(|id| (id, cluster.pid(id).and_then(group_nice))).collect();
+        let expected = |id: u64| Some(if id == leader { 0 } else { follower_nice });
+        if seen.iter().all(|(id, nice)| *nice == expected(*id)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "leader {leader}: nice values {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_host_followers_yield_the_cpu_and_a_new_leader_takes_it_back() {
+    if !std::path::Path::new("/proc/self/autogroup").exists() {
+        eprintln!("this kernel has no session groups (autogroup): nothing to check");
+        return;
+    }
+    let _turn = serialised().await;
+    let settings = Settings { follower_nice: 5, ..Settings::default() };
+    let mut cluster = LocalCluster::start(&["a", "b", "c"], settings);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    wait_for_priorities(&cluster, leader, 5).await;
+
+    cluster.kill(leader);
+    let successor = cluster.wait_for_leader(LEADER_WITHIN).await;
+    assert_ne!(successor, leader);
+    wait_for_priorities(&cluster, successor, 5).await;
+}
