@@ -4,8 +4,8 @@
 //!
 //! That hand-over is not free: it wakes another thread, and the worker takes its tasks back after.
 //! For a small append or the apply of a few transfers (a fraction of a millisecond) it cost more
-//! than the work: a single-transfer write on the seven-replica cluster spent about a fifth of its
-//! CPU there (BENCHMARKS.md). [`blocking_when`] does the hand-over only for work that may be long.
+//! than the work: a follower made 16 `futex` calls per single-transfer entry (BENCHMARKS.md).
+//! [`blocking_when`] does the hand-over only for work that may be long.
 
 /// Work expected to take at least this many bytes of writing is handed over as blocking: a direct
 /// write of that size and its fsync take milliseconds, not microseconds.

@@ -42,7 +42,7 @@ use std::fs;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -53,7 +53,7 @@ use tally_state_machine::{Batch, BatchOutcome, Operation, StateMachine, StorageR
 use tokio::sync::watch;
 
 use crate::direct_io::DirectFileWriter;
-use crate::ledger_store::{LedgerReadView, RedbLedgerStore, WrittenCommit};
+use crate::ledger_store::{LedgerCommit, LedgerReadView, RedbLedgerStore, WrittenCommit};
 use crate::snapshot_data::{SnapshotData, UnwrittenSnapshot};
 use crate::types::{
     ApplyResponse, ConsensusRecord, Entry, LogPayload, Membership, SnapshotMeta, StorageError, TypeConfig, decode,
@@ -137,28 +137,20 @@ impl CommitSlot {
     }
 
     /// Waits until the writer is done, leaving what it wrote for the lock holder to finish.
-    fn wait_until_written(&self) {
+    fn wait_until_written(&self) -> MutexGuard<'_, CommitState> {
         let mut state = self.state.lock().expect("the commit slot lock is never poisoned");
         while matches!(*state, CommitState::Writing) {
             state = self.changed.wait(state).expect("the commit slot lock is never poisoned");
         }
         assert!(!matches!(*state, CommitState::Failed), "a ledger commit failed: the replica cannot write its ledger");
+        state
     }
 
     /// Waits until the writer is done; the written commit, once (`None` after it was taken).
     fn wait_written(&self) -> Option<WrittenCommit> {
-        let mut state = self.state.lock().expect("the commit slot lock is never poisoned");
-        while matches!(*state, CommitState::Writing) {
-            state = self.changed.wait(state).expect("the commit slot lock is never poisoned");
-        }
-        match std::mem::replace(&mut *state, CommitState::Taken) {
+        match std::mem::replace(&mut *self.wait_until_written(), CommitState::Taken) {
             CommitState::Written(written) => Some(written),
-            CommitState::Taken => None,
-            CommitState::Failed => {
-                *state = CommitState::Failed;
-                panic!("a ledger commit failed: the replica cannot write its ledger");
-            }
-            CommitState::Writing => unreachable!("waited until it was written"),
+            _ => None,
         }
     }
 }
@@ -306,40 +298,13 @@ impl LedgerViews {
         self.commit_applied_then(|| {});
     }
 
-    /// [`LedgerViews::commit_applied`], calling `begun` once this commit has taken its batches
-    /// (or found none), before it writes them.
+    /// [`LedgerViews::commit_applied`], calling `begun` (under the ledger lock) once this commit has
+    /// taken its batches or found none, before it writes them.
     fn commit_applied_then(&self, begun: impl FnOnce()) {
-        let mut begun = Some(begun);
-        let mut begun = move || {
-            if let Some(begun) = begun.take() {
-                begun();
-            }
-        };
-        let (commit, slot) = loop {
-            let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
-            if let Some(slot) = applied.in_flight.as_ref().filter(|slot| slot.is_writing()).map(Arc::clone) {
-                // Another commit is being written: wait for it without the lock.
-                drop(applied);
-                slot.wait_until_written();
-                continue;
-            }
-            applied.finish_in_flight();
-            if applied.deferred_since.is_none() {
-                begun();
-                return;
-            }
-            let Some(commit) = applied.ledger_mut().storage_mut().begin_commit() else {
-                applied.after_commit();
-                begun();
-                return;
-            };
-            let slot = Arc::new(CommitSlot::default());
-            applied.in_flight = Some(Arc::clone(&slot));
-            applied.deferred_events = 0;
-            applied.deferred_since = None;
-            begun();
-            break (commit, slot);
-        };
+        let (applied, taken) = self.take_applied();
+        begun();
+        drop(applied);
+        let Some((commit, slot)) = taken else { return };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit.write())) {
             Ok(written) => slot.set(CommitState::Written(written)),
             Err(panic) => {
@@ -350,6 +315,33 @@ impl LedgerViews {
         let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
         if applied.in_flight.as_ref().is_some_and(|in_flight| Arc::ptr_eq(in_flight, &slot)) {
             applied.finish_in_flight();
+        }
+    }
+
+    /// Takes the batches applied so far out of the store for a commit (after the commit being
+    /// written, if any, is finished), with the ledger lock still held; `None` when there are none.
+    fn take_applied(&self) -> (MutexGuard<'_, Applied>, Option<(LedgerCommit, Arc<CommitSlot>)>) {
+        loop {
+            let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
+            if let Some(slot) = applied.in_flight.as_ref().filter(|slot| slot.is_writing()).map(Arc::clone) {
+                // Another commit is being written: wait for it without the lock.
+                drop(applied);
+                drop(slot.wait_until_written());
+                continue;
+            }
+            applied.finish_in_flight();
+            if applied.deferred_since.is_none() {
+                return (applied, None);
+            }
+            let Some(commit) = applied.ledger_mut().storage_mut().begin_commit() else {
+                applied.after_commit();
+                return (applied, None);
+            };
+            let slot = Arc::new(CommitSlot::default());
+            applied.in_flight = Some(Arc::clone(&slot));
+            applied.deferred_events = 0;
+            applied.deferred_since = None;
+            return (applied, Some((commit, slot)));
         }
     }
 

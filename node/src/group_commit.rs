@@ -292,7 +292,7 @@ async fn gather(
         let next = match receiver.try_recv() {
             Ok(next) => next,
             Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) if linger.is_zero() || Instant::now() >= deadline => break,
+            Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => break,
             Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
                 Ok(Some(next)) => next,
                 Ok(None) | Err(_) => break,
