@@ -204,6 +204,11 @@ data_directory = "$directory/data-$index"
 initial_members = [
 $members]
 
+[raft]
+# All replicas share this host: a busy follower's 1 MiB append may take over 250 ms, openraft's
+# deadline for a replication message at the default heartbeat (cluster-config/local).
+heartbeat_interval_ms = 500
+
 [storage]
 cache_bytes = 134217728
 
