@@ -191,6 +191,9 @@ struct AccountIndexRuns {
     runs: usize,
     postings: usize,
     merge_postings: usize,
+    /// The threshold of the first merge after the store opened, if not `merge_postings`
+    /// ([`RedbLedgerStore::stagger_index_merges`]).
+    first_merge_postings: Option<usize>,
     /// The newest run's key: a new run's key must be larger.
     last_key: Option<u64>,
     /// Reused to build a run and to merge runs: `(account id, timestamp)`, sorted as integers
@@ -554,6 +557,19 @@ impl RedbLedgerStore {
         self.index.lock().expect("the index lock is never poisoned").merge_postings = postings;
     }
 
+    /// Makes the first merge after this store opened come after `(phase + 1) / phases` of the
+    /// merge threshold, and every later one after the whole threshold. Replicas that share a
+    /// host take different phases (their replica ids), so that their merges, which they would
+    /// otherwise all make at the same moment since they apply the same transfers, take turns: a
+    /// merge writes a row for every account it touches and kept a follower busy for 0.3-3.5 s,
+    /// and with every follower merging at once the leader's writes waited for the quorum
+    /// (BENCHMARKS.md, issue 5, fourth round).
+    pub fn stagger_index_merges(&mut self, phase: usize, phases: usize) {
+        assert!(phase < phases, "merge phase {phase} of {phases}");
+        let mut index = self.index.lock().expect("the index lock is never poisoned");
+        index.first_merge_postings = Some((index.merge_postings / phases * (phase + 1)).max(1));
+    }
+
     /// Account-index runs not yet merged.
     pub fn index_runs(&self) -> usize {
         self.index.lock().expect("the index lock is never poisoned").runs
@@ -630,9 +646,13 @@ impl RedbLedgerStore {
 
     /// Makes a written commit the store's committed state: its batches move from memory to the
     /// caches and to the read view.
-    pub fn finish_commit(&mut self, written: WrittenCommit) {
+    pub fn finish_commit(&mut self, mut written: WrittenCommit) {
         let committing = self.committing.take().expect("finishing a commit that was begun");
         assert!(Arc::ptr_eq(&committing, &written.overlay), "finishing the commit this store began");
+        if let Some(checkpoint) = written.checkpoint.take() {
+            self.checkpoint = Some(checkpoint);
+            self.last_durable_commit = std::time::Instant::now();
+        }
         drop(written);
         let mut overlay = Arc::into_inner(committing).expect("nothing else holds a written commit's batches");
         self.cache_accounts(&overlay);
@@ -649,23 +669,25 @@ impl RedbLedgerStore {
         self.checkpoint.as_deref()
     }
 
-    /// Commits the whole batches waiting, then records `checkpoint` in a durable commit (fsync),
-    /// which makes every earlier commit durable too: after a crash the store holds at least the
-    /// state the checkpoint names, so the log behind it is no longer needed.
-    pub fn commit_checkpoint(&mut self, checkpoint: Vec<u8>) {
-        assert!(self.committing.is_none(), "a checkpoint follows every commit under way");
-        self.commit_deferred();
-        let mut transaction = fatal(self.database.begin_write(), "beginning a checkpoint");
-        fatal(transaction.set_durability(Durability::Immediate), "setting durability");
-        {
-            let mut meta = fatal(transaction.open_table(META), "opening a table");
-            fatal(meta.insert(META_CHECKPOINT, checkpoint.as_slice()), "writing a checkpoint");
+    /// Commits the whole batches waiting, then records the checkpoint that `record_for` makes from
+    /// a view of the state they leave, in a durable commit (fsync), which makes every earlier
+    /// commit durable too: after a crash the store holds at least the state the checkpoint names,
+    /// so the log behind it is no longer needed. Returns that view.
+    pub fn commit_checkpoint(&mut self, record_for: impl FnOnce(&LedgerReadView) -> Vec<u8>) -> LedgerReadView {
+        let (written, view) = self.begin_checkpoint().write_checkpoint(record_for);
+        self.finish_commit(written);
+        view
+    }
+
+    /// [`RedbLedgerStore::begin_commit`] for a checkpoint: takes the whole batches staged, if any,
+    /// into a commit that [`LedgerCommit::write_checkpoint`] writes on any thread while this store
+    /// applies more. One commit at a time: the one under way must be finished first.
+    pub fn begin_checkpoint(&mut self) -> LedgerCommit {
+        let meta = self.staged_meta.take();
+        if meta.is_none() {
+            assert!(self.overlay.is_empty(), "writes without the end of their batch");
         }
-        fatal(transaction.commit(), "committing a checkpoint");
-        self.last_durable_commit = std::time::Instant::now();
-        self.checkpoint = Some(checkpoint);
-        // A fresh view, so that the old one does not keep the pages of earlier commits in use.
-        self.committed = LedgerReadView::open(&self.database);
+        self.take_commit(meta)
     }
 
     /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
@@ -797,6 +819,8 @@ pub struct LedgerCommit {
 #[derive(Debug)]
 pub struct WrittenCommit {
     overlay: Arc<Overlay>,
+    /// The checkpoint record it made durable, if it was a checkpoint.
+    checkpoint: Option<Vec<u8>>,
 }
 
 impl LedgerCommit {
@@ -811,7 +835,32 @@ impl LedgerCommit {
         fatal(written, "writing a batch");
         drop(index);
         fatal(transaction.commit(), "committing a batch");
-        WrittenCommit { overlay: self.overlay }
+        WrittenCommit { overlay: self.overlay, checkpoint: None }
+    }
+
+    /// Writes the batches, then records the checkpoint that `record_for` makes from a view of
+    /// exactly the state they leave, in a durable commit (fsync) that makes them durable too.
+    /// Returns the written commit and that view. No other commit can come between the two: the
+    /// store begins the next only once this one is finished.
+    pub fn write_checkpoint(
+        self,
+        record_for: impl FnOnce(&LedgerReadView) -> Vec<u8>,
+    ) -> (WrittenCommit, LedgerReadView) {
+        let database = Arc::clone(&self.database);
+        // The checkpoint's own commit below makes this one durable as well: one fsync.
+        let batches = LedgerCommit { durability: Durability::None, ..self };
+        let mut written = batches.write();
+        let view = LedgerReadView::open(&database);
+        let checkpoint = record_for(&view);
+        let mut transaction = fatal(database.begin_write(), "beginning a checkpoint");
+        fatal(transaction.set_durability(Durability::Immediate), "setting durability");
+        {
+            let mut meta = fatal(transaction.open_table(META), "opening a table");
+            fatal(meta.insert(META_CHECKPOINT, checkpoint.as_slice()), "writing a checkpoint");
+        }
+        fatal(transaction.commit(), "committing a checkpoint");
+        written.checkpoint = Some(checkpoint);
+        (written, view)
     }
 }
 
@@ -1002,6 +1051,7 @@ impl AccountIndexRuns {
             runs: 0,
             postings: 0,
             merge_postings: INDEX_MERGE_POSTINGS_DEFAULT,
+            first_merge_postings: None,
             last_key: None,
             buffer: Vec::new(),
             encoded: Vec::new(),
@@ -1028,7 +1078,8 @@ impl AccountIndexRuns {
             self.buffer.push((transfer.credit_account_id, transfer.timestamp));
         }
         let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
-        if self.postings + self.buffer.len() < self.merge_postings && self.runs < INDEX_RUNS_MAX {
+        let merge_postings = self.first_merge_postings.unwrap_or(self.merge_postings);
+        if self.postings + self.buffer.len() < merge_postings && self.runs < INDEX_RUNS_MAX {
             self.buffer.sort_unstable();
             postings::encode(&self.buffer, &mut self.encoded);
             runs_table.insert(key, self.encoded.as_slice())?;
@@ -1054,6 +1105,7 @@ impl AccountIndexRuns {
             }
         }
         runs_table.retain(|_, _| false)?;
+        self.first_merge_postings = None;
         self.runs = 0;
         self.postings = 0;
         self.last_key = None;

@@ -26,7 +26,8 @@
 //! Snapshots are checkpoints. When openraft (on the node's log-size policy) builds a snapshot, the
 //! replica commits what it applied in one durable commit that records the checkpoint's meta: from
 //! then on the store holds at least that state whatever happens, so the log behind it may be
-//! purged. No file is written: writing the whole ledger at every checkpoint halved a cluster's
+//! purged. The builder runs as a task of its own and writes that commit like any other, without
+//! the ledger lock ([`LedgerViews::checkpoint_applied`]), so applying goes on meanwhile. No file is written: writing the whole ledger at every checkpoint halved a cluster's
 //! throughput for half a minute at a time (BENCHMARKS.md). The ledger is written to a file only
 //! when a peer needs it: `get_current_snapshot` hands out a snapshot at a new durable checkpoint,
 //! whose data ([`SnapshotData`]) writes the file from a read view when first read, so applying goes
@@ -82,6 +83,9 @@ pub const DEFERRED_EVENTS_HARD_MAX: usize = 2 * DEFERRED_EVENTS_MAX;
 /// ([`LedgerViews::set_deferred_age_max`]): the leader commits sooner, since its commits delay its
 /// answers, and followers, which serve no reads, later, which writes each page less often.
 pub const DEFERRED_AGE_MAX: Duration = Duration::from_millis(200);
+/// Phases of account-index merges that replicas take turns in
+/// ([`LedgerStateMachine::stagger_index_merges`]).
+pub const INDEX_MERGE_PHASES: usize = 8;
 /// The deferral a follower may use instead (see [`DEFERRED_AGE_MAX`]).
 pub const DEFERRED_AGE_MAX_FOLLOWER: Duration = Duration::from_secs(1);
 
@@ -192,15 +196,25 @@ impl Applied {
         }
     }
 
-    /// Commits everything applied in one durable commit that records it as a checkpoint; returns
-    /// the checkpoint's meta and a view of exactly that state.
+    /// Commits everything applied in one durable commit that records it as a checkpoint, here and
+    /// now (after the commit under way, if any); returns the checkpoint's meta and a view of
+    /// exactly that state.
     fn checkpoint(&mut self) -> (SnapshotMeta, LedgerReadView) {
-        self.commit_deferred();
-        let view = self.ledger().storage().read_view();
-        let meta = snapshot_meta(&view);
-        self.ledger_mut().storage_mut().commit_checkpoint(encode(&meta));
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "made a checkpoint");
-        (meta, view)
+        self.finish_in_flight();
+        let mut meta = None;
+        let view = self.ledger_mut().storage_mut().commit_checkpoint(|view| checkpoint_record(view, &mut meta));
+        self.after_commit();
+        checkpoint_made(meta, view)
+    }
+
+    /// Hands the store's batches to a commit about to be written without the lock: nothing is
+    /// deferred any more, and whoever takes the lock next waits for or finishes that commit.
+    fn start_writing(&mut self) -> Arc<CommitSlot> {
+        let slot = Arc::new(CommitSlot::default());
+        self.in_flight = Some(Arc::clone(&slot));
+        self.deferred_events = 0;
+        self.deferred_since = None;
+        slot
     }
 
     /// The meta of the last checkpoint, `None` before the first.
@@ -305,44 +319,62 @@ impl LedgerViews {
         begun();
         drop(applied);
         let Some((commit, slot)) = taken else { return };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit.write())) {
-            Ok(written) => slot.set(CommitState::Written(written)),
-            Err(panic) => {
-                slot.set(CommitState::Failed);
-                std::panic::resume_unwind(panic);
-            }
-        }
+        write_in(&slot, || (commit.write(), ()));
+        self.finish_written(&slot);
+    }
+
+    /// Commits everything applied so far in one durable commit that records it as a checkpoint
+    /// (blocking); returns the checkpoint's meta and a view of exactly that state. Like other
+    /// commits it is written without the ledger lock, so apply calls go on meanwhile: made under
+    /// the lock, on openraft's state-machine worker, a checkpoint held up every client for 250-400
+    /// ms on the leader (BENCHMARKS.md, issue 5, fourth round).
+    pub fn checkpoint_applied(&self) -> (SnapshotMeta, LedgerReadView) {
+        let mut applied = self.lock_between_commits();
+        let commit = applied.ledger_mut().storage_mut().begin_checkpoint();
+        let slot = applied.start_writing();
+        drop(applied);
+        let mut meta = None;
+        let view = write_in(&slot, || commit.write_checkpoint(|view| checkpoint_record(view, &mut meta)));
+        self.finish_written(&slot);
+        checkpoint_made(meta, view)
+    }
+
+    /// Finishes the commit written in `slot`, unless whoever took the lock meanwhile did.
+    fn finish_written(&self, slot: &Arc<CommitSlot>) {
         let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
-        if applied.in_flight.as_ref().is_some_and(|in_flight| Arc::ptr_eq(in_flight, &slot)) {
+        if applied.in_flight.as_ref().is_some_and(|in_flight| Arc::ptr_eq(in_flight, slot)) {
             applied.finish_in_flight();
+        }
+    }
+
+    /// The ledger lock, once no commit is being written without it (waiting for the one being
+    /// written, if any, without the lock) and the last one written is finished.
+    fn lock_between_commits(&self) -> MutexGuard<'_, Applied> {
+        loop {
+            let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
+            if let Some(slot) = applied.in_flight.as_ref().filter(|slot| slot.is_writing()).map(Arc::clone) {
+                drop(applied);
+                drop(slot.wait_until_written());
+                continue;
+            }
+            applied.finish_in_flight();
+            return applied;
         }
     }
 
     /// Takes the batches applied so far out of the store for a commit (after the commit being
     /// written, if any, is finished), with the ledger lock still held; `None` when there are none.
     fn take_applied(&self) -> (MutexGuard<'_, Applied>, Option<(LedgerCommit, Arc<CommitSlot>)>) {
-        loop {
-            let mut applied = self.applied.lock().expect("the ledger lock is never poisoned");
-            if let Some(slot) = applied.in_flight.as_ref().filter(|slot| slot.is_writing()).map(Arc::clone) {
-                // Another commit is being written: wait for it without the lock.
-                drop(applied);
-                drop(slot.wait_until_written());
-                continue;
-            }
-            applied.finish_in_flight();
-            if applied.deferred_since.is_none() {
-                return (applied, None);
-            }
-            let Some(commit) = applied.ledger_mut().storage_mut().begin_commit() else {
-                applied.after_commit();
-                return (applied, None);
-            };
-            let slot = Arc::new(CommitSlot::default());
-            applied.in_flight = Some(Arc::clone(&slot));
-            applied.deferred_events = 0;
-            applied.deferred_since = None;
-            return (applied, Some((commit, slot)));
+        let mut applied = self.lock_between_commits();
+        if applied.deferred_since.is_none() {
+            return (applied, None);
         }
+        let Some(commit) = applied.ledger_mut().storage_mut().begin_commit() else {
+            applied.after_commit();
+            return (applied, None);
+        };
+        let slot = applied.start_writing();
+        (applied, Some((commit, slot)))
     }
 
     /// Commits every batch applied so far on a blocking thread, once the apply call under way lets
@@ -392,13 +424,18 @@ pub struct LedgerStateMachine {
     record: ConsensusRecord,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
-    /// The last snapshot handed out unwritten, shared with later readers while anyone holds it.
-    unwritten: Weak<UnwrittenSnapshot>,
+    /// The last snapshot handed out unwritten, shared with later readers while anyone holds it
+    /// (and with snapshot builders, which openraft runs as tasks of their own).
+    unwritten: Arc<Mutex<Weak<UnwrittenSnapshot>>>,
     views: LedgerViews,
     /// The last decoded batch, kept so that the next one reuses its allocation.
     decoded: Batch,
     /// Whether applied batches may wait for a later commit; without it every apply call commits.
     defer_commits: bool,
+    /// Account-index postings gathered before a merge ([`LedgerStateMachine::set_index_merge_postings`]).
+    index_merge_postings: usize,
+    /// This replica's merge phase ([`LedgerStateMachine::stagger_index_merges`]).
+    index_merge_phase: Option<usize>,
 }
 
 impl LedgerStateMachine {
@@ -466,9 +503,11 @@ impl LedgerStateMachine {
             views,
             record,
             receiving: None,
-            unwritten: Weak::new(),
+            unwritten: Arc::new(Mutex::new(Weak::new())),
             decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
             defer_commits: false,
+            index_merge_postings: crate::ledger_store::INDEX_MERGE_POSTINGS_DEFAULT,
+            index_merge_phase: None,
         })
     }
 
@@ -476,6 +515,25 @@ impl LedgerStateMachine {
     /// must then call [`LedgerViews::commit_if_due`] on a ticker.
     pub fn defer_commits(&mut self) {
         self.defer_commits = true;
+    }
+
+    /// Sets how many account-index postings the store gathers before it merges them (default
+    /// [`crate::ledger_store::INDEX_MERGE_POSTINGS_DEFAULT`]), now and for every store a snapshot
+    /// install opens later.
+    pub fn set_index_merge_postings(&mut self, postings: usize) {
+        self.index_merge_postings = postings;
+        let mut applied = self.views.applied.lock().expect("the ledger lock is never poisoned");
+        applied.ledger_mut().storage_mut().set_index_merge_postings(postings);
+    }
+
+    /// Gives this replica's account-index merges their own phase
+    /// ([`RedbLedgerStore::stagger_index_merges`]): replica `replica` of a cluster merges at
+    /// phase `replica % INDEX_MERGE_PHASES`.
+    pub fn stagger_index_merges(&mut self, replica: u64) {
+        let phase = usize::try_from(replica % INDEX_MERGE_PHASES as u64).expect("a phase below INDEX_MERGE_PHASES");
+        self.index_merge_phase = Some(phase);
+        let mut applied = self.views.applied.lock().expect("the ledger lock is never poisoned");
+        applied.ledger_mut().storage_mut().stagger_index_merges(phase, INDEX_MERGE_PHASES);
     }
 
     /// The complete snapshot files of the replica whose data directory is `directory`: one at
@@ -563,6 +621,35 @@ fn snapshot_meta(view: &LedgerReadView) -> SnapshotMeta {
         None => format!("empty-{}", &digest[..16]),
     };
     SnapshotMeta { last_log_id: record.applied, last_membership: record.membership, snapshot_id }
+}
+
+/// The checkpoint record for the state `view` shows: its snapshot meta, kept in `meta` as well.
+fn checkpoint_record(view: &LedgerReadView, meta: &mut Option<SnapshotMeta>) -> Vec<u8> {
+    let made = snapshot_meta(view);
+    let record = encode(&made);
+    *meta = Some(made);
+    record
+}
+
+fn checkpoint_made(meta: Option<SnapshotMeta>, view: LedgerReadView) -> (SnapshotMeta, LedgerReadView) {
+    let meta = meta.expect("a checkpoint's record is made from its view");
+    tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "made a checkpoint");
+    (meta, view)
+}
+
+/// Writes a commit taken out of the store, and leaves it in `slot` for whoever holds the ledger
+/// lock next to finish; a writer that panics marks the slot failed, which stops the replica.
+fn write_in<T>(slot: &CommitSlot, write: impl FnOnce() -> (WrittenCommit, T)) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)) {
+        Ok((written, made)) => {
+            slot.set(CommitState::Written(written));
+            made
+        }
+        Err(panic) => {
+            slot.set(CommitState::Failed);
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// Makes renames and removals in `directory` durable.
@@ -664,16 +751,24 @@ fn newest_snapshot_file(directory: &Path) -> io::Result<Option<(SnapshotMeta, Pa
     Ok(newest)
 }
 
-/// Hands openraft the checkpoint a builder was made at; the file is written only if read.
+/// Makes a checkpoint when openraft builds a snapshot; the file is written only if read.
 #[derive(Debug)]
 pub struct LedgerSnapshotBuilder {
-    checkpoint: Option<Arc<UnwrittenSnapshot>>,
+    views: LedgerViews,
+    snapshots: PathBuf,
+    unwritten: Arc<Mutex<Weak<UnwrittenSnapshot>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let checkpoint = self.checkpoint.take().expect("a builder builds one snapshot");
-        Ok(Snapshot { meta: checkpoint.meta.clone(), snapshot: Box::new(SnapshotData::unwritten(checkpoint)) })
+        // openraft runs this as a task of its own: applying goes on while the checkpoint is written.
+        let views = self.views.clone();
+        let (meta, view) = tokio::task::spawn_blocking(move || views.checkpoint_applied())
+            .await
+            .map_err(|error| snapshot_error(ErrorVerb::Write, error))?;
+        let checkpoint = UnwrittenSnapshot::new(meta.clone(), view, self.snapshots.clone());
+        *self.unwritten.lock().expect("the unwritten snapshot lock is never poisoned") = Arc::downgrade(&checkpoint);
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::unwritten(checkpoint)) })
     }
 }
 
@@ -740,13 +835,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> LedgerSnapshotBuilder {
-        // The checkpoint covers everything applied: openraft may purge the log up to it.
-        let (meta, view) = crate::blocking::blocking(|| {
-            self.views.applied.lock().expect("the ledger lock is never poisoned").checkpoint()
-        });
-        let checkpoint = UnwrittenSnapshot::new(meta, view, self.snapshots());
-        self.unwritten = Arc::downgrade(&checkpoint);
-        LedgerSnapshotBuilder { checkpoint: Some(checkpoint) }
+        // The checkpoint covers what is applied when the builder runs: openraft may purge the log
+        // up to it.
+        LedgerSnapshotBuilder {
+            views: self.views.clone(),
+            snapshots: self.snapshots(),
+            unwritten: Arc::clone(&self.unwritten),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
@@ -795,6 +890,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let mut store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
         store.defer_commits();
+        store.set_index_merge_postings(self.index_merge_postings);
+        if let Some(phase) = self.index_merge_phase {
+            store.stagger_index_merges(phase, INDEX_MERGE_PHASES);
+        }
         self.views.replace(store.database());
         applied.ledger = Some(StateMachine::open(store));
         applied.after_commit();
@@ -807,9 +906,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let snapshots = self.snapshots();
         let shared = Arc::clone(&self.views.applied);
-        let shared_unwritten = &mut self.unwritten;
+        let shared_unwritten = Arc::clone(&self.unwritten);
         let current = crate::blocking::blocking(|| -> io::Result<Option<Snapshot<TypeConfig>>> {
             let mut applied = shared.lock().expect("the ledger lock is never poisoned");
+            let mut shared_unwritten = shared_unwritten.lock().expect("the unwritten snapshot lock is never poisoned");
             let Some(checkpoint) = applied.last_checkpoint() else { return Ok(None) };
             // A snapshot being written for the last checkpoint: share its file.
             if let Some(unwritten) = shared_unwritten.upgrade()
@@ -861,7 +961,7 @@ fn install(
     let record = ConsensusRecord { applied: meta.last_log_id, membership: meta.last_membership.clone() };
     ledger.storage_mut().commit_consensus_state(encode(&record));
     // Durable before the store moves into place: the log behind the snapshot may be gone.
-    ledger.storage_mut().commit_checkpoint(encode(&meta));
+    ledger.storage_mut().commit_checkpoint(|_| encode(&meta));
     Ok(record)
 }
 

@@ -485,3 +485,94 @@ fn batches_apply_and_are_found_while_an_earlier_commit_is_written_on_another_thr
         assert_eq!(snapshot(&reopened), snapshot(&reference), "{name}, reopened");
     }
 }
+
+/// A checkpoint is written on another thread while the store applies more (as a replica makes one
+/// without its ledger lock): its record is made from a view of exactly the batches applied before
+/// it began, later batches are found meanwhile, and after a reopen the store holds that state and
+/// that record, durably.
+#[test]
+fn a_checkpoint_is_written_while_later_batches_apply() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.redb");
+    let batches = random_transfer_batches(20, 100);
+    let (before, after) = batches.split_at(12);
+    let mut reference = StateMachine::new();
+    let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+    store.defer_commits();
+    let mut ledger = StateMachine::open(store);
+    for batch in before {
+        assert_eq!(ledger.apply(batch), reference.apply(batch));
+    }
+    let digest_at_checkpoint = reference.digest();
+    let checkpoint = ledger.storage_mut().begin_checkpoint();
+    let writer = std::thread::spawn(move || {
+        checkpoint.write_checkpoint(|view| {
+            let mut record = b"checkpoint at ".to_vec();
+            record.extend_from_slice(&view.meta_get().digest);
+            record
+        })
+    });
+    for (index, batch) in after.iter().enumerate() {
+        assert_eq!(ledger.apply(batch), reference.apply(batch), "batch {index} after the checkpoint began");
+        assert_lookups_match(
+            ledger.storage(),
+            reference.storage(),
+            &format!("batch {index}, a checkpoint being written"),
+        );
+    }
+    assert!(ledger.storage().is_committing());
+    let (written, view) = writer.join().unwrap();
+    assert_eq!(view.meta_get().digest, digest_at_checkpoint, "the view shows the state the checkpoint names");
+    ledger.storage_mut().finish_commit(written);
+    let expected_record = [b"checkpoint at ".as_slice(), &digest_at_checkpoint].concat();
+    assert_eq!(ledger.storage().checkpoint(), Some(expected_record.as_slice()));
+    assert_lookups_match(ledger.storage(), reference.storage(), "the checkpoint finished");
+    assert_eq!(ledger.digest(), reference.digest());
+
+    // The later batches were never committed: a reopened store is at the checkpoint.
+    drop(ledger);
+    let reopened = StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
+    assert_eq!(reopened.digest(), digest_at_checkpoint);
+    assert_eq!(reopened.storage().checkpoint(), Some(expected_record.as_slice()));
+}
+
+/// A store given merge phase `phase` of `phases` makes its first merge after `(phase + 1) /
+/// phases` of the threshold and every later one after the whole threshold, so that replicas on
+/// one host take turns; account scans find the same transfers whenever the merges came.
+#[test]
+fn a_staggered_store_merges_first_at_its_phase_then_at_the_threshold() {
+    let directory = tempfile::tempdir().unwrap();
+    // Committed one batch at a time: 100 postings a run.
+    let batches = random_transfer_batches(12, 50);
+    let runs_after_each_batch = |stagger: Option<(usize, usize)>, name: &str| {
+        let mut store =
+            RedbLedgerStore::open(&directory.path().join(format!("{name}.redb")), CACHE_BYTES_DEFAULT).unwrap();
+        store.set_index_merge_postings(400);
+        if let Some((phase, phases)) = stagger {
+            store.stagger_index_merges(phase, phases);
+        }
+        let mut ledger = StateMachine::open(store);
+        let mut reference = StateMachine::new();
+        let mut runs = Vec::new();
+        for batch in &batches {
+            assert_eq!(ledger.apply(batch), reference.apply(batch));
+            if matches!(batch.operation, Operation::CreateTransfers(_)) {
+                runs.push(ledger.storage().index_runs());
+            }
+        }
+        for account_id in 1..=12 {
+            for direction in [Direction::Ascending, Direction::Descending] {
+                assert_eq!(
+                    account_scan(ledger.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
+                    account_scan(reference.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
+                    "{name}: account {account_id}, {direction:?}"
+                );
+            }
+        }
+        runs
+    };
+    assert_eq!(runs_after_each_batch(None, "unstaggered"), [1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0]);
+    // Phase 1 of 4: the first merge after 200 postings, then every 400.
+    assert_eq!(runs_after_each_batch(Some((1, 4)), "phase-1"), [1, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]);
+    assert_eq!(runs_after_each_batch(Some((0, 4)), "phase-0"), [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]);
+}

@@ -114,6 +114,7 @@ pub async fn run(
     let mut state_machine =
         LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
     state_machine.defer_commits();
+    state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);
     let raft = Raft::new(config.node_id, openraft_config, GrpcNetwork::new(), log, state_machine)
