@@ -1,5 +1,5 @@
 //! `tally-bench`, the load generator, against a real three-replica cluster: the figures it reports
-//! add up, it writes its JSON and plot, and an open-loop rate is kept.
+//! add up, it writes its JSON and plot, an open-loop rate is kept, and a warm-up is not measured.
 
 use std::process::Command;
 use std::time::Duration;
@@ -63,4 +63,14 @@ async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
     let requests = open["requests"].as_u64().unwrap();
     assert!((70..=82).contains(&requests), "the schedule of 40/s for 2 s gives about 80 requests: {requests}");
     assert_eq!(open["transfers_ok"].as_u64().unwrap(), requests);
+
+    // A warm-up of 1 s before 1 s measured: only the requests scheduled after it count.
+    let warmed =
+        bench(&endpoints, &["--mode", "single", "--clients", "8", "--rate", "40", "--warmup", "1", "--duration", "1"]);
+    let requests = warmed["requests"].as_u64().unwrap();
+    assert!((35..=42).contains(&requests), "40/s measured for 1 s after the warm-up: {requests} requests");
+    assert_eq!(warmed["warmup_seconds"].as_f64(), Some(1.0));
+    let timeline = warmed["timeline"].as_array().unwrap();
+    let per_second: u64 = timeline.iter().map(|second| second["transfers"].as_u64().unwrap()).sum();
+    assert_eq!(per_second, warmed["transfers_ok"].as_u64().unwrap(), "the timeline adds up");
 }

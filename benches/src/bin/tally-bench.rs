@@ -5,6 +5,8 @@
 //! `--rate`, open loop: requests start on a fixed schedule whether or not earlier ones finished
 //! (at most `--clients` in flight), and latency is measured from the scheduled start, so a stall
 //! shows in the figures instead of quietly slowing the load (no coordinated omission).
+//! With `--warmup`, the load runs that long first and only requests begun after it are measured:
+//! a freshly started cluster spends its first seconds growing its caches and memory.
 //!
 //!     scripts/cluster.sh up
 //!     cargo run --release -p tally-benches --bin tally-bench -- --clients 4 --batch 8190 --duration 20
@@ -48,6 +50,10 @@ struct Arguments {
     /// Seconds to run (unless --requests is reached first).
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
+    /// Seconds of load before the measured `--duration`; requests begun during them are not
+    /// counted.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Stop after this many requests.
     #[arg(long)]
     requests: Option<u64>,
@@ -88,6 +94,7 @@ const LATENCY_MAX_MICROSECONDS: u64 = 600_000_000;
 
 #[derive(Debug)]
 struct Recorder {
+    /// When measuring begins (after the warm-up).
     started: Instant,
     latency: Histogram<u64>,
     /// Per second since the start: (transfers acknowledged, requests, latency histogram).
@@ -103,7 +110,13 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Recorder {
-    fn record(&mut self, finished: Instant, latency: Duration, outcome: &Result<Vec<ResultCode>, tally_client::Error>) {
+    /// Records a request begun (or, open loop, scheduled) at `begun`, unless that was during the
+    /// warm-up.
+    fn record(&mut self, begun: Instant, finished: Instant, outcome: &Result<Vec<ResultCode>, tally_client::Error>) {
+        if begun < self.started {
+            return;
+        }
+        let latency = finished - begun;
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_MICROSECONDS);
         self.latency.record(micros).expect("clamped into range");
         let second = usize::try_from(finished.duration_since(self.started).as_secs()).unwrap_or(usize::MAX);
@@ -260,8 +273,11 @@ async fn main() -> std::process::ExitCode {
         || arguments.batch > tally_client::EVENTS_PER_REQUEST_MAX
         || arguments.clients == 0
         || arguments.accounts < 2
+        || !(arguments.warmup >= 0.0 && arguments.warmup.is_finite())
     {
-        eprintln!("tally-bench: --batch must be 1..=8190, --clients at least 1, --accounts at least 2");
+        eprintln!(
+            "tally-bench: --batch must be 1..=8190, --clients at least 1, --accounts at least 2, --warmup at least 0"
+        );
         return std::process::ExitCode::from(2);
     }
     if !(0.0..=1.0).contains(&arguments.hot_fraction) || arguments.rate.is_some_and(|rate| rate <= 0.0) {
@@ -281,7 +297,8 @@ async fn main() -> std::process::ExitCode {
     }
     let arguments = Arc::new(arguments);
     let duration = Duration::from_secs_f64(arguments.duration);
-    let started = Instant::now();
+    let warmup = Duration::from_secs_f64(arguments.warmup);
+    let started = Instant::now() + warmup;
     let stop_at = started + duration;
     let recorder = Arc::new(Mutex::new(Recorder {
         started,
@@ -293,7 +310,7 @@ async fn main() -> std::process::ExitCode {
         last_error: None,
     }));
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let progress = indicatif::ProgressBar::new(duration.as_secs().max(1));
+    let progress = indicatif::ProgressBar::new((warmup + duration).as_secs().max(1));
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}").expect("a valid template"),
     );
@@ -316,7 +333,7 @@ async fn main() -> std::process::ExitCode {
                         let begun = Instant::now();
                         let outcome = send(&client, &arguments).await;
                         let finished = Instant::now();
-                        recorder.lock().expect("recorder lock").record(finished, finished - begun, &outcome);
+                        recorder.lock().expect("recorder lock").record(begun, finished, &outcome);
                     }
                 }));
             }
@@ -338,7 +355,7 @@ async fn main() -> std::process::ExitCode {
                         let _permit = permit;
                         let outcome = send(&client, &arguments).await;
                         let finished = Instant::now();
-                        recorder.lock().expect("recorder lock").record(finished, finished - intended, &outcome);
+                        recorder.lock().expect("recorder lock").record(intended, finished, &outcome);
                     }));
                     scheduled += interval;
                 }
@@ -354,8 +371,12 @@ async fn main() -> std::process::ExitCode {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let recorder = recorder.lock().expect("recorder lock");
+                progress.set_position((Instant::now() + warmup).saturating_duration_since(recorder.started).as_secs());
+                if Instant::now() < recorder.started {
+                    progress.set_message("warming up");
+                    continue;
+                }
                 let elapsed = recorder.started.elapsed().as_secs_f64().max(0.001);
-                progress.set_position(recorder.started.elapsed().as_secs());
                 progress.set_message(format!(
                     "{:.0} transfers/s, p99 {:.1} ms, {} failed",
                     recorder.transfers_ok as f64 / elapsed,
@@ -370,7 +391,7 @@ async fn main() -> std::process::ExitCode {
     }
     ticker.abort();
     progress.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64().max(0.001);
     let recorder = recorder.lock().expect("recorder lock");
     let requests = recorder.latency.len();
     let transfers_per_second = recorder.transfers_ok as f64 / elapsed;
@@ -381,6 +402,7 @@ async fn main() -> std::process::ExitCode {
         "rate": arguments.rate,
         "accounts": arguments.accounts,
         "hot_fraction": arguments.hot_fraction,
+        "warmup_seconds": arguments.warmup,
         "seconds": elapsed,
         "requests": requests,
         "requests_failed": recorder.requests_failed,
