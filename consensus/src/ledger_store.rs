@@ -30,7 +30,8 @@
 //! Point reads consult the overlay, then the batches being written, then the committed state,
 //! until [`RedbLedgerStore::finish_commit`] hands the written batches to the caches and the view.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fmt::Display;
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
@@ -119,8 +120,8 @@ pub const TRANSFER_IDS_PER_CHUNK: usize = 168;
 /// About 128 full batches (16 MiB of runs). A merge writes one row per account it touches, and
 /// each row lands in that account's own B-tree leaf, so a merge rewrites about one 4 KiB leaf per
 /// account whatever its size: merging four times less often than at 2^19 took the seven-replica
-/// cluster from 129-137 k to 154-162 k transfers/s (BENCHMARKS.md). A merge sorts 2 M postings, a
-/// fraction of a second.
+/// cluster from 129-137 k to 154-162 k transfers/s (BENCHMARKS.md). Merging twice as rarely made
+/// each merge longer and the slowest requests slower (BENCHMARKS.md, issue 5, fourth round).
 pub const INDEX_MERGE_POSTINGS_DEFAULT: usize = 1 << 21;
 
 /// Runs kept at most, whatever their size: an account's scan binary-searches every run, so small
@@ -359,6 +360,17 @@ pub mod postings {
             let first = timestamps.partition_point(|bytes| timestamp(bytes) < range.min);
             let last = timestamps.partition_point(|bytes| timestamp(bytes) <= range.max).max(first);
             &timestamps[first..last]
+        }
+
+        /// The account of the `position`th entry of the run's directory, if it has that many.
+        pub fn account_at(&self, position: usize) -> Option<u128> {
+            self.directory.get(position).map(account_of)
+        }
+
+        /// The timestamps of the `position`th account of the run's directory, ascending.
+        pub fn timestamps_at(&self, position: usize) -> &'a [Timestamp] {
+            let start = if position == 0 { 0 } else { end_of(&self.directory[position - 1]) };
+            &self.timestamps[start..end_of(&self.directory[position])]
         }
 
         /// Every posting, in `(account, timestamp)` order.
@@ -1088,22 +1100,46 @@ impl AccountIndexRuns {
             self.last_key = Some(key);
             return Ok(());
         }
-        // Merge: this batch's postings and every stored run become chunks of each account's
-        // timestamps. All of them are newer than any chunk already written.
-        for entry in runs_table.range::<u64>(..)? {
-            let (_, run) = entry?;
-            self.buffer.extend(postings::Run::parse(run.value()).postings());
-        }
+        // Merge: every stored run and this batch's postings become chunks of each account's
+        // timestamps. All of them are newer than any chunk already written, and each run's are
+        // newer than the run's before it, so an account's timestamps taken run after run are in
+        // order: the runs' account directories are merged, and no posting is sorted or decoded.
+        // Sorting 2 M postings took 0.1-0.5 s of every replica's merge (BENCHMARKS.md).
         self.buffer.sort_unstable();
+        postings::encode(&self.buffer, &mut self.encoded);
+        let stored =
+            runs_table.range::<u64>(..)?.map(|entry| entry.map(|(_, run)| run)).collect::<Result<Vec<_>, _>>()?;
+        let mut runs: Vec<postings::Run<'_>> = stored.iter().map(|run| postings::Run::parse(run.value())).collect();
+        runs.push(postings::Run::parse(&self.encoded));
         let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
-        let mut chunk = Vec::with_capacity(TIMESTAMPS_PER_CHUNK * 8);
-        for account_postings in self.buffer.chunk_by(|left, right| left.0 == right.0) {
-            for piece in account_postings.chunks(TIMESTAMPS_PER_CHUNK) {
-                chunk.clear();
-                piece.iter().for_each(|(_, timestamp)| chunk.extend_from_slice(&timestamp.to_le_bytes()));
-                chunks.insert(piece[0], chunk.as_slice())?;
+        let mut next_account = vec![0_usize; runs.len()];
+        // The next account of each run, smallest first; ties in run order.
+        let mut heads: BinaryHeap<Reverse<(u128, usize)>> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(run, postings)| postings.account_at(0).map(|account| Reverse((account, run))))
+            .collect();
+        let mut timestamps: Vec<u8> = Vec::new();
+        while let Some(Reverse((account, _))) = heads.peek().copied() {
+            timestamps.clear();
+            while let Some(&Reverse((next, run))) = heads.peek()
+                && next == account
+            {
+                heads.pop();
+                let position = next_account[run];
+                timestamps.extend_from_slice(runs[run].timestamps_at(position).as_flattened());
+                next_account[run] = position + 1;
+                if let Some(following) = runs[run].account_at(position + 1) {
+                    heads.push(Reverse((following, run)));
+                }
+            }
+            for piece in timestamps.chunks(TIMESTAMPS_PER_CHUNK * 8) {
+                let first = u64::from_le_bytes(piece[..8].try_into().expect("a whole timestamp"));
+                chunks.insert((account, first), piece)?;
             }
         }
+        drop(runs);
+        drop(stored);
         runs_table.retain(|_, _| false)?;
         self.first_merge_postings = None;
         self.runs = 0;

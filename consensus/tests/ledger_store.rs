@@ -394,6 +394,14 @@ fn an_account_index_run_finds_each_accounts_timestamps_in_place() {
     let run = postings::Run::parse(&encoded);
     assert_eq!(run.len(), sorted.len());
     assert_eq!(run.postings().collect::<Vec<_>>(), sorted, "every posting back, in order");
+    // A merge walks the directory: each account in turn, with its timestamps.
+    let directory: Vec<(u128, Vec<u64>)> = (0..)
+        .map_while(|position| {
+            let account = run.account_at(position)?;
+            Some((account, run.timestamps_at(position).iter().map(postings::timestamp).collect()))
+        })
+        .collect();
+    assert_eq!(directory, [(2, vec![10, 20, 30]), (7, vec![15]), (1 << 100, vec![5, 25])]);
     let timestamps = |account, min, max| -> Vec<u64> {
         run.account_range(account, TimestampRange { min, max }).iter().map(postings::timestamp).collect()
     };
