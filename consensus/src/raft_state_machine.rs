@@ -27,8 +27,9 @@
 //! replica commits what it applied in one durable commit that records the checkpoint's meta: from
 //! then on the store holds at least that state whatever happens, so the log behind it may be
 //! purged. The builder runs as a task of its own and writes that commit like any other, without
-//! the ledger lock ([`LedgerViews::checkpoint_applied`]), so applying goes on meanwhile. No file is written: writing the whole ledger at every checkpoint halved a cluster's
-//! throughput for half a minute at a time (BENCHMARKS.md). The ledger is written to a file only
+//! the ledger lock ([`LedgerViews::checkpoint_applied`]), so applying goes on meanwhile. No file
+//! is written: writing the whole ledger at every checkpoint halved a cluster's throughput for half
+//! a minute at a time (BENCHMARKS.md). The ledger is written to a file only
 //! when a peer needs it: `get_current_snapshot` hands out a snapshot at a new durable checkpoint,
 //! whose data ([`SnapshotData`]) writes the file from a read view when first read, so applying goes
 //! on meanwhile. Every meta handed to openraft names a durable state, and a file is reused only
@@ -432,8 +433,6 @@ pub struct LedgerStateMachine {
     decoded: Batch,
     /// Whether applied batches may wait for a later commit; without it every apply call commits.
     defer_commits: bool,
-    /// Account-index postings gathered before a merge ([`LedgerStateMachine::set_index_merge_postings`]).
-    index_merge_postings: usize,
     /// This replica's merge phase ([`LedgerStateMachine::stagger_index_merges`]).
     index_merge_phase: Option<usize>,
 }
@@ -506,7 +505,6 @@ impl LedgerStateMachine {
             unwritten: Arc::new(Mutex::new(Weak::new())),
             decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
             defer_commits: false,
-            index_merge_postings: crate::ledger_store::INDEX_MERGE_POSTINGS_DEFAULT,
             index_merge_phase: None,
         })
     }
@@ -515,15 +513,6 @@ impl LedgerStateMachine {
     /// must then call [`LedgerViews::commit_if_due`] on a ticker.
     pub fn defer_commits(&mut self) {
         self.defer_commits = true;
-    }
-
-    /// Sets how many account-index postings the store gathers before it merges them (default
-    /// [`crate::ledger_store::INDEX_MERGE_POSTINGS_DEFAULT`]), now and for every store a snapshot
-    /// install opens later.
-    pub fn set_index_merge_postings(&mut self, postings: usize) {
-        self.index_merge_postings = postings;
-        let mut applied = self.views.applied.lock().expect("the ledger lock is never poisoned");
-        applied.ledger_mut().storage_mut().set_index_merge_postings(postings);
     }
 
     /// Gives this replica's account-index merges their own phase
@@ -890,7 +879,6 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let mut store = RedbLedgerStore::open(&self.directory.join(LEDGER_FILE), self.cache_bytes)
             .map_err(|error| state_machine_error(ErrorVerb::Read, error))?;
         store.defer_commits();
-        store.set_index_merge_postings(self.index_merge_postings);
         if let Some(phase) = self.index_merge_phase {
             store.stagger_index_merges(phase, INDEX_MERGE_PHASES);
         }
