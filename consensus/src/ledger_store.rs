@@ -11,8 +11,10 @@
 //! key by key would dirty one B-tree leaf per account a batch touches, which cost about 70% of the
 //! store's time (BENCHMARKS.md); instead each batch appends its postings as one sorted *run*, and
 //! once enough runs have gathered they are merged into rows of up to 504 timestamps per account,
-//! one row per account the merge touches. Every merged posting is older than every posting still
-//! in a run, so a scan reads the merged rows and then the runs, in order.
+//! one row per account the merge touches. A merge is spread over the commits that follow, each
+//! merging the next accounts ([`INDEX_MERGE_SLICES`]); meanwhile a scan skips, in the runs being
+//! merged, the accounts already merged. Every merged posting is older than every posting still in
+//! a run a scan reads, so a scan reads the merged rows and then the runs, in order.
 //!
 //! Commits use `Durability::None` by default: the Raft log is the durable record, and a replica
 //! that restarts re-applies the log from the applied index this store recorded. redb keeps such
@@ -80,10 +82,17 @@ const META_STATE: &str = "state";
 const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 const META_FORMAT: &str = "format";
-const FORMAT_VERSION: &[u8] = b"tally-ledger-store/4";
+const FORMAT_VERSION: &[u8] = b"tally-ledger-store/5";
+/// Formats this version opens and upgrades in place: format 5 adds the record of an account-index
+/// merge spread over commits ([`META_INDEX_MERGE`]), which a store of format 4 never holds. The
+/// upgrade keeps older versions from opening a store whose scans need that record.
+const FORMATS_UPGRADED: [&[u8]; 1] = [b"tally-ledger-store/4"];
 /// The consensus layer's record of the last checkpoint: the state it names was made durable, so
 /// the log up to it may be purged (`raft_state_machine`).
 const META_CHECKPOINT: &str = "checkpoint";
+/// An account-index merge under way: the key of the last run it merges and the first account whose
+/// postings in those runs are not merged yet ([`IndexMerge`]).
+const META_INDEX_MERGE: &str = "index_merge";
 
 /// The longest a store goes without a durable commit while it is committing.
 pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -127,6 +136,13 @@ pub const INDEX_MERGE_POSTINGS_DEFAULT: usize = 1 << 21;
 /// Runs kept at most, whatever their size: an account's scan binary-searches every run, so small
 /// batches must not pile up unmerged.
 pub const INDEX_RUNS_MAX: usize = 64;
+
+/// A merge is spread over the commits that follow it, each merging the postings of the next
+/// accounts: at least this fraction of the merge, and at least twice what the commit adds, so that
+/// merges keep ahead of the runs. A merge made in one commit kept a follower busy for 0.3-3.5 s,
+/// and with no merges the seven-replica cluster's batched p99 was 71-87 ms instead of 113-128 ms
+/// (BENCHMARKS.md, issue 5, fourth round).
+pub const INDEX_MERGE_SLICES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerStoreError {
@@ -186,6 +202,39 @@ pub struct RedbLedgerStore {
     checkpoint: Option<Vec<u8>>,
 }
 
+/// An account-index merge under way. The accounts below `next_account` have their postings of the
+/// runs up to `last_run` in merged rows already, so scans skip them in those runs; every later run
+/// holds later timestamps, so scans still read merged rows first and runs after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexMerge {
+    last_run: u64,
+    next_account: u128,
+}
+
+impl IndexMerge {
+    const BYTES: usize = 24;
+
+    fn encode(&self) -> [u8; IndexMerge::BYTES] {
+        let mut bytes = [0; IndexMerge::BYTES];
+        bytes[..8].copy_from_slice(&self.last_run.to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next_account.to_le_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> IndexMerge {
+        assert_eq!(bytes.len(), IndexMerge::BYTES, "an account-index merge record of {} bytes is corrupt", bytes.len());
+        IndexMerge {
+            last_run: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            next_account: u128::from_le_bytes(bytes[8..].try_into().expect("16 bytes")),
+        }
+    }
+
+    /// Whether `account`'s postings in run `run` are in merged rows already.
+    fn merged(&self, run: u64, account: u128) -> bool {
+        run <= self.last_run && account < self.next_account
+    }
+}
+
 /// The runs of account-index postings not yet merged, and when to merge them.
 #[derive(Debug)]
 struct AccountIndexRuns {
@@ -195,6 +244,8 @@ struct AccountIndexRuns {
     /// The threshold of the first merge after the store opened, if not `merge_postings`
     /// ([`RedbLedgerStore::stagger_index_merges`]).
     first_merge_postings: Option<usize>,
+    /// The merge under way, with the runs and postings it merges.
+    merging: Option<(IndexMerge, usize, usize)>,
     /// The newest run's key: a new run's key must be larger.
     last_key: Option<u64>,
     /// Reused to build a run and to merge runs: `(account id, timestamp)`, sorted as integers
@@ -362,6 +413,11 @@ pub mod postings {
             &timestamps[first..last]
         }
 
+        /// The position in the run's directory of its first account from `account` on.
+        pub fn position_from(&self, account: u128) -> usize {
+            self.directory.partition_point(|entry| account_of(entry) < account)
+        }
+
         /// The account of the `position`th entry of the run's directory, if it has that many.
         pub fn account_at(&self, position: usize) -> Option<u128> {
             self.directory.get(position).map(account_of)
@@ -395,6 +451,7 @@ pub struct LedgerReadView {
     handles: ReadHandles,
     meta: StateMeta,
     consensus: Option<Vec<u8>>,
+    index_merge: Option<IndexMerge>,
 }
 
 impl LedgerReadView {
@@ -404,7 +461,8 @@ impl LedgerReadView {
         let record = |key: &str| fatal(meta_table.get(key), "reading meta").map(|guard| guard.value().to_vec());
         let meta = record(META_STATE).map_or_else(StateMeta::default, |bytes| decode(&bytes));
         let consensus = record(META_CONSENSUS);
-        LedgerReadView { handles: ReadHandles::open(&transaction), meta, consensus }
+        let index_merge = record(META_INDEX_MERGE).map(|bytes| IndexMerge::decode(&bytes));
+        LedgerReadView { handles: ReadHandles::open(&transaction), meta, consensus, index_merge }
     }
 
     /// The consensus record committed with this state, if any.
@@ -529,7 +587,11 @@ impl RedbLedgerStore {
             .create_with_backend(backend)
             .map_err(|error| open_error(error.to_string()))?;
         Self::initialise(&database).map_err(open_error)?;
-        let format = Self::read_meta(&database, META_FORMAT).map_err(open_error)?.unwrap_or_default();
+        let mut format = Self::read_meta(&database, META_FORMAT).map_err(open_error)?.unwrap_or_default();
+        if FORMATS_UPGRADED.contains(&format.as_slice()) {
+            Self::upgrade_format(&database).map_err(open_error)?;
+            format = FORMAT_VERSION.to_vec();
+        }
         if format != FORMAT_VERSION {
             let found = String::from_utf8_lossy(&format).into_owned();
             return Err(LedgerStoreError::WrongFormat { path: path.display().to_string(), found });
@@ -538,7 +600,7 @@ impl RedbLedgerStore {
         let committed = LedgerReadView::open(&database);
         let (accounts_cache, accounts_cache_complete) = load_accounts(&committed);
         let (ledgers_cache, ledgers_cache_complete) = load_ledgers(&committed);
-        let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs);
+        let index = AccountIndexRuns::load(&committed.handles.account_transfer_runs, committed.index_merge);
         let committed_ids_max = committed.ids_max();
         Ok(RedbLedgerStore {
             database: Arc::new(database),
@@ -585,6 +647,11 @@ impl RedbLedgerStore {
     /// Account-index runs not yet merged.
     pub fn index_runs(&self) -> usize {
         self.index.lock().expect("the index lock is never poisoned").runs
+    }
+
+    /// Whether an account-index merge is under way (spread over commits, [`INDEX_MERGE_SLICES`]).
+    pub fn index_merging(&self) -> bool {
+        self.index.lock().expect("the index lock is never poisoned").merging.is_some()
     }
 
     /// A read view of the last committed state, independent of later commits.
@@ -732,6 +799,17 @@ impl RedbLedgerStore {
                 Ok(())
             })();
             created.map_err(|error| error.to_string())?;
+        }
+        transaction.commit().map_err(|error| error.to_string())
+    }
+
+    /// Records this version's format, durably, in a store of a format it upgrades.
+    fn upgrade_format(database: &Database) -> Result<(), String> {
+        let mut transaction = database.begin_write().map_err(|error| error.to_string())?;
+        transaction.set_durability(Durability::Immediate).map_err(|error| error.to_string())?;
+        {
+            let mut meta = transaction.open_table(META).map_err(|error| error.to_string())?;
+            meta.insert(META_FORMAT, FORMAT_VERSION).map_err(|error| error.to_string())?;
         }
         transaction.commit().map_err(|error| error.to_string())
     }
@@ -1058,28 +1136,38 @@ fn write_transfer_ids(transaction: &redb::WriteTransaction, transfers: &[Transfe
 }
 
 impl AccountIndexRuns {
-    fn load(runs_table: &ReadOnlyTable<u64, Bytes>) -> AccountIndexRuns {
+    fn load(runs_table: &ReadOnlyTable<u64, Bytes>, merge: Option<IndexMerge>) -> AccountIndexRuns {
         let mut index = AccountIndexRuns {
             runs: 0,
             postings: 0,
             merge_postings: INDEX_MERGE_POSTINGS_DEFAULT,
             first_merge_postings: None,
+            merging: merge.map(|merge| (merge, 0, 0)),
             last_key: None,
             buffer: Vec::new(),
             encoded: Vec::new(),
         };
         let entries = fatal(runs_table.range::<u64>(..), "scanning account-index runs");
         let _ = scan_range(entries, Direction::Ascending, |key, run| {
+            let postings = postings::Run::parse(run).len();
             index.runs += 1;
-            index.postings += postings::Run::parse(run).len();
+            index.postings += postings;
             index.last_key = Some(key);
+            if let Some((merge, runs, merged_postings)) = &mut index.merging
+                && key <= merge.last_run
+            {
+                *runs += 1;
+                *merged_postings += postings;
+            }
             ControlFlow::Continue(())
         });
         index
     }
 
-    /// Writes the postings of a batch's transfers as one run, then merges every run into the index
-    /// if the runs have grown past their limits.
+    /// Writes the postings of a batch's transfers as one run. Once the runs have grown past their
+    /// limits, a merge of all of them begins, and this and the following commits each merge the
+    /// postings of the next accounts in them ([`INDEX_MERGE_SLICES`]); the runs at its limit, a
+    /// merge finishes at once.
     fn append(&mut self, transaction: &redb::WriteTransaction, transfers: &[Transfer]) -> Result<(), redb::Error> {
         let Some(first) = transfers.first() else { return Ok(()) };
         let key = first.timestamp;
@@ -1089,64 +1177,96 @@ impl AccountIndexRuns {
             self.buffer.push((transfer.debit_account_id, transfer.timestamp));
             self.buffer.push((transfer.credit_account_id, transfer.timestamp));
         }
-        let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
-        let merge_postings = self.first_merge_postings.unwrap_or(self.merge_postings);
-        if self.postings + self.buffer.len() < merge_postings && self.runs < INDEX_RUNS_MAX {
-            self.buffer.sort_unstable();
-            postings::encode(&self.buffer, &mut self.encoded);
-            runs_table.insert(key, self.encoded.as_slice())?;
-            self.runs += 1;
-            self.postings += self.buffer.len();
-            self.last_key = Some(key);
-            return Ok(());
-        }
-        // Merge: every stored run and this batch's postings become chunks of each account's
-        // timestamps. All of them are newer than any chunk already written, and each run's are
-        // newer than the run's before it, so an account's timestamps taken run after run are in
-        // order: the runs' account directories are merged, and no posting is sorted or decoded.
-        // Sorting 2 M postings took 0.1-0.5 s of every replica's merge (BENCHMARKS.md).
         self.buffer.sort_unstable();
         postings::encode(&self.buffer, &mut self.encoded);
-        let stored =
-            runs_table.range::<u64>(..)?.map(|entry| entry.map(|(_, run)| run)).collect::<Result<Vec<_>, _>>()?;
-        let mut runs: Vec<postings::Run<'_>> = stored.iter().map(|run| postings::Run::parse(run.value())).collect();
-        runs.push(postings::Run::parse(&self.encoded));
-        let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
-        let mut next_account = vec![0_usize; runs.len()];
-        // The next account of each run, smallest first; ties in run order.
-        let mut heads: BinaryHeap<Reverse<(u128, usize)>> = runs
-            .iter()
-            .enumerate()
-            .filter_map(|(run, postings)| postings.account_at(0).map(|account| Reverse((account, run))))
-            .collect();
-        let mut timestamps: Vec<u8> = Vec::new();
-        while let Some(Reverse((account, _))) = heads.peek().copied() {
-            timestamps.clear();
-            while let Some(&Reverse((next, run))) = heads.peek()
-                && next == account
-            {
-                heads.pop();
-                let position = next_account[run];
-                timestamps.extend_from_slice(runs[run].timestamps_at(position).as_flattened());
-                next_account[run] = position + 1;
-                if let Some(following) = runs[run].account_at(position + 1) {
-                    heads.push(Reverse((following, run)));
+        let mut runs_table = transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
+        runs_table.insert(key, self.encoded.as_slice())?;
+        self.runs += 1;
+        self.postings += self.buffer.len();
+        self.last_key = Some(key);
+        let (merge, merge_runs, merge_postings) = match self.merging {
+            Some(merging) => merging,
+            None => {
+                let threshold = self.first_merge_postings.unwrap_or(self.merge_postings);
+                if self.postings < threshold && self.runs < INDEX_RUNS_MAX {
+                    return Ok(());
                 }
+                (IndexMerge { last_run: key, next_account: 0 }, self.runs, self.postings)
             }
-            for piece in timestamps.chunks(TIMESTAMPS_PER_CHUNK * 8) {
-                let first = u64::from_le_bytes(piece[..8].try_into().expect("a whole timestamp"));
-                chunks.insert((account, first), piece)?;
+        };
+        let budget = if self.runs >= INDEX_RUNS_MAX {
+            usize::MAX
+        } else {
+            (merge_postings / INDEX_MERGE_SLICES).max(2 * self.buffer.len())
+        };
+        let next_account = merge_slice(transaction, &runs_table, merge, budget)?;
+        let mut meta = transaction.open_table(META)?;
+        match next_account {
+            Some(next_account) => {
+                let merge = IndexMerge { next_account, ..merge };
+                meta.insert(META_INDEX_MERGE, merge.encode().as_slice())?;
+                self.merging = Some((merge, merge_runs, merge_postings));
+            }
+            None => {
+                meta.remove(META_INDEX_MERGE)?;
+                runs_table.retain(|run, _| run > merge.last_run)?;
+                self.runs -= merge_runs;
+                self.postings -= merge_postings;
+                self.merging = None;
+                self.first_merge_postings = None;
             }
         }
-        drop(runs);
-        drop(stored);
-        runs_table.retain(|_, _| false)?;
-        self.first_merge_postings = None;
-        self.runs = 0;
-        self.postings = 0;
-        self.last_key = None;
         Ok(())
     }
+}
+
+/// Merges into rows the postings that the runs up to `merge.last_run` hold for the accounts from
+/// `merge.next_account` on, account by account, until about `budget` postings are merged; returns
+/// the first account left, `None` once every account is merged. Each run is sorted by account, and
+/// every run's timestamps are later than those of the run before it, so an account's timestamps
+/// taken run after run are in order: the runs' account directories are walked together, and no
+/// posting is sorted or decoded (sorting 2 M postings took 0.1-0.5 s of a merge, BENCHMARKS.md).
+fn merge_slice(
+    transaction: &redb::WriteTransaction,
+    runs_table: &redb::Table<'_, u64, Bytes>,
+    merge: IndexMerge,
+    budget: usize,
+) -> Result<Option<u128>, redb::Error> {
+    let stored =
+        runs_table.range(..=merge.last_run)?.map(|entry| entry.map(|(_, run)| run)).collect::<Result<Vec<_>, _>>()?;
+    let runs: Vec<postings::Run<'_>> = stored.iter().map(|run| postings::Run::parse(run.value())).collect();
+    let mut positions: Vec<usize> = runs.iter().map(|run| run.position_from(merge.next_account)).collect();
+    // The next account of each run, smallest first; ties in run order.
+    let mut heads: BinaryHeap<Reverse<(u128, usize)>> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(run, postings)| postings.account_at(positions[run]).map(|account| Reverse((account, run))))
+        .collect();
+    let mut chunks = transaction.open_table(ACCOUNT_TRANSFER_CHUNKS)?;
+    let mut timestamps: Vec<u8> = Vec::new();
+    let mut merged = 0_usize;
+    while let Some(Reverse((account, _))) = heads.peek().copied() {
+        if merged >= budget {
+            return Ok(Some(account));
+        }
+        timestamps.clear();
+        while let Some(&Reverse((next, run))) = heads.peek()
+            && next == account
+        {
+            heads.pop();
+            timestamps.extend_from_slice(runs[run].timestamps_at(positions[run]).as_flattened());
+            positions[run] += 1;
+            if let Some(following) = runs[run].account_at(positions[run]) {
+                heads.push(Reverse((following, run)));
+            }
+        }
+        merged += timestamps.len() / 8;
+        for piece in timestamps.chunks(TIMESTAMPS_PER_CHUNK * 8) {
+            let first = u64::from_le_bytes(piece[..8].try_into().expect("a whole timestamp"));
+            chunks.insert((account, first), piece)?;
+        }
+    }
+    Ok(None)
 }
 
 /// Runs `visit` over a redb range in either direction, stopping when it breaks.
@@ -1372,7 +1492,10 @@ impl StorageRead for LedgerReadView {
         };
         let scan_runs = |visit_timestamp: &mut dyn FnMut(u64) -> ControlFlow<()>| {
             let runs = fatal(self.handles.account_transfer_runs.range::<u64>(..), "scanning account-index runs");
-            scan_range(runs, direction, |_, run| {
+            scan_range(runs, direction, |key, run| {
+                if self.index_merge.is_some_and(|merge| merge.merged(key, account_id)) {
+                    return ControlFlow::Continue(());
+                }
                 let matching = postings::Run::parse(run).account_range(account_id, range);
                 let mut visit_posting = |bytes: &postings::Timestamp| visit_timestamp(postings::timestamp(bytes));
                 match direction {
