@@ -235,17 +235,24 @@ impl IndexMerge {
     }
 }
 
+/// A merge under way, with how many runs and postings it merges (to count off when it ends).
+#[derive(Clone, Copy, Debug)]
+struct MergeUnderWay {
+    merge: IndexMerge,
+    runs: usize,
+    postings: usize,
+}
+
 /// The runs of account-index postings not yet merged, and when to merge them.
 #[derive(Debug)]
 struct AccountIndexRuns {
     runs: usize,
     postings: usize,
     merge_postings: usize,
-    /// The threshold of the first merge after the store opened, if not `merge_postings`
-    /// ([`RedbLedgerStore::stagger_index_merges`]).
-    first_merge_postings: Option<usize>,
-    /// The merge under way, with the runs and postings it merges.
-    merging: Option<(IndexMerge, usize, usize)>,
+    /// `(phase, phases)`: the first merge after the store opened comes after `(phase + 1) /
+    /// phases` of `merge_postings` ([`RedbLedgerStore::stagger_index_merges`]).
+    first_merge_phase: Option<(usize, usize)>,
+    merging: Option<MergeUnderWay>,
     /// The newest run's key: a new run's key must be larger.
     last_key: Option<u64>,
     /// Reused to build a run and to merge runs: `(account id, timestamp)`, sorted as integers
@@ -406,8 +413,7 @@ pub mod postings {
         /// The timestamps of `account_id` within `range`, ascending.
         pub fn account_range(&self, account_id: u128, range: TimestampRange) -> &'a [Timestamp] {
             let Ok(position) = self.directory.binary_search_by_key(&account_id, account_of) else { return &[] };
-            let start = if position == 0 { 0 } else { end_of(&self.directory[position - 1]) };
-            let timestamps = &self.timestamps[start..end_of(&self.directory[position])];
+            let timestamps = self.timestamps_at(position);
             let first = timestamps.partition_point(|bytes| timestamp(bytes) < range.min);
             let last = timestamps.partition_point(|bytes| timestamp(bytes) <= range.max).max(first);
             &timestamps[first..last]
@@ -427,18 +433,6 @@ pub mod postings {
         pub fn timestamps_at(&self, position: usize) -> &'a [Timestamp] {
             let start = if position == 0 { 0 } else { end_of(&self.directory[position - 1]) };
             &self.timestamps[start..end_of(&self.directory[position])]
-        }
-
-        /// Every posting, in `(account, timestamp)` order.
-        pub fn postings(&self) -> impl Iterator<Item = (u128, u64)> + 'a {
-            let timestamps = self.timestamps;
-            let mut start = 0;
-            self.directory.iter().flat_map(move |entry| {
-                let (account, end) = (account_of(entry), end_of(entry));
-                let account_timestamps = &timestamps[start..end];
-                start = end;
-                account_timestamps.iter().map(move |bytes| (account, timestamp(bytes)))
-            })
         }
     }
 }
@@ -641,7 +635,7 @@ impl RedbLedgerStore {
     pub fn stagger_index_merges(&mut self, phase: usize, phases: usize) {
         assert!(phase < phases, "merge phase {phase} of {phases}");
         let mut index = self.index.lock().expect("the index lock is never poisoned");
-        index.first_merge_postings = Some((index.merge_postings / phases * (phase + 1)).max(1));
+        index.first_merge_phase = Some((phase, phases));
     }
 
     /// Account-index runs not yet merged.
@@ -1141,8 +1135,8 @@ impl AccountIndexRuns {
             runs: 0,
             postings: 0,
             merge_postings: INDEX_MERGE_POSTINGS_DEFAULT,
-            first_merge_postings: None,
-            merging: merge.map(|merge| (merge, 0, 0)),
+            first_merge_phase: None,
+            merging: merge.map(|merge| MergeUnderWay { merge, runs: 0, postings: 0 }),
             last_key: None,
             buffer: Vec::new(),
             encoded: Vec::new(),
@@ -1153,11 +1147,11 @@ impl AccountIndexRuns {
             index.runs += 1;
             index.postings += postings;
             index.last_key = Some(key);
-            if let Some((merge, runs, merged_postings)) = &mut index.merging
-                && key <= merge.last_run
+            if let Some(merging) = &mut index.merging
+                && key <= merging.merge.last_run
             {
-                *runs += 1;
-                *merged_postings += postings;
+                merging.runs += 1;
+                merging.postings += postings;
             }
             ControlFlow::Continue(())
         });
@@ -1184,36 +1178,40 @@ impl AccountIndexRuns {
         self.runs += 1;
         self.postings += self.buffer.len();
         self.last_key = Some(key);
-        let (merge, merge_runs, merge_postings) = match self.merging {
+        let mut merging = match self.merging {
             Some(merging) => merging,
             None => {
-                let threshold = self.first_merge_postings.unwrap_or(self.merge_postings);
+                let threshold = match self.first_merge_phase {
+                    Some((phase, phases)) => (self.merge_postings / phases * (phase + 1)).max(1),
+                    None => self.merge_postings,
+                };
                 if self.postings < threshold && self.runs < INDEX_RUNS_MAX {
                     return Ok(());
                 }
-                (IndexMerge { last_run: key, next_account: 0 }, self.runs, self.postings)
+                let merge = IndexMerge { last_run: key, next_account: 0 };
+                MergeUnderWay { merge, runs: self.runs, postings: self.postings }
             }
         };
         let budget = if self.runs >= INDEX_RUNS_MAX {
             usize::MAX
         } else {
-            (merge_postings / INDEX_MERGE_SLICES).max(2 * self.buffer.len())
+            (merging.postings / INDEX_MERGE_SLICES).max(2 * self.buffer.len())
         };
-        let next_account = merge_slice(transaction, &runs_table, merge, budget)?;
+        let next_account = merge_slice(transaction, &runs_table, merging.merge, budget)?;
         let mut meta = transaction.open_table(META)?;
         match next_account {
             Some(next_account) => {
-                let merge = IndexMerge { next_account, ..merge };
-                meta.insert(META_INDEX_MERGE, merge.encode().as_slice())?;
-                self.merging = Some((merge, merge_runs, merge_postings));
+                merging.merge.next_account = next_account;
+                meta.insert(META_INDEX_MERGE, merging.merge.encode().as_slice())?;
+                self.merging = Some(merging);
             }
             None => {
                 meta.remove(META_INDEX_MERGE)?;
-                runs_table.retain(|run, _| run > merge.last_run)?;
-                self.runs -= merge_runs;
-                self.postings -= merge_postings;
+                runs_table.retain(|run, _| run > merging.merge.last_run)?;
+                self.runs -= merging.runs;
+                self.postings -= merging.postings;
                 self.merging = None;
-                self.first_merge_postings = None;
+                self.first_merge_phase = None;
             }
         }
         Ok(())

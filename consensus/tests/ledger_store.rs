@@ -109,6 +109,19 @@ fn account_scan(
     ids
 }
 
+/// Every account of `random_transfer_batches` has the same whole history, either way, in both stores.
+fn assert_whole_scans_match(store: &impl StorageRead, reference: &impl StorageRead, when: &str) {
+    for account_id in 1..=12 {
+        for direction in [Direction::Ascending, Direction::Descending] {
+            assert_eq!(
+                account_scan(store, account_id, TimestampRange::ALL, direction, usize::MAX),
+                account_scan(reference, account_id, TimestampRange::ALL, direction, usize::MAX),
+                "{when}: account {account_id}, {direction:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn scans_and_lookups_match_the_in_memory_store_across_blocks_index_runs_and_a_reopen() {
     let directory = tempfile::tempdir().unwrap();
@@ -438,8 +451,8 @@ fn an_account_index_run_finds_each_accounts_timestamps_in_place() {
     assert_eq!(encoded.len(), 4 + 3 * postings::DIRECTORY_ENTRY_BYTES + sorted.len() * 8);
     let run = postings::Run::parse(&encoded);
     assert_eq!(run.len(), sorted.len());
-    assert_eq!(run.postings().collect::<Vec<_>>(), sorted, "every posting back, in order");
-    // A merge walks the directory: each account in turn, with its timestamps.
+    // A merge walks the directory: each account in turn, with its timestamps; every posting comes
+    // back, in order.
     let directory: Vec<(u128, Vec<u64>)> = (0..)
         .map_while(|position| {
             let account = run.account_at(position)?;
@@ -447,6 +460,13 @@ fn an_account_index_run_finds_each_accounts_timestamps_in_place() {
         })
         .collect();
     assert_eq!(directory, [(2, vec![10, 20, 30]), (7, vec![15]), (1 << 100, vec![5, 25])]);
+    let walked: Vec<(u128, u64)> = directory
+        .iter()
+        .flat_map(|(account, timestamps)| timestamps.iter().map(move |timestamp| (*account, *timestamp)))
+        .collect();
+    assert_eq!(walked, sorted, "every posting back, in order");
+    assert_eq!(run.position_from(3), 1);
+    assert_eq!(run.position_from(1 << 101), 3);
     let timestamps = |account, min, max| -> Vec<u64> {
         run.account_range(account, TimestampRange { min, max }).iter().map(postings::timestamp).collect()
     };
@@ -613,15 +633,7 @@ fn a_staggered_store_merges_first_at_its_phase_then_at_the_threshold() {
                 runs.push(ledger.storage().index_runs());
             }
         }
-        for account_id in 1..=12 {
-            for direction in [Direction::Ascending, Direction::Descending] {
-                assert_eq!(
-                    account_scan(ledger.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
-                    account_scan(reference.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
-                    "{name}: account {account_id}, {direction:?}"
-                );
-            }
-        }
+        assert_whole_scans_match(ledger.storage(), reference.storage(), name);
         runs
     };
     // A merge begins once the runs hold 400 postings and takes that commit and the next (each
@@ -659,15 +671,7 @@ fn a_merge_spread_over_commits_keeps_every_accounts_scan_whole() {
             assert!(ledger.storage().index_merging(), "a merge under way survives a reopen");
             reopened_mid_merge = true;
         }
-        for account_id in 1..=12 {
-            for direction in [Direction::Ascending, Direction::Descending] {
-                assert_eq!(
-                    account_scan(ledger.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
-                    account_scan(reference.storage(), account_id, TimestampRange::ALL, direction, usize::MAX),
-                    "batch {index} (merging: {merging}), account {account_id}, {direction:?}"
-                );
-            }
-        }
+        assert_whole_scans_match(ledger.storage(), reference.storage(), &format!("batch {index} (merging: {merging})"));
     }
     assert!(reopened_mid_merge && commits_mid_merge >= 8, "{commits_mid_merge} commits ended mid-merge");
 }
