@@ -215,6 +215,10 @@ cache_bytes = 134217728
 [scheduling]
 # All replicas share this host: followers yield CPU to the leader (node/src/scheduling.rs).
 follower_nice = 5
+
+[memory]
+# As cluster-config/local: the working set made resident before the run (node/src/memory.rs).
+pretouch_bytes = 805306368
 TOML
     # Each replica in its own session, as scripts/cluster.sh starts them (follower_nice needs it).
     setsid "$ROOT/target/release/tally-node" --config "$directory/node-$index.toml" >"$directory/node-$index.log" 2>&1 &

@@ -39,6 +39,18 @@ pub struct NodeConfig {
     pub storage: StorageSettings,
     #[serde(default)]
     pub scheduling: SchedulingSettings,
+    #[serde(default)]
+    pub memory: MemorySettings,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    /// Heap the replica writes once at startup, before it serves, so that the kernel zeroes those
+    /// pages then rather than under load (`memory.rs`). About the replica's working set: its page
+    /// caches, one second of uncommitted batches on a follower, the batches in flight. 0, the
+    /// default, touches nothing. The replica refuses to start when the machine has less available.
+    pub pretouch_bytes: usize,
 }
 
 /// For replicas that share a host (a local cluster, a test rig). A replica on a host of its own
@@ -316,6 +328,15 @@ initial_members = [
         assert!(parse(&nice).unwrap_err().contains("follower_nice must be 0..=19, not 20"));
         let negative = format!("{}\n[scheduling]\nfollower_nice = -1\n", minimal());
         assert!(parse(&negative).unwrap_err().contains("follower_nice"));
+    }
+
+    #[test]
+    fn memory_is_pretouched_only_when_asked() {
+        assert_eq!(parse(minimal()).unwrap().memory.pretouch_bytes, 0);
+        let touched = format!("{}\n[memory]\npretouch_bytes = 805306368\n", minimal());
+        assert_eq!(parse(&touched).unwrap().memory.pretouch_bytes, 768 * 1024 * 1024);
+        let negative = format!("{}\n[memory]\npretouch_bytes = -1\n", minimal());
+        assert!(parse(&negative).unwrap_err().contains("pretouch_bytes"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`gateway`]: the `LedgerService` any replica serves: writes forwarded to the leader and group
 //!   committed there, linearizable reads.
 //! - [`group_commit`]: the leader's batcher: concurrent requests into one log entry.
+//! - [`memory`]: pretouching the replica's memory budget at startup.
 //! - [`observe`]: Prometheus metrics, `/health` and `/ready`.
 //! - [`server`]: `run(config, listeners, shutdown)`: data directory checks, bootstrap, services,
 //!   the expiry proposer, connection limits, clean shutdown.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod convert;
 pub mod gateway;
 pub mod group_commit;
+pub mod memory;
 pub mod observe;
 pub mod scheduling;
 pub mod server;

@@ -59,6 +59,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_REFUSED);
         }
     };
+    // Before the runtime's threads exist, so that what they allocate later is carved from memory
+    // already touched (node/src/memory.rs).
+    match tally_node::memory::pretouch(config.memory.pretouch_bytes) {
+        Ok(done) if done.bytes > 0 => {
+            tracing::info!(mib = done.bytes / (1024 * 1024), elapsed = ?done.elapsed, "memory pretouched");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            eprintln!("tally-node: {error}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(tally_node::run_from_config(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,6 +71,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             group_commit: group_commit.clone(),
             storage: StorageSettings { cache_bytes: 8 * 1024 * 1024, log_cache_bytes: 8 * 1024 * 1024 },
             scheduling: Default::default(),
+            memory: Default::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);

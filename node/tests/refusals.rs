@@ -29,6 +29,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         group_commit: GroupCommitSettings::default(),
         storage: StorageSettings { cache_bytes: 4 * 1024 * 1024, log_cache_bytes: 4 * 1024 * 1024 },
         scheduling: Default::default(),
+        memory: Default::default(),
     }
 }
 

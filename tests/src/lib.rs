@@ -86,6 +86,8 @@ pub struct Settings {
     /// `scheduling.follower_nice`; when set, each replica is started in its own session (`setsid`),
     /// as `scripts/cluster.sh` starts them.
     pub follower_nice: u8,
+    /// `memory.pretouch_bytes`.
+    pub pretouch_bytes: usize,
 }
 
 impl Default for Settings {
@@ -95,6 +97,7 @@ impl Default for Settings {
             log_entries_kept_after_snapshot: 1_000,
             request_timeout_ms: 5_000,
             follower_nice: 0,
+            pretouch_bytes: 0,
         }
     }
 }
@@ -169,7 +172,7 @@ impl LocalCluster {
              advertise_address = \"127.0.0.1:{grpc}\"\nmetrics_address = \"127.0.0.1:{metrics}\"\ndata_directory = \"{data}\"\n\
              {members}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n\
              snapshot_after_entries = {snapshot}\nlog_entries_kept_after_snapshot = {kept}\n\n[limits]\nrequest_timeout_ms = {timeout}\n\n\
-             [storage]\ncache_bytes = 33554432\n\n[scheduling]\nfollower_nice = {nice}\n",
+             [storage]\ncache_bytes = 33554432\n\n[scheduling]\nfollower_nice = {nice}\n\n[memory]\npretouch_bytes = {pretouch}\n",
             site = replica.site,
             grpc = replica.grpc_port,
             metrics = replica.metrics_port,
@@ -178,6 +181,7 @@ impl LocalCluster {
             kept = self.settings.log_entries_kept_after_snapshot,
             timeout = self.settings.request_timeout_ms,
             nice = self.settings.follower_nice,
+            pretouch = self.settings.pretouch_bytes,
         );
         std::fs::write(&replica.config_path, config).expect("the config is written");
     }

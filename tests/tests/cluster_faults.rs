@@ -371,3 +371,34 @@ async fn on_a_shared_host_followers_yield_the_cpu_and_a_new_leader_takes_it_back
     assert_ne!(successor, leader);
     wait_for_priorities(&cluster, successor, 5).await;
 }
+
+/// A process's resident memory in bytes, from `/proc/PID/status`.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the replica's status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|number| number.trim().parse().ok())
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
+/// A replica told to pretouch its memory holds it, resident, by the time it serves; one that is
+/// not stays well below that. Under load the first would fault in no fresh pages until its working
+/// set outgrows the budget (BENCHMARKS.md, issue 5, fifth round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_told_to_pretouch_its_memory_holds_it_before_it_serves() {
+    const BUDGET: usize = 160 * 1024 * 1024;
+    let _turn = serialised().await;
+    let resident_once_leading = |settings: Settings| async move {
+        let cluster = LocalCluster::start(&["a"], settings);
+        cluster.wait_for_leader(LEADER_WITHIN).await;
+        (resident_bytes(cluster.pid(1).expect("replica 1 runs")), cluster.log_tail(1))
+    };
+    let (plain, _) = resident_once_leading(Settings::default()).await;
+    let (touched, log) = resident_once_leading(Settings { pretouch_bytes: BUDGET, ..Settings::default() }).await;
+    assert!(plain < BUDGET as u64 / 2, "without pretouching, replica 1 already holds {plain} bytes");
+    assert!(touched >= BUDGET as u64, "replica 1 holds {touched} bytes after pretouching {BUDGET}");
+    assert!(log.contains("memory pretouched") && log.contains("mib=160"), "{log}");
+}
