@@ -88,14 +88,16 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_touched_when_none_is_asked_for_or_too_much() {
+    fn none_asked_for_touches_none_and_more_than_available_is_refused() {
         assert_eq!(pretouch(0).unwrap().bytes, 0);
         let error = pretouch(usize::MAX).unwrap_err();
         assert!(error.contains("this machine has only"), "{error}");
     }
 
+    /// Only the rounding: that the pages end up resident is checked on a real replica
+    /// (`tests/tests/cluster_faults.rs`), whose allocator keeps them.
     #[test]
-    fn whole_chunks_are_touched() {
+    fn the_amount_is_rounded_up_to_whole_chunks() {
         assert_eq!(pretouch(1).unwrap().bytes, CHUNK_BYTES);
         assert_eq!(pretouch(3 * CHUNK_BYTES).unwrap().bytes, 3 * CHUNK_BYTES);
     }
