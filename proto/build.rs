@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/tally/v1/ledger.proto", "proto/tally/v1/admin.proto", "proto/tally/v1/raft.proto"];
+    let files = ["proto/tally/v1/ledger.proto", "proto/tally/v1/admin.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_directory = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_directory.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
     std::fs::write(out_directory.join("result_code_descriptions.rs"), result_code_descriptions(&descriptors)?)?;
-    tonic_prost_build::configure().bytes(".tally.v1.RaftMessage.payload").compile_fds(descriptors)?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 //! - [`raft_state_machine`]: the ledger as openraft's state machine: checkpoints, and snapshot
 //!   files written when a peer needs one.
 //! - [`snapshot_data`]: a snapshot's bytes for openraft, written from a ledger view when first read.
-//! - [`network`]: openraft's RPCs over tonic gRPC, client and server.
+//! - [`network`]: openraft's RPCs over framed TCP on the replica's gRPC port, client and server.
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod blocking;

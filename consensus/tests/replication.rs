@@ -1,4 +1,4 @@
-//! Replicas in one process, each with its own redb files, talking openraft over real gRPC on
+//! Replicas in one process, each with its own redb files, talking openraft over the peer protocol on
 //! 127.0.0.1: batches written through the leader reach every replica with the same digest, and a
 //! replica that was away while the log was purged catches up by snapshot.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::{Config, Raft, SnapshotPolicy};
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
-use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
+use tally_consensus::network::{PeerNetwork, serve_peer_connection};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::types::{ApplyResponse, LogPayload, PeerNode, TypeConfig};
 use tally_state_machine::codec::encode_batch;
@@ -16,7 +16,6 @@ use tally_state_machine::storage::suite::reference_batches;
 use tally_state_machine::{Batch, NewTransfer, Operation, StateMachine, StorageRead};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -55,15 +54,20 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let log = RedbLogStore::open(&directory.path().join("raft-log.redb"), LOG_CACHE_BYTES_DEFAULT).unwrap();
     let state_machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     let views = state_machine.views();
-    let raft = Raft::new(id, config, GrpcNetwork::new(), log, state_machine).await.unwrap();
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let service = RaftGrpcService::new(raft.clone()).into_server();
-    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let raft = Raft::new(id, config, PeerNetwork::new(), log, state_machine).await.unwrap();
+    let (stop_server, mut stopped) = oneshot::channel::<()>();
+    let serving = raft.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _) = accepted.unwrap();
+                    tokio::spawn(serve_peer_connection(stream, serving.clone()));
+                }
+                _ = &mut stopped => return,
+            }
+        }
+    });
     Replica { raft, views, stop_server: Some(stop_server), _directory: directory }
 }
 

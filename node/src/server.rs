@@ -12,7 +12,7 @@ use std::time::Duration;
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
-use tally_consensus::network::{GrpcNetwork, RaftGrpcService};
+use tally_consensus::network::{Opening, PeerNetwork, opening, serve_peer_connection};
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::types::{PeerNode, TypeConfig};
 use tally_proto::v1::admin_service_server::AdminServiceServer;
@@ -117,7 +117,7 @@ pub async fn run(
     state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);
-    let raft = Raft::new(config.node_id, openraft_config, GrpcNetwork::new(), log, state_machine)
+    let raft = Raft::new(config.node_id, openraft_config, PeerNetwork::new(), log, state_machine)
         .await
         .map_err(|error| NodeError::Raft(error.to_string()))?;
     bootstrap(&raft, &config).await?;
@@ -167,8 +167,10 @@ pub async fn run(
                 .max_encoding_message_size(message_bytes_max),
         )
         .add_service(AdminServiceServer::new(admin))
-        .add_service(RaftGrpcService::new(raft.clone()).into_server())
-        .serve_with_incoming_shutdown(limited_incoming(grpc_listener, config.limits.connections_max), shutdown);
+        .serve_with_incoming_shutdown(
+            limited_incoming(grpc_listener, config.limits.connections_max, raft.clone()),
+            shutdown,
+        );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
     let served = server.await;
     tracing::info!(node = config.node_id, "replica stopping");
@@ -318,30 +320,51 @@ async fn propose_expiries(
     .await;
 }
 
-/// Accepted connections beyond `connections_max` are closed at once.
+/// Accepted connections beyond `connections_max` are closed at once. The rest are told apart by
+/// their first bytes: other replicas' Raft RPCs are served here, on a task per connection, and
+/// everything else goes on to the gRPC server. Both kinds hold a connection permit while open.
 fn limited_incoming(
     listener: TcpListener,
     connections_max: usize,
+    raft: Raft<TypeConfig>,
 ) -> ReceiverStream<std::io::Result<LimitedConnection>> {
     let (sender, receiver) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(connections_max));
     tokio::spawn(async move {
         loop {
-            let accepted = listener.accept().await;
-            let connection = match accepted {
+            let (stream, permit) = match listener.accept().await {
                 Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(permit) => {
-                        let _ = stream.set_nodelay(true);
-                        Ok(LimitedConnection { stream, _permit: permit })
-                    }
+                    Ok(permit) => (stream, permit),
                     Err(_) => {
                         metrics::counter!("tally_connections_refused_total").increment(1);
                         continue;
                     }
                 },
-                Err(error) => Err(error),
+                Err(error) => {
+                    if sender.send(Err(error)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
-            if sender.send(connection).await.is_err() {
+            let _ = stream.set_nodelay(true);
+            let to_grpc = sender.clone();
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                match opening(&stream).await {
+                    Opening::Peer => {
+                        if let Err(error) = serve_peer_connection(stream, raft).await {
+                            tracing::warn!(%error, "peer connection closed");
+                        }
+                        drop(permit);
+                    }
+                    Opening::Other => {
+                        let _ = to_grpc.send(Ok(LimitedConnection { stream, _permit: permit })).await;
+                    }
+                    Opening::Undecided => metrics::counter!("tally_connections_silent_total").increment(1),
+                }
+            });
+            if sender.is_closed() {
                 return;
             }
         }

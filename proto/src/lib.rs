@@ -4,7 +4,7 @@
 //! on no other crate of Tally's: clients build on it alone.
 //!
 //! # Layout
-//! - [`v1`]: the messages and the `LedgerService`, `AdminService` and `RaftService` services (clients and servers).
+//! - [`v1`]: the messages and the `LedgerService` and `AdminService` services (clients and servers).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
 
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations, reason = "generated code")]

@@ -13,7 +13,7 @@ fn the_descriptor_set_lists_every_service() {
         .flat_map(|file| file.service.iter().map(move |service| format!("{}.{}", file.package(), service.name())))
         .collect();
     services.sort();
-    assert_eq!(services, ["tally.v1.AdminService", "tally.v1.LedgerService", "tally.v1.RaftService"]);
+    assert_eq!(services, ["tally.v1.AdminService", "tally.v1.LedgerService"]);
 }
 
 #[test]
