@@ -26,7 +26,14 @@ pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 /// Single calls waiting to be batched, at most; beyond this, callers wait for room.
 const BATCH_QUEUE_MAX: usize = 65_536;
 /// Automatic batches in flight at once: while they are, new single calls gather into the next.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Two rather than four: fewer, larger batches cost the cluster fewer Raft entries, and the
+/// second keeps the leader busy while the first's answers travel back (BENCHMARKS.md, issue 5,
+/// sixth round).
+const BATCHES_IN_FLIGHT: usize = 2;
+/// How many times a batcher about to send yields to the runtime first, so that callers woken
+/// just now (by the answers to the last batch, typically) join this batch instead of the next. It
+/// stops at the first yield that brought no one, so a lone caller waits one yield.
+const FILL_YIELDS_MAX: usize = 32;
 
 /// A connection to a Tally cluster. Cheap to clone; clones share connections, leader knowledge,
 /// breakers and the automatic batchers.
@@ -207,13 +214,7 @@ async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Recei
         // Waiting for a free slot is what lets the next batch fill up.
         let permit: OwnedSemaphorePermit =
             Arc::clone(&in_flight).acquire_owned().await.expect("the semaphore is never closed");
-        let mut batch = vec![first];
-        while batch.len() < EVENTS_PER_REQUEST_MAX {
-            match queue.try_recv() {
-                Ok(queued) => batch.push(queued),
-                Err(_) => break,
-            }
-        }
+        let batch = fill_batch(first, &mut queue).await;
         stats.batched_requests.fetch_add(1, Ordering::Relaxed);
         stats.batched_events.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let transport = Arc::clone(&transport);
@@ -236,6 +237,36 @@ async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Recei
                 }
             }
         });
+    }
+}
+
+/// `first` and the calls queued behind it, up to [`EVENTS_PER_REQUEST_MAX`]. Yields to the runtime
+/// while each yield brings more (at most [`FILL_YIELDS_MAX`] times): callers woken together by the
+/// answers to one batch then travel together in the next.
+async fn fill_batch<T>(first: T, queue: &mut mpsc::Receiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    take_queued(queue, &mut batch);
+    for _ in 0..FILL_YIELDS_MAX {
+        if batch.len() == EVENTS_PER_REQUEST_MAX {
+            break;
+        }
+        let before = batch.len();
+        tokio::task::yield_now().await;
+        take_queued(queue, &mut batch);
+        if batch.len() == before {
+            break;
+        }
+    }
+    batch
+}
+
+/// Moves queued calls into `batch` until it is full or the queue is empty.
+fn take_queued<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
+    while batch.len() < EVENTS_PER_REQUEST_MAX {
+        match queue.try_recv() {
+            Ok(queued) => batch.push(queued),
+            Err(_) => break,
+        }
     }
 }
 
@@ -683,5 +714,52 @@ impl Membership {
             learners: response.learners,
             log_index: response.log_index,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers that were woken together but take a few scheduler turns each before they call again
+    /// (as after the answers to one batch) go out in one request, not one per turn.
+    #[tokio::test]
+    async fn callers_woken_together_go_out_in_one_batch() {
+        const CALLERS: usize = 100;
+        let (sender, mut queue) = mpsc::channel(CALLERS);
+        let (release, released) = tokio::sync::watch::channel(false);
+        for caller in 0..CALLERS {
+            let sender = sender.clone();
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                released.wait_for(|released| *released).await.unwrap();
+                for _ in 0..caller % 6 {
+                    tokio::task::yield_now().await;
+                }
+                sender.send(caller).await.unwrap();
+            });
+        }
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        let first = queue.recv().await.unwrap();
+        let batch = fill_batch(first, &mut queue).await;
+        assert_eq!(batch.len(), CALLERS, "the callers that needed up to five turns are in the batch");
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_goes_out_alone_and_a_batch_stops_at_the_limit() {
+        let (sender, mut queue) = mpsc::channel(EVENTS_PER_REQUEST_MAX + 10);
+        assert_eq!(fill_batch(7, &mut queue).await, [7]);
+
+        for event in 0..EVENTS_PER_REQUEST_MAX + 10 {
+            sender.try_send(event).unwrap();
+        }
+        let first = queue.recv().await.unwrap();
+        assert_eq!(fill_batch(first, &mut queue).await.len(), EVENTS_PER_REQUEST_MAX);
+        let first = queue.recv().await.unwrap();
+        assert_eq!(
+            fill_batch(first, &mut queue).await,
+            (EVENTS_PER_REQUEST_MAX..EVENTS_PER_REQUEST_MAX + 10).collect::<Vec<_>>()
+        );
     }
 }
