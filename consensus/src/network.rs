@@ -21,6 +21,10 @@
 //! sent once more on a fresh one, since the peer may have closed it while it sat idle; Raft is built
 //! to tolerate a duplicated message. Only a failed connection attempt makes a peer unreachable (and
 //! openraft then backs off from it).
+//!
+//! Metrics: `tally_peer_requests_total` and `tally_peer_request_seconds` (by method) for what this
+//! replica answered; `tally_peer_call_failures_total` (by reason: unreachable, broken, timeout) and
+//! `tally_peer_connections_opened_total` for what it sent.
 
 use std::collections::HashMap;
 use std::io;
@@ -88,6 +92,14 @@ enum Method {
 }
 
 impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Method::AppendEntries => "append_entries",
+            Method::Vote => "vote",
+            Method::InstallSnapshot => "install_snapshot",
+        }
+    }
+
     fn from_byte(byte: u8) -> Option<Method> {
         match byte {
             1 => Some(Method::AppendEntries),
@@ -147,8 +159,12 @@ impl PeerClient {
         let deadline = option.hard_ttl() + TRANSPORT_DEADLINE_MARGIN;
         let payload = match tokio::time::timeout(deadline, self.pool.exchange(method, &body)).await {
             Ok(Ok(payload)) => payload,
-            Ok(Err(error)) => return Err(error.into_rpc_error()),
+            Ok(Err(error)) => {
+                metrics::counter!("tally_peer_call_failures_total", "reason" => error.reason()).increment(1);
+                return Err(error.into_rpc_error());
+            }
             Err(_) => {
+                metrics::counter!("tally_peer_call_failures_total", "reason" => "timeout").increment(1);
                 let error = io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("replica {} at {} did not answer within {deadline:?}", self.target, self.node.address),
@@ -172,6 +188,13 @@ enum CallError {
 }
 
 impl CallError {
+    fn reason(&self) -> &'static str {
+        match self {
+            CallError::Connect(_) => "unreachable",
+            CallError::Exchange(_) => "broken",
+        }
+    }
+
     /// Only a failed connection makes a peer unreachable (openraft backs off from it); a call that
     /// broke off reached a live peer and is retried at once.
     fn into_rpc_error<E: std::error::Error>(self) -> RpcError<E> {
@@ -203,6 +226,7 @@ impl ConnectionPool {
             return Ok(response);
         }
         let mut connection = PeerConnection::connect(&self.address).await.map_err(CallError::Connect)?;
+        metrics::counter!("tally_peer_connections_opened_total").increment(1);
         let response = connection.exchange(method, body).await.map_err(CallError::Exchange)?;
         self.give_back(connection);
         Ok(response)
@@ -382,6 +406,15 @@ where
 }
 
 async fn answer(raft: &openraft::Raft<TypeConfig>, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
+    let started = std::time::Instant::now();
+    let response = answer_unmeasured(raft, method, body).await;
+    metrics::counter!("tally_peer_requests_total", "method" => method.label()).increment(1);
+    metrics::histogram!("tally_peer_request_seconds", "method" => method.label())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer_unmeasured(raft: &openraft::Raft<TypeConfig>, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
     let invalid = |error: crate::types::EncodingError| io::Error::new(io::ErrorKind::InvalidData, error.to_string());
     match method {
         Method::AppendEntries => {

@@ -235,6 +235,7 @@ async fn a_cluster_serves_writes_and_reads_through_any_replica() {
 
     let metrics = reqwest_like_get(&cluster.metrics_addresses[0], "/metrics").await;
     assert!(metrics.contains("tally_requests_total"), "{metrics}");
+    assert!(metrics.contains("tally_peer_requests_total{method=\"append_entries\"}"), "{metrics}");
     assert!(metrics.contains("tally_raft_term"));
     assert!(reqwest_like_get(&cluster.metrics_addresses[0], "/ready").await.contains("ready"));
     cluster.stop().await;
