@@ -332,7 +332,12 @@ fn limited_incoming(
     let permits = Arc::new(Semaphore::new(connections_max));
     tokio::spawn(async move {
         loop {
-            let (stream, permit) = match listener.accept().await {
+            // The gRPC server dropping its end (shutdown) ends this loop, and with it the listener.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (stream, permit) = match accepted {
                 Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => (stream, permit),
                     Err(_) => {
@@ -353,8 +358,14 @@ fn limited_incoming(
             tokio::spawn(async move {
                 match opening(&stream).await {
                     Opening::Peer => {
-                        if let Err(error) = serve_peer_connection(stream, raft).await {
-                            tracing::warn!(%error, "peer connection closed");
+                        match serve_peer_connection(stream, raft).await {
+                            Ok(()) => {}
+                            // Something that is not the peer protocol: a bug or a stranger.
+                            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                                tracing::warn!(%error, "peer connection refused")
+                            }
+                            // A peer that went away, or this replica stopping.
+                            Err(error) => tracing::debug!(%error, "peer connection closed"),
                         }
                         drop(permit);
                     }
@@ -364,9 +375,6 @@ fn limited_incoming(
                     Opening::Undecided => metrics::counter!("tally_connections_silent_total").increment(1),
                 }
             });
-            if sender.is_closed() {
-                return;
-            }
         }
     });
     ReceiverStream::new(receiver)
