@@ -14,7 +14,9 @@
 #               from 32 and 256 clients; each put is committed on a majority and fsynced.
 #   Tally       1-, 3- and 7-replica clusters: (a) 4 clients sending batches of 8,190 transfers,
 #               (b) 1 client sending one transfer per request, (c) 1,000 SDK tasks with one
-#               transfer per call (the SDK batches them).
+#               transfer per call (the SDK batches them). Each shape on a fresh cluster: after
+#               (a), every replica spends 10-15 s deleting the log its checkpoint let go, and a
+#               shape run meanwhile would measure that too (BENCHMARKS.md, issue 5, sixth round).
 # Each system is stopped and its files removed before the next starts. Prints one table with
 # ratios, and the peak resident memory of Tally's replicas.
 set -euo pipefail
@@ -241,7 +243,7 @@ stop_tally() {
     rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     ((rss > peak)) && peak=$rss
   done
-  TALLY_PEAK_RSS+="$replicas replica(s): $((peak / 1024)) MiB; "
+  if ((peak > TALLY_PEAK_KIB)); then TALLY_PEAK_KIB=$peak; fi
   kill -TERM "${TALLY_PIDS[@]}" 2>/dev/null || true
   wait "${TALLY_PIDS[@]}" 2>/dev/null || true
   rm -rf "$WORK/tally-$replicas"
@@ -259,17 +261,24 @@ tally_run() {
     "$(sed -n 's/.*p50 \([0-9.]*\) ms.*/\1/p' <<<"$output")" "$(sed -n 's/.*, p99 \([0-9.]*\) ms.*/\1/p' <<<"$output")"
 }
 
+tally_shape() {
+  local replicas=$1
+  start_tally "$replicas"
+  tally_run "$@"
+  stop_tally "$replicas"
+}
+
 bench_tally() {
   local replicas=$1
   say "Tally: $replicas replica(s)"
-  start_tally "$replicas"
+  TALLY_PEAK_KIB=0
   say "Tally $replicas: (a) batches of 8,190, 4 clients, ${SECONDS_PER_RUN}s"
-  tally_run "$replicas" "(a) 8,190 per request" 4 --batch 8190 --duration "$SECONDS_PER_RUN"
+  tally_shape "$replicas" "(a) 8,190 per request" 4 --batch 8190 --duration "$SECONDS_PER_RUN"
   say "Tally $replicas: (b) one transfer per request, 1 client, 10s"
-  tally_run "$replicas" "(b) 1 per request" 1 --batch 1 --duration 10
+  tally_shape "$replicas" "(b) 1 per request" 1 --batch 1 --duration 10
   say "Tally $replicas: (c) one transfer per SDK call, 1,000 tasks, ${SECONDS_PER_RUN}s"
-  tally_run "$replicas" "(c) 1 per call, SDK batching" 1000 --mode single --duration "$SECONDS_PER_RUN"
-  stop_tally "$replicas"
+  tally_shape "$replicas" "(c) 1 per call, SDK batching" 1000 --mode single --duration "$SECONDS_PER_RUN"
+  TALLY_PEAK_RSS+="$replicas replica(s): $((TALLY_PEAK_KIB / 1024)) MiB; "
 }
 
 # ---------------------------------------------------------------------------------------------
