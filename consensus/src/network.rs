@@ -56,7 +56,8 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A server closes a peer connection that has sent no whole request for this long; the client
-/// dials again when it next needs one. Replication sends at least a heartbeat a second.
+/// dials again when it next needs one. Replication sends a heartbeat every heartbeat interval
+/// (250-500 ms in the shipped configs), so it is mostly connections idle in a pool that close.
 pub const PEER_CONNECTION_IDLE_MAX: Duration = Duration::from_secs(60);
 
 /// How long an accepted connection may take to send the bytes that say what it is.
