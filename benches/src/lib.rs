@@ -1,7 +1,7 @@
 //! # Benchmark workloads
 //!
 //! Deterministic, seeded generators of ledgers and transfer batches, shared by the criterion
-//! benches in `benches/` (and by the load generator when it comes). Generating a batch is kept out
+//! benches in `benches/`. Generating a batch is kept out
 //! of every measurement: benches build batches first and time only `StateMachine::apply`.
 //!
 //! # Layout
@@ -9,6 +9,10 @@
 //! - [`Generator`]: turns a workload and a seed into setup batches and transfer batches.
 //! - [`Clock`]: stamps batches with strictly increasing cluster timestamps.
 //! - [`Ledger`]: an in-memory state machine with its generator and clock, ready to be measured.
+//! - [`run_on_threads`]: the runtime the load generators (`tally-bench`, `etcd-load`) run on.
+
+use std::future::Future;
+use std::process::ExitCode;
 
 use rust_decimal::Decimal;
 use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
@@ -204,6 +208,25 @@ impl<S: Storage> Ledger<S> {
             let outcome = self.state_machine.apply(batch).expect("batch accepted");
             assert!(outcome.results().iter().all(|code| code.is_success()), "a benchmark transfer failed");
             self.transfers_applied += outcome.results().len();
+        }
+    }
+}
+
+/// Runs a load generator's `main` on a tokio runtime of `threads` worker threads (at least 1); with
+/// 1, every task runs on the calling thread (a current-thread runtime). A load generator usually
+/// shares its host with the cluster it measures, and one thread takes the least from it: no
+/// wake-ups across threads, no contention on its own locks.
+pub fn run_on_threads(program: &str, threads: usize, main: impl Future<Output = ExitCode>) -> ExitCode {
+    assert!(threads >= 1, "a runtime needs a thread");
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        threads => tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(main),
+        Err(error) => {
+            eprintln!("{program}: starting the runtime failed: {error}");
+            ExitCode::from(2)
         }
     }
 }

@@ -347,10 +347,17 @@ impl Client {
             attempts: 0,
             last_errors: vec![("batcher".to_owned(), detail.to_owned())],
         };
-        tokio::time::timeout_at(deadline, queue.send(Queued { event, deadline, reply }))
-            .await
-            .map_err(|_| unavailable("the batch queue stayed full until the deadline"))?
-            .map_err(|_| unavailable("the batcher stopped"))?;
+        // A queue with room takes the call at once; only a full one needs waiting, under the deadline.
+        match queue.try_send(Queued { event, deadline, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(unavailable("the batcher stopped")),
+            Err(mpsc::error::TrySendError::Full(queued)) => {
+                tokio::time::timeout_at(deadline, queue.send(queued))
+                    .await
+                    .map_err(|_| unavailable("the batch queue stayed full until the deadline"))?
+                    .map_err(|_| unavailable("the batcher stopped"))?;
+            }
+        }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(unavailable("the batcher stopped")),

@@ -45,6 +45,7 @@ async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
     assert!(requests > 0);
     assert_eq!(closed["transfers_ok"].as_u64().unwrap(), requests * 100, "every transfer applied: {closed}");
     assert_eq!(closed["requests_failed"], 0);
+    assert_eq!(closed["threads"], 1, "the clients run on one thread unless told otherwise");
     let latency = &closed["latency_ms"];
     let p = |name: &str| latency[name].as_f64().unwrap();
     assert!(
@@ -58,8 +59,10 @@ async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
     let per_second: u64 = timeline.iter().map(|second| second["transfers"].as_u64().unwrap()).sum();
     assert_eq!(per_second, closed["transfers_ok"].as_u64().unwrap(), "the timeline adds up");
 
-    // Open loop: 40 requests a second for 2 s, single transfers batched by the SDK.
-    let open = bench(&endpoints, &["--mode", "single", "--clients", "8", "--rate", "40", "--duration", "2"]);
+    // Open loop: 40 requests a second for 2 s, single transfers batched by the SDK, on two threads.
+    let open =
+        bench(&endpoints, &["--mode", "single", "--clients", "8", "--rate", "40", "--duration", "2", "--threads", "2"]);
+    assert_eq!(open["threads"], 2);
     let requests = open["requests"].as_u64().unwrap();
     assert!((70..=82).contains(&requests), "the schedule of 40/s for 2 s gives about 80 requests: {requests}");
     assert_eq!(open["transfers_ok"].as_u64().unwrap(), requests);

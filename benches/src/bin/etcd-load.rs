@@ -25,6 +25,10 @@ mod etcdserverpb {
 use etcdserverpb::PutRequest;
 use etcdserverpb::kv_client::KvClient;
 
+/// The allocator `tally-bench` uses, so that both load generators cost their host alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "etcd-load", about = "Closed-loop put load against an etcd cluster")]
 struct Arguments {
@@ -43,6 +47,9 @@ struct Arguments {
     /// Bytes per value.
     #[arg(long, default_value_t = 128)]
     value_bytes: usize,
+    /// Threads the clients run on; 1 (the default) as `tally-bench`.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 /// The longest a single put may take before it counts as an error.
@@ -90,13 +97,17 @@ async fn run_client(
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let arguments = Arc::new(Arguments::parse());
-    if arguments.clients == 0 || arguments.keys == 0 || arguments.duration <= 0.0 {
-        eprintln!("etcd-load: --clients, --keys and --duration must be positive");
+fn main() -> std::process::ExitCode {
+    let arguments = Arguments::parse();
+    if arguments.clients == 0 || arguments.threads == 0 || arguments.keys == 0 || arguments.duration <= 0.0 {
+        eprintln!("etcd-load: --clients, --threads, --keys and --duration must be positive");
         return std::process::ExitCode::from(2);
     }
+    let threads = arguments.threads;
+    tally_benches::run_on_threads("etcd-load", threads, run(Arc::new(arguments)))
+}
+
+async fn run(arguments: Arc<Arguments>) -> std::process::ExitCode {
     let mut channels = Vec::new();
     for address in &arguments.endpoints {
         let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
