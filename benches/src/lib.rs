@@ -1,8 +1,8 @@
 //! # Benchmark workloads
 //!
 //! Deterministic, seeded generators of ledgers and transfer batches, shared by the criterion
-//! benches in `benches/`. Generating a batch is kept out
-//! of every measurement: benches build batches first and time only `StateMachine::apply`.
+//! benches in `benches/`. Generating a batch is kept out of every measurement: benches build
+//! batches first and time only `StateMachine::apply`.
 //!
 //! # Layout
 //! - [`Workload`]: the shape of a run (accounts, batch size, mix of transfer kinds).
