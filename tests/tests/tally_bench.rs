@@ -1,5 +1,6 @@
 //! `tally-bench`, the load generator, against a real three-replica cluster: the figures it reports
-//! add up, it writes its JSON and plot, an open-loop rate is kept, and a warm-up is not measured.
+//! add up, it writes its JSON and plot, an open-loop rate is kept, a warm-up is not measured, and a
+//! run it cannot do is refused.
 
 use std::process::Command;
 use std::time::Duration;
@@ -76,4 +77,16 @@ async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
     let timeline = warmed["timeline"].as_array().unwrap();
     let per_second: u64 = timeline.iter().map(|second| second["transfers"].as_u64().unwrap()).sum();
     assert_eq!(per_second, warmed["transfers_ok"].as_u64().unwrap(), "the timeline adds up");
+}
+
+#[test]
+fn a_load_generator_without_a_thread_is_refused_before_it_connects() {
+    // Port 1 on loopback: nothing listens there, so reaching the network would fail differently.
+    let output = Command::new(bench_binary())
+        .args(["--endpoints", "127.0.0.1:1", "--threads", "0", "--duration", "1"])
+        .output()
+        .expect("tally-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--threads at least 1"), "{stderr}");
 }
