@@ -149,7 +149,7 @@ pub struct Clock {
 impl Clock {
     pub fn batch(&mut self, operation: Operation) -> Batch {
         let events = operation.event_count().max(1) as u64;
-        let batch = Batch { timestamp: self.next_timestamp, operation };
+        let batch = Batch::new(self.next_timestamp, operation);
         self.next_timestamp += events + 1_000;
         batch
     }

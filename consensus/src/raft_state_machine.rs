@@ -503,7 +503,7 @@ impl LedgerStateMachine {
             record,
             receiving: None,
             unwritten: Arc::new(Mutex::new(Weak::new())),
-            decoded: Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers },
+            decoded: Batch::new(0, Operation::ExpirePendingTransfers),
             defer_commits: false,
             index_merge_phase: None,
         })

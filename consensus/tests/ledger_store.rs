@@ -51,21 +51,21 @@ fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Ba
     let second = 1_000_000_000;
     let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut all = vec![
-        Batch {
-            timestamp: second,
-            operation: Operation::CreateLedgers(vec![NewLedger {
+        Batch::new(
+            second,
+            Operation::CreateLedgers(vec![NewLedger {
                 id: 1,
                 currency: Currency(*b"EUR"),
                 scale: 2,
                 ..NewLedger::default()
             }]),
-        },
-        Batch {
-            timestamp: 2 * second,
-            operation: Operation::CreateAccounts(
+        ),
+        Batch::new(
+            2 * second,
+            Operation::CreateAccounts(
                 (1..=ACCOUNTS).map(|id| NewAccount { id, ledger: 1, code: 1, ..NewAccount::default() }).collect(),
             ),
-        },
+        ),
     ];
     let mut id = 0;
     for batch in 0..batches {
@@ -88,7 +88,7 @@ fn random_transfer_batches(batches: usize, transfers_per_batch: usize) -> Vec<Ba
             })
             .collect();
         let timestamp = (3 + u64::try_from(batch).unwrap()) * second;
-        all.push(Batch { timestamp, operation: Operation::CreateTransfers(transfers) });
+        all.push(Batch::new(timestamp, Operation::CreateTransfers(transfers)));
     }
     all
 }
@@ -241,7 +241,7 @@ fn a_batch_that_never_reached_its_commit_leaves_no_trace() {
     assert_eq!(store.meta_get(), meta_after_setup);
     assert_eq!(store.account_get(1).unwrap().credits_posted.0, 0, "the uncommitted write is gone");
     let mut ledger = StateMachine::open(store);
-    let third = Batch { timestamp: batches[2].timestamp, operation: batches[2].operation.clone() };
+    let third = Batch::new(batches[2].timestamp, batches[2].operation.clone());
     assert!(ledger.apply(&third).is_ok(), "the next batch applies on the committed state");
 }
 
@@ -391,8 +391,7 @@ fn transfer_ids_in_any_order_are_found_across_chunks_and_a_reopen() {
                 ..NewTransfer::default()
             })
             .collect();
-        batches
-            .push(Batch { timestamp: (3 + batch) * 1_000_000_000, operation: Operation::CreateTransfers(transfers) });
+        batches.push(Batch::new((3 + batch) * 1_000_000_000, Operation::CreateTransfers(transfers)));
     }
     let mut reference = StateMachine::new();
     let open = || StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());

@@ -119,7 +119,7 @@ fn more_batches(count: u64, after: u64) -> Vec<Batch> {
                     ..NewTransfer::default()
                 })
                 .collect();
-            Batch { timestamp: after + (round + 1) * 1_000_000, operation: Operation::CreateTransfers(transfers) }
+            Batch::new(after + (round + 1) * 1_000_000, Operation::CreateTransfers(transfers))
         })
         .collect()
 }

@@ -5,7 +5,9 @@
 //! proposes the batch to Raft. It lingers only while earlier batches are still committing: with
 //! none in flight, waiting would only delay a lone request, so it takes what is already queued and
 //! proposes at once. A request's events stay together in one batch, so its linked chains
-//! are never split. Batches are proposed one after another, in the order their timestamps were
+//! are never split, and the batch records where each request ends ([`join_requests`]): the ledger
+//! closes chains at every request's end, so a request's results never depend on what was grouped
+//! with it. Batches are proposed one after another, in the order their timestamps were
 //! assigned, while up to `batches_in_flight_max` of them wait to commit; each request gets its own
 //! slice of the results once its entry is committed and applied.
 //!
@@ -81,9 +83,12 @@ pub enum WriteError {
     Overloaded,
 }
 
+/// Where a request's outcome is sent.
+type Reply = oneshot::Sender<Result<Written, WriteError>>;
+
 struct Submission {
     events: Events,
-    reply: oneshot::Sender<Result<Written, WriteError>>,
+    reply: Reply,
 }
 
 /// The handle requests are submitted through.
@@ -203,22 +208,23 @@ impl Batcher {
         Ok(())
     }
 
-    async fn propose(&mut self, mut group: Vec<Submission>) -> Result<(), WriteError> {
+    async fn propose(&mut self, group: Vec<Submission>) -> Result<(), WriteError> {
         if let Err(error) = self.ensure_leading().await {
-            fail(group, &error);
+            fail(group.into_iter().map(|submission| submission.reply), &error);
             return Err(error);
         }
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.expect("the semaphore is never closed");
-        let (batch, sizes) = self.stamp(&mut group);
+        let (batch, replies) = self.stamp(group);
+        let sizes = batch.request_sizes.clone();
         let mut bytes = Vec::new();
         encode_batch(&batch, &mut bytes);
         metrics::histogram!("tally_group_commit_events").record(batch.operation.event_count() as f64);
-        metrics::histogram!("tally_group_commit_requests").record(group.len() as f64);
+        metrics::histogram!("tally_group_commit_requests").record(replies.len() as f64);
         let receiver = match self.raft.client_write_ff(LogPayload::Batch(bytes)).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
                 let error = WriteError::Unavailable(format!("raft stopped: {fatal}"));
-                fail(group, &error);
+                fail(replies, &error);
                 return Err(error);
             }
         };
@@ -238,39 +244,62 @@ impl Batcher {
             if let Ok((_, ApplyResponse::Refused { .. })) = &outcome {
                 resync.store(true, Ordering::Relaxed);
             }
-            distribute(group, sizes, outcome);
+            distribute(replies, sizes, outcome);
         });
         Ok(())
     }
 
-    /// Assigns the batch its timestamp and concatenates the requests' events.
-    /// Assigns the batch its timestamp and moves the requests' events into it (the submissions
-    /// keep only their reply channels and sizes).
-    fn stamp(&mut self, group: &mut [Submission]) -> (Batch, Vec<usize>) {
+    /// Assigns the group's batch its timestamp and moves the requests' events into it, each
+    /// request keeping its boundary; hands back the requests' reply channels, in order.
+    fn stamp(&mut self, group: Vec<Submission>) -> (Batch, Vec<Reply>) {
         let timestamp = self.clock.now_nanoseconds().max(self.floor);
-        let sizes: Vec<usize> = group.iter().map(|submission| submission.events.len()).collect();
-        let operation = match &group[0].events {
-            Events::Ledgers(_) => Operation::CreateLedgers(take_events(group, |events| match events {
-                Events::Ledgers(events) => events,
-                _ => unreachable!("a group holds one kind"),
-            })),
-            Events::Accounts(_) => Operation::CreateAccounts(take_events(group, |events| match events {
-                Events::Accounts(events) => events,
-                _ => unreachable!("a group holds one kind"),
-            })),
-            Events::Transfers(_) => Operation::CreateTransfers(take_events(group, |events| match events {
-                Events::Transfers(events) => events,
-                _ => unreachable!("a group holds one kind"),
-            })),
-            Events::Expire => Operation::ExpirePendingTransfers,
-        };
-        let timestamps_used = match operation {
+        let (requests, replies): (Vec<Events>, Vec<Reply>) =
+            group.into_iter().map(|submission| (submission.events, submission.reply)).unzip();
+        let batch = join_requests(timestamp, requests);
+        let timestamps_used = match batch.operation {
             Operation::ExpirePendingTransfers => EXPIRIES_PER_BATCH_MAX,
-            _ => operation.event_count().max(1),
+            _ => batch.operation.event_count().max(1),
         };
         self.floor = timestamp + timestamps_used as u64;
-        (Batch { timestamp, operation }, sizes)
+        (batch, replies)
     }
+}
+
+/// Joins requests of one kind into one batch stamped `timestamp`, moving their events (not
+/// copying them one by one) and recording each request's size: the ledger closes linked chains at
+/// every request's end, so each request gets the results it would get alone in the log.
+pub fn join_requests(timestamp: u64, requests: Vec<Events>) -> Batch {
+    assert!(!requests.is_empty(), "a group holds at least one request");
+    let request_sizes: Vec<u32> =
+        requests.iter().map(|events| u32::try_from(events.len()).expect("a request holds under 2^32 events")).collect();
+    let mut requests = requests.into_iter();
+    let operation = match requests.next().expect("checked above") {
+        Events::Ledgers(first) => Operation::CreateLedgers(append_all(first, requests, |events| match events {
+            Events::Ledgers(events) => events,
+            _ => unreachable!("a group holds one kind"),
+        })),
+        Events::Accounts(first) => Operation::CreateAccounts(append_all(first, requests, |events| match events {
+            Events::Accounts(events) => events,
+            _ => unreachable!("a group holds one kind"),
+        })),
+        Events::Transfers(first) => Operation::CreateTransfers(append_all(first, requests, |events| match events {
+            Events::Transfers(events) => events,
+            _ => unreachable!("a group holds one kind"),
+        })),
+        Events::Expire => {
+            assert!(requests.next().is_none(), "an expiry is never grouped");
+            return Batch::new(timestamp, Operation::ExpirePendingTransfers);
+        }
+    };
+    Batch::joined(timestamp, operation, request_sizes)
+}
+
+/// Appends every request's events to the first request's vector.
+fn append_all<T>(mut all: Vec<T>, requests: impl Iterator<Item = Events>, events: impl Fn(Events) -> Vec<T>) -> Vec<T> {
+    for request in requests {
+        all.append(&mut events(request));
+    }
+    all
 }
 
 /// Groups `first` with the requests of its kind that follow it, up to `events_max` events: those
@@ -308,44 +337,36 @@ async fn gather(
     (group, None)
 }
 
-/// Moves every submission's events into one vector, without copying them one by one.
-fn take_events<T>(group: &mut [Submission], events: impl Fn(&mut Events) -> &mut Vec<T>) -> Vec<T> {
-    let mut all = std::mem::take(events(&mut group[0].events));
-    for submission in &mut group[1..] {
-        all.append(events(&mut submission.events));
-    }
-    all
-}
-
-fn fail(group: Vec<Submission>, error: &WriteError) {
-    for submission in group {
-        let _ = submission.reply.send(Err(error.clone()));
+fn fail(replies: impl IntoIterator<Item = Reply>, error: &WriteError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
 /// Hands each request its slice of the batch's results.
-fn distribute(group: Vec<Submission>, sizes: Vec<usize>, outcome: Result<(u64, ApplyResponse), WriteError>) {
+fn distribute(replies: Vec<Reply>, sizes: Vec<u32>, outcome: Result<(u64, ApplyResponse), WriteError>) {
     let (log_index, response) = match outcome {
         Ok(committed) => committed,
-        Err(error) => return fail(group, &error),
+        Err(error) => return fail(replies, &error),
     };
     match response {
         ApplyResponse::Created { results } => {
-            assert_eq!(results.len(), sizes.iter().sum::<usize>(), "one result per event");
+            assert_eq!(results.len(), sizes.iter().map(|&size| size as usize).sum::<usize>(), "one result per event");
+            assert_eq!(replies.len(), sizes.len(), "one size per request");
             let mut offset = 0;
-            for (submission, size) in group.into_iter().zip(sizes) {
-                let results = results[offset..offset + size].to_vec();
-                offset += size;
-                let _ = submission.reply.send(Ok(Written { results, expired: Vec::new(), log_index }));
+            for (reply, size) in replies.into_iter().zip(sizes) {
+                let results = results[offset..offset + size as usize].to_vec();
+                offset += size as usize;
+                let _ = reply.send(Ok(Written { results, expired: Vec::new(), log_index }));
             }
         }
         ApplyResponse::Expired { ids } => {
-            for submission in group {
-                let _ = submission.reply.send(Ok(Written { results: Vec::new(), expired: ids.clone(), log_index }));
+            for reply in replies {
+                let _ = reply.send(Ok(Written { results: Vec::new(), expired: ids.clone(), log_index }));
             }
         }
-        ApplyResponse::Refused { reason } => fail(group, &WriteError::Refused(reason)),
-        ApplyResponse::NoOp => fail(group, &WriteError::Refused("the entry carried no batch".into())),
+        ApplyResponse::Refused { reason } => fail(replies, &WriteError::Refused(reason)),
+        ApplyResponse::NoOp => fail(replies, &WriteError::Refused("the entry carried no batch".into())),
     }
 }
 

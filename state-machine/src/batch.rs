@@ -5,11 +5,35 @@ use crate::result::ResultCode;
 
 /// One log entry's worth of work: events of one kind, stamped with cluster time by the log.
 /// Event `i` is applied at `timestamp + i`.
+///
+/// A batch may join several client requests (the leader's group commit does). Each keeps its
+/// boundary: a linked chain closes at the end of its request, so a chain left open by one request
+/// fails alone (`linked_event_chain_open`) and never runs into the next request's events. Every
+/// request's results are therefore those it would get applied alone at its position in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     /// Nanoseconds since the Unix epoch, strictly above every timestamp already applied.
     pub timestamp: u64,
     pub operation: Operation,
+    /// The number of events of each request the batch joins, in order; they add up to the event
+    /// count. Empty for an expiry batch, which no client sent.
+    pub request_sizes: Vec<u32>,
+}
+
+impl Batch {
+    /// A batch of one request holding all of `operation`'s events.
+    pub fn new(timestamp: u64, operation: Operation) -> Batch {
+        let request_sizes = match operation.event_count() {
+            0 if matches!(operation, Operation::ExpirePendingTransfers) => Vec::new(),
+            count => vec![u32::try_from(count).expect("a batch holds under 2^32 events")],
+        };
+        Batch { timestamp, operation, request_sizes }
+    }
+
+    /// A batch joining requests of `request_sizes` events each, in order, into `operation`.
+    pub fn joined(timestamp: u64, operation: Operation, request_sizes: Vec<u32>) -> Batch {
+        Batch { timestamp, operation, request_sizes }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,4 +99,6 @@ pub enum BatchError {
     TimestampNotIncreasing { timestamp: u64, timestamp_last: u64 },
     #[error("batch timestamp {timestamp} leaves no room for {count} event timestamps")]
     TimestampOverflow { timestamp: u64, count: usize },
+    #[error("batch of {count} events declares requests of {declared} events, or an empty request")]
+    RequestSizes { count: usize, declared: u64 },
 }

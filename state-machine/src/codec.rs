@@ -18,8 +18,12 @@ use crate::model::{
 };
 use crate::result::ResultCode;
 
-/// Version of the batch encoding, the first byte of every encoded batch.
+/// Version of the batch encoding of one request (or of an expiry), the first byte of such a batch.
 pub const BATCH_FORMAT_VERSION: u8 = 1;
+/// Version of the encoding of a batch that joins two or more requests: after the header come the
+/// number of requests and each one's event count (u32 each), then the events. A batch of one
+/// request keeps version 1, so its bytes, and the digest made of them, are what they always were.
+pub const BATCH_FORMAT_VERSION_JOINED: u8 = 2;
 
 pub const NEW_LEDGER_SIZE: usize = 36;
 pub const LEDGER_SIZE: usize = NEW_LEDGER_SIZE + 8;
@@ -476,13 +480,22 @@ pub(crate) fn operation_tag(operation: &Operation) -> u8 {
     }
 }
 
-/// Appends the batch's header (version, operation, timestamp, event count).
+/// Appends the batch's header: version, operation, timestamp, event count and, for a batch that
+/// joins several requests, their sizes. The digest hashes this header too, so replicas that applied
+/// the same events with other request boundaries disagree at once.
 pub(crate) fn put_batch_header(out: &mut impl Put, batch: &Batch) {
-    out.put_u8(BATCH_FORMAT_VERSION);
+    let joined = batch.request_sizes.len() > 1;
+    out.put_u8(if joined { BATCH_FORMAT_VERSION_JOINED } else { BATCH_FORMAT_VERSION });
     out.put_u8(operation_tag(&batch.operation));
     out.put_u64(batch.timestamp);
     let count = u32::try_from(batch.operation.event_count()).expect("a batch holds under 2^32 events");
     out.put_u32(count);
+    if joined {
+        out.put_u32(u32::try_from(batch.request_sizes.len()).expect("fewer requests than events"));
+        for &size in &batch.request_sizes {
+            out.put_u32(size);
+        }
+    }
 }
 
 /// Appends the canonical encoding of a batch to `out`.
@@ -493,7 +506,8 @@ pub fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
         Operation::CreateTransfers(_) => NEW_TRANSFER_SIZE,
         Operation::ExpirePendingTransfers => 0,
     };
-    out.reserve(BATCH_HEADER_SIZE + event_size * batch.operation.event_count());
+    let sizes = if batch.request_sizes.len() > 1 { 4 + 4 * batch.request_sizes.len() } else { 0 };
+    out.reserve(BATCH_HEADER_SIZE + sizes + event_size * batch.operation.event_count());
     put_batch_header(out, batch);
     match &batch.operation {
         Operation::CreateLedgers(events) => events.iter().for_each(|event| put_new_ledger(out, event)),
@@ -505,7 +519,7 @@ pub fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
 
 /// Decodes a batch encoded by [`encode_batch`], checking every length and the event limit.
 pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
-    let mut batch = Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers };
+    let mut batch = Batch::new(0, Operation::ExpirePendingTransfers);
     decode_batch_into(bytes, &mut batch)?;
     Ok(batch)
 }
@@ -516,7 +530,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
 pub fn decode_batch_into(bytes: &[u8], batch: &mut Batch) -> Result<(), DecodeError> {
     let mut reader = Reader::new(bytes, "batch");
     let version = reader.u8()?;
-    if version != BATCH_FORMAT_VERSION {
+    if version != BATCH_FORMAT_VERSION && version != BATCH_FORMAT_VERSION_JOINED {
         return Err(DecodeError::UnknownVersion(version));
     }
     let tag = reader.u8()?;
@@ -526,6 +540,12 @@ pub fn decode_batch_into(bytes: &[u8], batch: &mut Batch) -> Result<(), DecodeEr
         return Err(DecodeError::TooManyEvents { count, max: EVENTS_PER_BATCH_MAX });
     }
     batch.timestamp = timestamp;
+    batch.request_sizes.clear();
+    if version == BATCH_FORMAT_VERSION_JOINED {
+        read_request_sizes(&mut reader, count, &mut batch.request_sizes)?;
+    } else if tag != 4 {
+        batch.request_sizes.push(u32::try_from(count).expect("under the event limit"));
+    }
     /// The batch's event vector of `$variant`, emptied, keeping its allocation if it had one.
     macro_rules! events_of {
         ($variant:ident) => {{
@@ -548,6 +568,31 @@ pub fn decode_batch_into(bytes: &[u8], batch: &mut Batch) -> Result<(), DecodeEr
     }
     if reader.remaining() > 0 {
         return Err(DecodeError::TrailingBytes { count: reader.remaining() });
+    }
+    Ok(())
+}
+
+/// Reads the request sizes of a joined batch: at least two requests, none empty, adding up to the
+/// batch's `count` events.
+fn read_request_sizes(reader: &mut Reader, count: usize, sizes: &mut Vec<u32>) -> Result<(), DecodeError> {
+    let requests = reader.u32()? as usize;
+    if requests < 2 || requests > count {
+        return Err(invalid("joined batch", format!("declares {requests} requests for {count} events")));
+    }
+    if reader.remaining() < 4 * requests {
+        return Err(DecodeError::Truncated { what: "request sizes", missing: 4 * requests - reader.remaining() });
+    }
+    let mut total = 0usize;
+    for _ in 0..requests {
+        let size = reader.u32()?;
+        if size == 0 {
+            return Err(invalid("joined batch", "declares an empty request".into()));
+        }
+        total += size as usize;
+        sizes.push(size);
+    }
+    if total != count {
+        return Err(invalid("joined batch", format!("requests hold {total} events, the batch {count}")));
     }
     Ok(())
 }
@@ -580,10 +625,10 @@ mod tests {
 
     #[test]
     fn decoding_into_a_used_batch_gives_the_same_batch_as_decoding_afresh() {
-        let transfers = Batch { timestamp: 7, operation: Operation::CreateTransfers(vec![sample_transfer(); 3]) };
-        let one = Batch { timestamp: 8, operation: Operation::CreateTransfers(vec![sample_transfer()]) };
-        let expiry = Batch { timestamp: 9, operation: Operation::ExpirePendingTransfers };
-        let mut reused = Batch { timestamp: 0, operation: Operation::ExpirePendingTransfers };
+        let transfers = Batch::new(7, Operation::CreateTransfers(vec![sample_transfer(); 3]));
+        let one = Batch::new(8, Operation::CreateTransfers(vec![sample_transfer()]));
+        let expiry = Batch::new(9, Operation::ExpirePendingTransfers);
+        let mut reused = Batch::new(0, Operation::ExpirePendingTransfers);
         for batch in [&transfers, &one, &expiry, &transfers] {
             let mut bytes = Vec::new();
             encode_batch(batch, &mut bytes);
@@ -634,10 +679,10 @@ mod tests {
     #[test]
     fn batches_round_trip() {
         let batches = [
-            Batch { timestamp: 1, operation: Operation::ExpirePendingTransfers },
-            Batch {
-                timestamp: 2,
-                operation: Operation::CreateLedgers(vec![NewLedger {
+            Batch::new(1, Operation::ExpirePendingTransfers),
+            Batch::new(
+                2,
+                Operation::CreateLedgers(vec![NewLedger {
                     id: 1,
                     currency: Currency(*b"USD"),
                     scale: 2,
@@ -645,24 +690,21 @@ mod tests {
                     user_data_64: 2,
                     user_data_32: 3,
                 }]),
-            },
-            Batch {
-                timestamp: 3,
-                operation: Operation::CreateAccounts(vec![NewAccount {
+            ),
+            Batch::new(
+                3,
+                Operation::CreateAccounts(vec![NewAccount {
                     id: 9,
                     ledger: 1,
                     code: 2,
                     flags: AccountFlags::HISTORY,
                     ..NewAccount::default()
                 }]),
-            },
-            Batch {
-                timestamp: u64::MAX,
-                operation: Operation::CreateTransfers(vec![
-                    sample_transfer(),
-                    NewTransfer { amount: None, ..sample_transfer() },
-                ]),
-            },
+            ),
+            Batch::new(
+                u64::MAX,
+                Operation::CreateTransfers(vec![sample_transfer(), NewTransfer { amount: None, ..sample_transfer() }]),
+            ),
         ];
         for batch in batches {
             let mut bytes = Vec::new();
@@ -700,7 +742,7 @@ mod tests {
 
     #[test]
     fn truncated_and_padded_batches_are_refused() {
-        let batch = Batch { timestamp: 5, operation: Operation::CreateTransfers(vec![sample_transfer()]) };
+        let batch = Batch::new(5, Operation::CreateTransfers(vec![sample_transfer()]));
         let mut bytes = Vec::new();
         encode_batch(&batch, &mut bytes);
         for length in 0..bytes.len() {
@@ -713,7 +755,7 @@ mod tests {
     #[test]
     fn forged_headers_are_refused() {
         let mut bytes = Vec::new();
-        encode_batch(&Batch { timestamp: 5, operation: Operation::CreateLedgers(vec![]) }, &mut bytes);
+        encode_batch(&Batch::new(5, Operation::CreateLedgers(vec![])), &mut bytes);
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 9;
         assert_eq!(decode_batch(&wrong_version), Err(DecodeError::UnknownVersion(9)));
@@ -726,12 +768,46 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_batch_keeps_its_request_sizes_and_a_batch_of_one_request_keeps_version_1() {
+        let joined = Batch::joined(5, Operation::CreateTransfers(vec![sample_transfer(); 3]), vec![2, 1]);
+        let mut bytes = Vec::new();
+        encode_batch(&joined, &mut bytes);
+        assert_eq!(bytes[0], BATCH_FORMAT_VERSION_JOINED);
+        assert_eq!(decode_batch(&bytes), Ok(joined));
+
+        let one = Batch::joined(5, Operation::CreateTransfers(vec![sample_transfer(); 3]), vec![3]);
+        let mut single = Vec::new();
+        encode_batch(&one, &mut single);
+        assert_eq!(single[0], BATCH_FORMAT_VERSION);
+        assert_eq!(single.len(), BATCH_HEADER_SIZE + 3 * NEW_TRANSFER_SIZE);
+        assert_eq!(decode_batch(&single), Ok(Batch::new(5, Operation::CreateTransfers(vec![sample_transfer(); 3]))));
+    }
+
+    #[test]
+    fn forged_request_sizes_are_refused() {
+        let joined = Batch::joined(5, Operation::CreateTransfers(vec![sample_transfer(); 3]), vec![2, 1]);
+        let mut bytes = Vec::new();
+        encode_batch(&joined, &mut bytes);
+        // After the header: the request count, then one u32 per request.
+        let forge = |offset: usize, value: u32| {
+            let mut forged = bytes.clone();
+            forged[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+            decode_batch(&forged)
+        };
+        let header = BATCH_HEADER_SIZE;
+        for requests in [0, 1, 4, u32::MAX] {
+            assert!(matches!(forge(header, requests), Err(DecodeError::InvalidValue { .. })), "{requests} requests");
+        }
+        assert!(matches!(forge(header + 4, 0), Err(DecodeError::InvalidValue { .. })), "an empty request");
+        assert!(matches!(forge(header + 4, 3), Err(DecodeError::InvalidValue { .. })), "sizes above the count");
+        assert!(matches!(forge(header + 8, u32::MAX), Err(DecodeError::InvalidValue { .. })), "a size past the count");
+        assert!(matches!(decode_batch(&bytes[..header + 6]), Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
     fn invalid_decimals_are_refused() {
         let mut bytes = Vec::new();
-        encode_batch(
-            &Batch { timestamp: 5, operation: Operation::CreateTransfers(vec![sample_transfer()]) },
-            &mut bytes,
-        );
+        encode_batch(&Batch::new(5, Operation::CreateTransfers(vec![sample_transfer()])), &mut bytes);
         // The amount's scale byte sits after the header (14), three ids (48) and the presence byte.
         bytes[14 + 48 + 1] = 29;
         assert!(matches!(decode_batch(&bytes), Err(DecodeError::InvalidValue { what: "amount", .. })));

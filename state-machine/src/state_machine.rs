@@ -111,13 +111,13 @@ impl<S: Storage> StateMachine<S> {
         put_batch_header(self.digest.buffer(), batch);
         let (outcome, timestamps_used) = match &batch.operation {
             Operation::CreateLedgers(events) => {
-                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+                (BatchOutcome::Created(self.apply_events(events, &batch.request_sizes, batch.timestamp)), events.len())
             }
             Operation::CreateAccounts(events) => {
-                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+                (BatchOutcome::Created(self.apply_events(events, &batch.request_sizes, batch.timestamp)), events.len())
             }
             Operation::CreateTransfers(events) => {
-                (BatchOutcome::Created(self.apply_events(events, batch.timestamp)), events.len())
+                (BatchOutcome::Created(self.apply_events(events, &batch.request_sizes, batch.timestamp)), events.len())
             }
             Operation::ExpirePendingTransfers => {
                 let expired = self.expire_pending_transfers(batch.timestamp);
@@ -153,6 +153,12 @@ impl<S: Storage> StateMachine<S> {
             }
             _ => count,
         };
+        let declared: u64 = batch.request_sizes.iter().map(|&size| u64::from(size)).sum();
+        let expiry = matches!(batch.operation, Operation::ExpirePendingTransfers);
+        let sizes_valid = if expiry { batch.request_sizes.is_empty() } else { declared == count as u64 };
+        if !sizes_valid || batch.request_sizes.contains(&0) {
+            return Err(BatchError::RequestSizes { count, declared });
+        }
         if batch.timestamp <= self.meta.timestamp_last {
             return Err(BatchError::TimestampNotIncreasing {
                 timestamp: batch.timestamp,
@@ -165,13 +171,26 @@ impl<S: Storage> StateMachine<S> {
         Ok(())
     }
 
-    /// Applies events in order, honouring linked chains: a chain is the run of events flagged
-    /// `linked` plus the first event after them without the flag. If any event of a chain fails,
-    /// every write of the chain is undone, the failing event keeps its own code and the others get
-    /// `linked_event_failed`.
-    fn apply_events<E: Event>(&mut self, events: &[E], timestamp: u64) -> Vec<ResultCode> {
+    /// Applies each request's events in order, one request after another (see [`Batch`]).
+    fn apply_events<E: Event>(&mut self, events: &[E], request_sizes: &[u32], timestamp: u64) -> Vec<ResultCode> {
         let mut results = Vec::with_capacity(events.len());
-        // A chain still open when the batch ends can never close; it fails without being applied.
+        let mut start = 0;
+        for &size in request_sizes {
+            let end = start + size as usize;
+            self.apply_request(&events[start..end], timestamp + start as u64, &mut results);
+            start = end;
+        }
+        assert_eq!(results.len(), events.len(), "one result per event");
+        results
+    }
+
+    /// Applies one request's events in order, honouring linked chains: a chain is the run of events
+    /// flagged `linked` plus the first event after them without the flag. If any event of a chain
+    /// fails, every write of the chain is undone, the failing event keeps its own code and the
+    /// others get `linked_event_failed`. A chain still open at the request's end can never close:
+    /// it fails without being applied. Appends one code per event to `results`.
+    fn apply_request<E: Event>(&mut self, events: &[E], timestamp: u64, results: &mut Vec<ResultCode>) {
+        let base = results.len();
         let open_chain_start = events.iter().rposition(|event| !event.linked()).map_or(0, |index| index + 1);
         let mut chain_start = None;
         let mut chain_failure: Option<usize> = None;
@@ -200,13 +219,14 @@ impl<S: Storage> StateMachine<S> {
             }
             if let Some(start) = chain_start.filter(|_| !event.linked()) {
                 if let Some(failed) = chain_failure.take() {
-                    for (position, result) in results.iter_mut().enumerate().skip(start) {
+                    for (position, result) in results[base..].iter_mut().enumerate().skip(start) {
                         if position != failed {
                             *result = ResultCode::LinkedEventFailed;
                         }
                     }
-                    if results[failed].is_transient() {
-                        events[failed].record_failure(self, results[failed], timestamp + failed as u64);
+                    let failed_code = results[base + failed];
+                    if failed_code.is_transient() {
+                        events[failed].record_failure(self, failed_code, timestamp + failed as u64);
                     }
                 }
                 self.undo.clear();
@@ -225,7 +245,6 @@ impl<S: Storage> StateMachine<S> {
             results.push(code);
         }
         assert!(!self.chain_open && self.undo.is_empty());
-        results
     }
 
     fn rollback_chain(&mut self) {

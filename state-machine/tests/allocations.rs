@@ -80,7 +80,7 @@ fn applying_a_batch_allocates_nothing_per_event() {
     let mut ledger = StateMachine::open(MemoryStorage::with_capacity(ACCOUNT_CAPACITY, 64 * EVENTS_PER_BATCH_MAX));
     let mut timestamp = 1_000;
     let mut apply = |ledger: &mut StateMachine<MemoryStorage>, operation| {
-        let batch = Batch { timestamp, operation };
+        let batch = Batch::new(timestamp, operation);
         ledger.apply(&batch).expect("accepted");
         timestamp = ledger.timestamp_last() + 1;
     };

@@ -6,6 +6,7 @@ use support::*;
 use tally_state_machine::constants::{EVENTS_PER_BATCH_MAX, EXPIRIES_PER_BATCH_MAX};
 use tally_state_machine::{
     Batch, BatchError, BatchOutcome, NewTransfer, Operation, ResultCode, StateMachine, Storage, StorageRead,
+    TransferFlags,
 };
 
 fn transfers(count: usize, first_id: u128) -> Vec<NewTransfer> {
@@ -22,17 +23,15 @@ fn assert_refused(harness: &mut Harness, batch: Batch, expected: BatchError) {
 #[test]
 fn an_empty_batch_is_refused() {
     let mut harness = Harness::new();
-    let batch = Batch { timestamp: harness.clock, operation: Operation::CreateTransfers(vec![]) };
+    let batch = Batch::new(harness.clock, Operation::CreateTransfers(vec![]));
     assert_refused(&mut harness, batch, BatchError::Empty { operation: "create_transfers" });
 }
 
 #[test]
 fn a_batch_above_the_event_limit_is_refused_and_one_at_it_is_applied() {
     let mut harness = Harness::new();
-    let oversized = Batch {
-        timestamp: harness.clock,
-        operation: Operation::CreateTransfers(transfers(EVENTS_PER_BATCH_MAX + 1, 1_000_000)),
-    };
+    let oversized =
+        Batch::new(harness.clock, Operation::CreateTransfers(transfers(EVENTS_PER_BATCH_MAX + 1, 1_000_000)));
     let expected = BatchError::TooManyEvents { count: EVENTS_PER_BATCH_MAX + 1, max: EVENTS_PER_BATCH_MAX };
     assert_refused(&mut harness, oversized, expected);
     let codes = harness.transfers(transfers(EVENTS_PER_BATCH_MAX, 1_000_000));
@@ -47,18 +46,18 @@ fn timestamps_must_increase_across_batches() {
     assert_eq!(harness.transfers(transfers(3, 1)), [ResultCode::Ok; 3]);
     assert_eq!(harness.ledger.timestamp_last(), first + 2, "three events use three timestamps");
     for timestamp in [first, first + 2] {
-        let batch = Batch { timestamp, operation: Operation::CreateTransfers(transfers(1, 10)) };
+        let batch = Batch::new(timestamp, Operation::CreateTransfers(transfers(1, 10)));
         let expected = BatchError::TimestampNotIncreasing { timestamp, timestamp_last: first + 2 };
         assert_refused(&mut harness, batch, expected);
     }
-    let next = Batch { timestamp: first + 3, operation: Operation::CreateTransfers(transfers(1, 10)) };
+    let next = Batch::new(first + 3, Operation::CreateTransfers(transfers(1, 10)));
     assert!(harness.ledger.apply(&next).is_ok());
 }
 
 #[test]
 fn a_batch_whose_events_would_run_past_the_end_of_time_is_refused() {
     let mut harness = Harness::new();
-    let batch = Batch { timestamp: u64::MAX - 1, operation: Operation::CreateTransfers(transfers(3, 1)) };
+    let batch = Batch::new(u64::MAX - 1, Operation::CreateTransfers(transfers(3, 1)));
     assert_refused(&mut harness, batch, BatchError::TimestampOverflow { timestamp: u64::MAX - 1, count: 3 });
 }
 
@@ -140,4 +139,57 @@ fn an_expiry_outcome_lists_the_released_transfers() {
     harness.advance_seconds(3);
     let outcome = harness.apply(Operation::ExpirePendingTransfers);
     assert_eq!(outcome, BatchOutcome::Expired(vec![2, 1]), "ordered by deadline; 3 never expires");
+}
+
+/// The bug group commit had: `[t1 linked, t2 linked]` (a chain its request leaves open) joined
+/// with another client's transfer ran into it, applied, and failed the other client's transfer.
+#[test]
+fn a_chain_left_open_by_one_request_fails_alone_and_never_runs_into_the_next_request() {
+    let mut harness = Harness::new();
+    let linked = TransferFlags::LINKED;
+    let open_chain =
+        vec![with_flags(transfer(1, BANK, BOB, "5"), linked), with_flags(transfer(2, BANK, BOB, "5"), linked)];
+    let single = vec![transfer(3, BANK, USD_LIQUIDITY, "7")];
+    let closed_chain = vec![with_flags(transfer(4, BANK, BOB, "1"), linked), transfer(5, BANK, BOB, "2")];
+    let events: Vec<NewTransfer> = [open_chain, single, closed_chain].concat();
+    let batch = Batch::joined(harness.clock, Operation::CreateTransfers(events), vec![2, 1, 2]);
+    let outcome = harness.ledger.apply(&batch).unwrap();
+    use ResultCode::*;
+    assert_eq!(outcome.results(), [LinkedEventFailed, LinkedEventChainOpen, Ok, Ok, Ok]);
+    assert_eq!(harness.balances(BOB)[3], 300, "only the closed chain moved money to Bob (3.00)");
+    assert_eq!(harness.balances(USD_LIQUIDITY)[3], 700);
+
+    // The same events as one request: the chain runs on into the transfer after it.
+    let mut alone = Harness::new();
+    let events = vec![
+        with_flags(transfer(1, BANK, BOB, "5"), linked),
+        with_flags(transfer(2, BANK, BOB, "5"), linked),
+        transfer(3, BANK, USD_LIQUIDITY, "7"),
+    ];
+    assert_eq!(alone.transfers(events), [Ok, Ok, Ok], "one request: a chain of three");
+}
+
+#[test]
+fn request_boundaries_enter_the_digest() {
+    let events = || vec![transfer(1, BANK, BOB, "1"), transfer(2, BANK, BOB, "1")];
+    let mut one_request = Harness::new();
+    let mut two_requests = Harness::new();
+    one_request.ledger.apply(&Batch::new(one_request.clock, Operation::CreateTransfers(events()))).unwrap();
+    let joined = Batch::joined(two_requests.clock, Operation::CreateTransfers(events()), vec![1, 1]);
+    two_requests.ledger.apply(&joined).unwrap();
+    assert_eq!(one_request.balances(BOB), two_requests.balances(BOB));
+    assert_ne!(one_request.ledger.digest(), two_requests.ledger.digest());
+}
+
+#[test]
+fn request_sizes_that_do_not_cover_the_events_exactly_are_refused() {
+    let mut harness = Harness::new();
+    let clock = harness.clock;
+    for sizes in [vec![], vec![1], vec![2, 2], vec![3, 0], vec![0, 3]] {
+        let declared = sizes.iter().map(|&size| u64::from(size)).sum();
+        let batch = Batch::joined(clock, Operation::CreateTransfers(transfers(3, 1)), sizes);
+        assert_refused(&mut harness, batch, BatchError::RequestSizes { count: 3, declared });
+    }
+    let expiry = Batch::joined(clock, Operation::ExpirePendingTransfers, vec![1]);
+    assert_refused(&mut harness, expiry, BatchError::RequestSizes { count: 0, declared: 1 });
 }

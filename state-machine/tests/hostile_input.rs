@@ -22,7 +22,7 @@ fn sample_batch() -> Vec<u8> {
         with_flags(transfer(4, BOB, BANK, "0.5"), TransferFlags::LINKED),
     ];
     let mut bytes = Vec::new();
-    encode_batch(&Batch { timestamp: 77, operation: Operation::CreateTransfers(events) }, &mut bytes);
+    encode_batch(&Batch::new(77, Operation::CreateTransfers(events)), &mut bytes);
     bytes
 }
 

@@ -250,9 +250,9 @@ fn setup_batches() -> Vec<Batch> {
     ];
     let start = 1_700_000_000 * NANOSECONDS_PER_SECOND;
     vec![
-        Batch { timestamp: start, operation: Operation::CreateLedgers(ledgers) },
-        Batch { timestamp: start + 1_000, operation: Operation::CreateAccounts(accounts) },
-        Batch { timestamp: start + 2_000, operation: Operation::CreateTransfers(funding) },
+        Batch::new(start, Operation::CreateLedgers(ledgers)),
+        Batch::new(start + 1_000, Operation::CreateAccounts(accounts)),
+        Batch::new(start + 2_000, Operation::CreateTransfers(funding)),
     ]
 }
 
@@ -271,14 +271,14 @@ fn batches(workload: &Workload) -> Vec<Batch> {
         if let Some(events) = events {
             let count = events.len() as u64;
             sent.push(events.clone());
-            result.push(Batch { timestamp: clock, operation: Operation::CreateTransfers(events) });
+            result.push(Batch::new(clock, Operation::CreateTransfers(events)));
             clock += count + 1_000_000;
             continue;
         }
         match step {
             Step::Transfers(_) | Step::Retry(_) => {}
             Step::Expire => {
-                result.push(Batch { timestamp: clock, operation: Operation::ExpirePendingTransfers });
+                result.push(Batch::new(clock, Operation::ExpirePendingTransfers));
                 clock += tally_state_machine::constants::EXPIRIES_PER_BATCH_MAX as u64 + 1_000_000;
             }
             Step::AdvanceSeconds(seconds) => clock += u64::from(*seconds) * NANOSECONDS_PER_SECOND,
@@ -348,7 +348,7 @@ fn check_workload(workload: &Workload) -> Result<(), TestCaseError> {
         let Operation::CreateTransfers(events) = &batch.operation else {
             continue;
         };
-        let retry = Batch { timestamp: clock, operation: batch.operation.clone() };
+        let retry = Batch::new(clock, batch.operation.clone());
         let outcome = first.apply(&retry).expect("retry accepted");
         for (event, code) in events.iter().zip(outcome.results()) {
             prop_assert_ne!(*code, ResultCode::Ok, "re-submitted transfer {} applied again", event.id);

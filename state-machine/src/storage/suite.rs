@@ -359,11 +359,11 @@ pub fn reference_batches() -> Vec<Batch> {
         transfer(10, 1, 2, "100.00", TransferFlags::empty()),        // exists
     ];
     vec![
-        Batch { timestamp: 1_000, operation: Operation::CreateLedgers(ledgers) },
-        Batch { timestamp: 2_000, operation: Operation::CreateAccounts(accounts) },
-        Batch { timestamp: 3_000, operation: Operation::CreateTransfers(transfers) },
-        Batch { timestamp: 3_000 + 3 * second, operation: Operation::ExpirePendingTransfers },
-        Batch { timestamp: 4_000 + 3 * second, operation: Operation::CreateTransfers(resolutions) },
+        Batch::new(1_000, Operation::CreateLedgers(ledgers)),
+        Batch::new(2_000, Operation::CreateAccounts(accounts)),
+        Batch::new(3_000, Operation::CreateTransfers(transfers)),
+        Batch::new(3_000 + 3 * second, Operation::ExpirePendingTransfers),
+        Batch::new(4_000 + 3 * second, Operation::CreateTransfers(resolutions)),
     ]
 }
 

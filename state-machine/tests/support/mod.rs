@@ -106,7 +106,7 @@ impl Harness {
     }
 
     pub fn apply(&mut self, operation: Operation) -> BatchOutcome {
-        let batch = Batch { timestamp: self.clock, operation };
+        let batch = Batch::new(self.clock, operation);
         let outcome = self.ledger.apply(&batch).expect("batch accepted");
         self.clock = self.ledger.timestamp_last() + 1_000;
         outcome
