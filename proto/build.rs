@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_directory = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_directory.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
     std::fs::write(out_directory.join("result_code_descriptions.rs"), result_code_descriptions(&descriptors)?)?;
+    std::fs::write(out_directory.join("method_paths.rs"), method_paths(&descriptors))?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }
@@ -52,4 +53,20 @@ fn result_code_descriptions(descriptors: &prost_types::FileDescriptorSet) -> Res
          pub fn description(self) -> &'static str {{\n        match self as i32 {{\n{arms}            \
          _ => unreachable!(\"every ResultCode value has a description\"),\n        }}\n    }}\n}}\n"
     ))
+}
+
+/// Every method's HTTP/2 path (`/tally.v1.LedgerService/CreateTransfers`), for metrics labels
+/// that come from the API's own list rather than from whatever path a client sends.
+fn method_paths(descriptors: &prost_types::FileDescriptorSet) -> String {
+    let mut paths = String::new();
+    for file in &descriptors.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push_str(&format!("    \"/{}.{}/{}\",\n", file.package(), service.name(), method.name()));
+            }
+        }
+    }
+    format!(
+        "/// Every method of Tally's services, as the HTTP/2 path a call uses.\npub const METHOD_PATHS: &[&str] = &[\n{paths}];\n"
+    )
 }

@@ -153,6 +153,10 @@ fn result_codes(codes: Vec<i32>, expected: usize) -> Result<Vec<ResultCode>, Err
 
 /// Writes the SDK knows how to batch.
 trait Batchable: Sized + Send + Sync + 'static {
+    /// Refuses what a replica would refuse in this event alone (which would fail every call in
+    /// its batch), naming it `field`.
+    fn check(&self, field: &str) -> Result<(), Error>;
+
     fn submit(
         transport: Arc<Transport>,
         events: Vec<Self>,
@@ -161,6 +165,10 @@ trait Batchable: Sized + Send + Sync + 'static {
 }
 
 impl Batchable for NewTransfer {
+    fn check(&self, field: &str) -> Result<(), Error> {
+        NewTransfer::check(self, field)
+    }
+
     async fn submit(
         transport: Arc<Transport>,
         events: Vec<Self>,
@@ -171,6 +179,10 @@ impl Batchable for NewTransfer {
 }
 
 impl Batchable for NewAccount {
+    fn check(&self, field: &str) -> Result<(), Error> {
+        NewAccount::check(self, field)
+    }
+
     async fn submit(
         transport: Arc<Transport>,
         events: Vec<Self>,
@@ -330,16 +342,24 @@ impl Client {
     /// Creates accounts in one request, in order; linked accounts apply all or nothing.
     pub async fn create_accounts(&self, accounts: &[NewAccount]) -> Result<Vec<ResultCode>, Error> {
         Self::check_count(accounts.len())?;
+        for (index, account) in accounts.iter().enumerate() {
+            account.check(&format!("accounts[{index}]"))?;
+        }
         create_accounts(&self.shared.transport, accounts, self.deadline).await
     }
 
     /// Creates transfers in one request, in order; a linked chain applies all or nothing.
     pub async fn create_transfers(&self, transfers: &[NewTransfer]) -> Result<Vec<ResultCode>, Error> {
         Self::check_count(transfers.len())?;
+        for (index, transfer) in transfers.iter().enumerate() {
+            transfer.check(&format!("transfers[{index}]"))?;
+        }
         create_transfers(&self.shared.transport, transfers, self.deadline).await
     }
 
-    async fn batched<E>(&self, queue: &mpsc::Sender<Queued<E>>, event: E) -> Result<ResultCode, Error> {
+    async fn batched<E: Batchable>(&self, queue: &mpsc::Sender<Queued<E>>, event: E) -> Result<ResultCode, Error> {
+        // Checked here, not in the batch: a malformed call must fail alone, not with its batch.
+        event.check("event")?;
         let deadline = Instant::now() + self.deadline;
         let (reply, answer) = oneshot::channel();
         let unavailable = |detail: &str| Error::Unavailable {

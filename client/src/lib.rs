@@ -54,6 +54,10 @@ pub use model::{
     Account, AccountBalance, AccountFlags, AccountTransfersFilter, Ledger, NewAccount, NewLedger, NewTransfer, Page,
     PendingStatus, QueryFilter, Transfer, TransferFlags, Window,
 };
+/// The decimal type of amounts, re-exported so callers use the same version.
+pub use rust_decimal::Decimal;
+/// Amounts in the wire's grammar, parsed exactly (no sign, exponent or rounding).
+pub use tally_proto::amount::{AmountSyntaxError, parse_amount};
 /// The outcome of one event (see `ledger.proto`).
 pub use tally_proto::v1::ResultCode;
 pub use transport::{BREAKER_COOLDOWN, BREAKER_FAILURES};

@@ -502,7 +502,23 @@ impl NewLedger {
     }
 }
 
+/// Flags travel in 32 bits but the ledger keeps 16: a replica refuses the whole request for a
+/// flag above them.
+const FLAG_BITS_MAX: u32 = u16::MAX as u32;
+
 impl NewAccount {
+    /// What a replica would refuse in this account before the ledger sees it (the request's other
+    /// events with it); `field` names the event.
+    pub(crate) fn check(&self, field: &str) -> Result<(), Error> {
+        if self.flags.bits() > FLAG_BITS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "{field}.flags: {:#x} does not fit in 16 bits",
+                self.flags.bits()
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn to_wire(&self) -> wire::NewAccount {
         wire::NewAccount {
             id: uint128(self.id),
@@ -517,6 +533,22 @@ impl NewAccount {
 }
 
 impl NewTransfer {
+    /// What a replica would refuse in this transfer before the ledger sees it (the request's other
+    /// events with it); `field` names the event. A zero amount, or one finer than the ledger's
+    /// scale, is the ledger's to refuse with a result code, for this event alone.
+    pub(crate) fn check(&self, field: &str) -> Result<(), Error> {
+        if self.flags.bits() > FLAG_BITS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "{field}.flags: {:#x} does not fit in 16 bits",
+                self.flags.bits()
+            )));
+        }
+        if let Some(amount) = self.amount.filter(|amount| amount.is_sign_negative() && !amount.is_zero()) {
+            return Err(Error::InvalidArgument(format!("{field}.amount: {amount} is negative")));
+        }
+        Ok(())
+    }
+
     pub(crate) fn to_wire(&self) -> wire::NewTransfer {
         wire::NewTransfer {
             id: uint128(self.id),

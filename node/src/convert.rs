@@ -5,8 +5,7 @@
 //! ledger itself decides (an unknown account, a zero amount) is left to it and comes back as a
 //! result code.
 
-use std::str::FromStr;
-
+use tally_proto::amount::parse_amount;
 use tally_proto::v1 as wire;
 use tally_state_machine::{
     Account, AccountBalance, AccountFlags, AccountTransfersFilter, Currency, Decimal, FieldFilter, Ledger, NewAccount,
@@ -39,14 +38,10 @@ fn narrow<T: TryFrom<u32>>(value: u32, field: impl FnOnce() -> String, bits: u32
     T::try_from(value).map_err(|_| field_error(field(), format!("{value} does not fit in {bits} bits")))
 }
 
-/// Parses the wire's decimal grammar: digits with at most one '.', no sign, exponent or separators.
+/// Parses the wire's decimal grammar exactly (`tally_proto::amount`): digits with at most one '.',
+/// no sign, exponent or separators, and never rounded.
 pub fn decimal_from(text: &str, field: impl FnOnce() -> String) -> Result<Decimal, FieldError> {
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    let points = text.bytes().filter(|byte| *byte == b'.').count();
-    if digits == 0 || digits + points != text.len() || points > 1 {
-        return Err(field_error(field(), format!("{text:?} is not a decimal number (digits, with an optional '.')")));
-    }
-    Decimal::from_str(text).map_err(|error| field_error(field(), format!("{text:?}: {error}")))
+    parse_amount(text).map_err(|error| field_error(field(), error.to_string()))
 }
 
 pub fn new_ledger(ledger: &wire::NewLedger, index: usize) -> Result<NewLedger, FieldError> {
@@ -238,12 +233,11 @@ mod tests {
             let error = decimal_from(bad, field).unwrap_err();
             assert_eq!(error.field, "amount", "{bad:?}");
         }
-        assert!(
-            decimal_from("79228162514264337593543950336", field)
-                .unwrap_err()
-                .problem
-                .contains("79228162514264337593543950336")
-        );
+        let too_large = decimal_from("79228162514264337593543950336", field).unwrap_err().problem;
+        assert!(too_large.contains("79228162514264337593543950336") && too_large.contains("too large"), "{too_large}");
+        // rust_decimal alone would round this to 1.0000000000000000000000000000: a ledger would book 1.00.
+        let rounded = decimal_from("1.00000000000000000000000000001", field).unwrap_err().problem;
+        assert!(rounded.contains("29 decimal places"), "{rounded}");
     }
 
     #[test]

@@ -13,6 +13,10 @@ struct Arguments {
     /// The replica's TOML configuration.
     #[arg(long, env = "TALLY_CONFIG")]
     config: PathBuf,
+    /// Heap to write once at startup, overriding `[memory] pretouch_bytes` (benchmarks set it on
+    /// the local cluster, whose configs leave it off).
+    #[arg(long, env = "TALLY_PRETOUCH_BYTES")]
+    pretouch_bytes: Option<usize>,
 }
 
 /// mimalloc rather than glibc's malloc: batches of thousands of transfers make buffers of
@@ -21,9 +25,8 @@ struct Arguments {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay`, which libmimalloc-sys does not name: in mimalloc.h it comes just before
-/// `mi_option_use_numa_nodes`.
-const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+// The mimalloc options libmimalloc-sys does not name, found by name in its mimalloc.h (build.rs).
+include!(concat!(env!("OUT_DIR"), "/mimalloc_options.rs"));
 
 /// Tells mimalloc never to return freed memory to the kernel. With its default (purge after a
 /// second), a loaded follower gave back and faulted in again hundreds of megabytes a second (redb's
@@ -33,9 +36,9 @@ const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sy
 #[allow(unsafe_code, reason = "mimalloc's option API is C; called once, before any other thread exists")]
 fn keep_freed_memory() {
     // SAFETY: `mi_option_set` takes an option number and a value and has no other preconditions.
-    unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, -1) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // SAFETY: as above.
-    let purge_delay = unsafe { libmimalloc_sys::mi_option_get(MIMALLOC_OPTION_PURGE_DELAY) };
+    let purge_delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
     assert_eq!(purge_delay, -1, "mimalloc did not take the purge delay option");
 }
 
@@ -52,13 +55,16 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let config = match NodeConfig::load(&arguments.config) {
+    let mut config = match NodeConfig::load(&arguments.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("tally-node: {error}");
             return ExitCode::from(EXIT_REFUSED);
         }
     };
+    if let Some(bytes) = arguments.pretouch_bytes {
+        config.memory.pretouch_bytes = bytes;
+    }
     // Before the runtime's threads exist, so that what they allocate later is carved from memory
     // already touched (node/src/memory.rs).
     match tally_node::memory::pretouch(config.memory.pretouch_bytes) {

@@ -156,8 +156,7 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
-        // The method is the last path segment: /tally.v1.LedgerService/CreateTransfers.
-        let method = request.uri().path().rsplit('/').next().unwrap_or("unknown").to_owned();
+        let method = method_label(request.uri().path());
         let limit = self.message_bytes_max;
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -180,11 +179,31 @@ where
                 Ok(response) => grpc_status(response).map_or("ok", code_label),
                 Err(_) => "transport_error",
             };
-            metrics::counter!("tally_requests_total", "method" => method.clone(), "status" => status).increment(1);
+            metrics::counter!("tally_requests_total", "method" => method, "status" => status).increment(1);
             metrics::histogram!("tally_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
             response
         })
     }
+}
+
+/// Paths of the services a replica serves besides Tally's own.
+const OTHER_METHOD_PATHS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+];
+
+/// The metrics label of a request path: the method's name when the path is one of the API's
+/// methods, `unknown` otherwise. Labels come from this fixed list, never from the path a client
+/// sent: each distinct label value is a time series kept forever, and random paths would grow the
+/// exporter's memory without bound.
+pub fn method_label(path: &str) -> &'static str {
+    tally_proto::METHOD_PATHS
+        .iter()
+        .chain(OTHER_METHOD_PATHS)
+        .find(|known| **known == path)
+        .and_then(|known| known.rsplit('/').next())
+        .unwrap_or("unknown")
 }
 
 /// The percent-encoding gRPC requires of `grpc-message`.
@@ -206,5 +225,20 @@ fn code_label(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::Aborted => "aborted",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_labels_come_from_the_apis_methods_never_from_the_path_sent() {
+        assert_eq!(method_label("/tally.v1.LedgerService/CreateTransfers"), "CreateTransfers");
+        assert_eq!(method_label("/tally.v1.AdminService/ClusterStatus"), "ClusterStatus");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Check");
+        for stranger in ["/tally.v1.LedgerService/Random1234", "/x/CreateTransfers", "/", "", "/CreateTransfers"] {
+            assert_eq!(method_label(stranger), "unknown", "{stranger:?}");
+        }
     }
 }

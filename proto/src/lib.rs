@@ -6,6 +6,10 @@
 //! # Layout
 //! - [`v1`]: the messages and the `LedgerService` and `AdminService` services (clients and servers).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
+//! - [`METHOD_PATHS`]: every method's HTTP/2 path, for metrics labels.
+//! - [`amount`]: the wire's grammar for amounts, parsed exactly (never rounded).
+
+pub mod amount;
 
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations, reason = "generated code")]
 pub mod v1 {
@@ -16,6 +20,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tally_descriptor");
 
 include!(concat!(env!("OUT_DIR"), "/result_code_descriptions.rs"));
+include!(concat!(env!("OUT_DIR"), "/method_paths.rs"));
 
 impl v1::ResultCode {
     /// `Ok` and `Exists` (a safe retry of an applied event) are successes; every other code is a

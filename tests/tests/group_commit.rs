@@ -77,7 +77,7 @@ async fn concurrent_open_chains_never_touch_other_requests_or_move_money() {
     let _turn = serialised().await;
     let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
-    create_ledger_and_accounts(&cluster, leader, 8).await;
+    create_ledger_and_accounts(&cluster, leader, 10).await;
     let entries_before = cluster.node_status(leader).await.expect("the leader answers").applied_index;
 
     let shapes = [
@@ -140,4 +140,36 @@ async fn concurrent_open_chains_never_touch_other_requests_or_move_money() {
     let mut ledger = cluster.ledger(leader).await;
     assert_eq!(balances(&mut ledger).await, expected, "(debits posted, credits posted) of accounts 1-8");
     cluster.wait_converged(&cluster.ids(), Duration::from_secs(60)).await;
+    a_malformed_call_fails_alone_in_the_sdks_batches(&cluster).await;
+}
+
+/// The SDK's automatic batcher joins concurrent single calls into one request, which a replica
+/// refuses whole for one malformed event: the SDK checks each call before it joins a batch, so
+/// the malformed one fails alone and the calls beside it apply.
+async fn a_malformed_call_fails_alone_in_the_sdks_batches(cluster: &LocalCluster) {
+    use tally_client::{Client, Decimal, Error, NewTransfer, ResultCode};
+    let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
+    let client = Client::connect(&endpoints).await.unwrap().with_deadline(Duration::from_secs(20));
+    let mut calls = Vec::new();
+    for index in 0..64i64 {
+        let client = client.clone();
+        // Call 17 debits a negative amount; the others 0.01 each, from account 9 to 10.
+        let cents = if index == 17 { -100 } else { 1 };
+        let id = 900_000_000 + index as u128;
+        let transfer = NewTransfer::new(id, 9, 10, Decimal::new(cents, 2), 1, 1);
+        calls.push(tokio::spawn(async move { client.create_transfer(transfer).await }));
+    }
+    for (index, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Err(Error::InvalidArgument(message)) if index == 17 => assert!(message.contains("negative"), "{message}"),
+            Ok(ResultCode::Ok) if index != 17 => {}
+            other => panic!("call {index} got {other:?}"),
+        }
+    }
+    let stats = client.batching_stats();
+    assert!(stats.requests < 63, "the 63 calls went out in {} requests: none was batched", stats.requests);
+    let mut ledger = cluster.ledger(cluster.ids()[0]).await;
+    let ids = vec![uint128(10).unwrap()];
+    let account = ledger.lookup_accounts(wire::LookupRequest { ids }).await.unwrap().into_inner().accounts;
+    assert_eq!(account[0].account.as_ref().unwrap().credits_posted, "0.63");
 }

@@ -202,16 +202,54 @@ async fn bad_arguments_rejections_and_an_unreachable_cluster_have_their_exit_cod
     assert!(missing.stderr.contains("--credit"), "{}", missing.stderr);
     let unknown = tallyctl(endpoints, &["ledger", "delete"]);
     assert_eq!(unknown.code, 2);
-    let bad_amount = tallyctl(endpoints, &[&transfer[..], &["--debit", "1", "--amount", "ten"]].concat());
+    let without_amount = ["transfer", "create", "--debit", "1", "--credit", "2", "--ledger", "978", "--code", "1"];
+    let bad_amount = tallyctl(endpoints, &[&without_amount[..], &["--amount", "ten"]].concat());
     assert_eq!(bad_amount.code, 2);
-    assert!(bad_amount.stderr.contains("--amount"), "{}", bad_amount.stderr);
-    // Malformed for the cluster (a negative amount): 2, the field named, nothing applied.
-    let negative = tallyctl(
-        endpoints,
-        &["transfer", "create", "--debit", "2", "--credit", "1", "--amount=-5.00", "--ledger", "978", "--code", "1"],
-    );
-    assert_eq!(negative.code, 2, "{}{}", negative.stdout, negative.stderr);
-    assert!(negative.stderr.contains("invalid request") && negative.stderr.contains("amount"), "{}", negative.stderr);
+    assert!(bad_amount.stderr.contains("--amount: \"ten\" is not a decimal amount"), "{}", bad_amount.stderr);
+    // Amounts outside the wire's grammar are an operator's typo, refused before anything is sent:
+    // `1e5` would otherwise have moved 100,000.00.
+    for typo in ["-5.00", "1e5", "1,000.00", "+5"] {
+        let refused = tallyctl(
+            endpoints,
+            &[
+                "transfer",
+                "create",
+                "--debit",
+                "2",
+                "--credit",
+                "1",
+                &format!("--amount={typo}"),
+                "--ledger",
+                "978",
+                "--code",
+                "1",
+            ],
+        );
+        assert_eq!(refused.code, 2, "{typo}: {}{}", refused.stdout, refused.stderr);
+        assert!(
+            refused.stderr.contains("--amount") && refused.stderr.contains("no sign, exponent"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let too_large =
+        tallyctl(endpoints, &[&without_amount[..], &["--amount", "79228162514264337593543950336"]].concat());
+    assert_eq!(too_large.code, 2, "{}", too_large.stderr);
+    assert!(too_large.stderr.contains("too large"), "{}", too_large.stderr);
+
+    // In a batch file too; and a JSON number, read as a binary float, is no amount either.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for (amount, expected) in [(r#""1e5""#, "no sign, exponent"), ("100000", "write it as a string")] {
+        let text = format!(r#"[{{"debit": "1", "credit": "2", "amount": {amount}, "ledger": 978, "code": 1}}]"#);
+        std::fs::write(file.path(), text).unwrap();
+        let refused = tallyctl(endpoints, &["transfer", "create-batch", "--file", file.path().to_str().unwrap()]);
+        assert_eq!(refused.code, 2, "{amount}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("transfer 0: amount") && refused.stderr.contains(expected),
+            "{}",
+            refused.stderr
+        );
+    }
 
     // Rejected events and missing records: 3, with the result code and its meaning.
     let overdraft = tallyctl(endpoints, &[&transfer[..], &["--debit", "1", "--output", "json"]].concat());

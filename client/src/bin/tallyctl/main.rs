@@ -5,7 +5,6 @@ mod render;
 use std::future::Future;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -295,8 +294,10 @@ fn parse_id(field: &str, text: &str) -> Result<u128, Failure> {
     }
 }
 
-fn parse_amount(text: &str) -> Result<Decimal, Failure> {
-    Decimal::from_str(text).map_err(|_| usage(format!("--amount: {text:?} is not a decimal amount such as 12.50")))
+/// An amount in the wire's grammar (digits with an optional '.'), parsed exactly: `1e5` or `-5`
+/// is an operator's typo, and must never move money.
+fn parse_amount(field: &str, text: &str) -> Result<Decimal, Failure> {
+    tally_client::parse_amount(text).map_err(|error| usage(format!("{field}: {error}")))
 }
 
 fn id_or_new(field: &str, text: Option<&String>) -> Result<u128, Failure> {
@@ -605,7 +606,14 @@ fn transfer_from_json(index: usize, value: &Value) -> Result<NewTransfer, Failur
             flags |= flag;
         }
     }
-    let amount = text("amount")?.map(|text| parse_amount(&text)).transpose()?;
+    // A JSON number is read as a binary float, which cannot hold most decimal amounts exactly.
+    let amount = match field("amount") {
+        None => None,
+        Some(Value::String(text)) => Some(parse_amount(&format!("transfer {index}: amount"), text)?),
+        Some(other) => {
+            return Err(usage(format!("transfer {index}: amount is {other}; write it as a string, such as \"12.50\"")));
+        }
+    };
     let narrow = |name: &str, value: u64, max: u64| {
         if value > max { Err(usage(format!("transfer {index}: {name} {value} is above {max}"))) } else { Ok(value) }
     };
@@ -651,7 +659,7 @@ async fn transfer(client: &Client, printer: &Printer, command: TransferCommand) 
                 id_or_new("--id", id.as_ref())?,
                 parse_id("--debit", &debit)?,
                 parse_id("--credit", &credit)?,
-                parse_amount(&amount)?,
+                parse_amount("--amount", &amount)?,
                 ledger,
                 code,
             );
@@ -689,7 +697,7 @@ async fn transfer(client: &Client, printer: &Printer, command: TransferCommand) 
         TransferCommand::Post { pending_id, amount, id } => {
             let mut post = NewTransfer::post(id_or_new("--id", id.as_ref())?, parse_id("pending id", &pending_id)?);
             if let Some(amount) = amount {
-                post = post.amount(parse_amount(&amount)?);
+                post = post.amount(parse_amount("--amount", &amount)?);
             }
             submit(vec![post]).await
         }
