@@ -60,8 +60,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// (250-500 ms in the shipped configs), so it is mostly connections idle in a pool that close.
 pub const PEER_CONNECTION_IDLE_MAX: Duration = Duration::from_secs(60);
 
-/// How long an accepted connection may take to send the bytes that say what it is.
-pub const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted connection may take to send the bytes that say what it is. Replicas and
+/// gRPC clients send them in their first write, at once; a connection silent this long holds an
+/// opening slot for nothing.
+pub const OPENING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How much longer than openraft's own timer for an RPC the transport's deadline runs. openraft
 /// wraps every call in a timer of the RPC's hard TTL and reports a [`RPCError::Timeout`] when it
@@ -73,6 +75,10 @@ const TRANSPORT_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 /// Idle connections kept per peer address; one handed back beyond this is closed. Replication
 /// holds one per peer, elections and leadership checks briefly a few more.
 const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 8;
+
+/// The most a frame's buffer grows by before more of its bytes arrive: a full batch (about 1 MiB)
+/// still takes one allocation.
+const FRAME_GROWTH_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
 /// Each connection reads through a buffer this large, so a small message takes one system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -291,7 +297,10 @@ async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, header: &[u8], body:
     Ok(())
 }
 
-/// Reads one length-prefixed body, refusing a length over the limit before reading it.
+/// Reads one length-prefixed body, refusing a length over the limit before reading it. The buffer
+/// grows as bytes arrive, [`FRAME_GROWTH_BYTES`] at a time at most: the length is the sender's
+/// word, and a header claiming 64 MiB must not make this replica reserve 64 MiB before a byte of
+/// it has come.
 async fn read_body<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
     let length = reader.read_u32_le().await? as usize;
     if length > RAFT_MESSAGE_BYTES_MAX {
@@ -300,15 +309,27 @@ async fn read_body<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> 
             format!("a peer sent a message of {length} bytes, over the limit of {RAFT_MESSAGE_BYTES_MAX}"),
         ));
     }
-    let mut body = Vec::with_capacity(length);
-    (&mut *reader).take(length as u64).read_to_end(&mut body).await?;
-    if body.len() != length {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("a peer's message ended after {} of {length} bytes", body.len()),
-        ));
-    }
+    let mut body = Vec::new();
+    read_body_into(reader, length, &mut body).await?;
     Ok(body)
+}
+
+/// Reads `length` bytes into `body`, growing it as they arrive (see [`read_body`]).
+async fn read_body_into<R: AsyncRead + Unpin>(reader: &mut R, length: usize, body: &mut Vec<u8>) -> io::Result<()> {
+    body.reserve(length.min(FRAME_GROWTH_BYTES));
+    let mut limited = (&mut *reader).take(length as u64);
+    while body.len() < length {
+        if body.len() == body.capacity() {
+            body.reserve((length - body.len()).min(FRAME_GROWTH_BYTES));
+        }
+        if limited.read_buf(body).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("a peer's message ended after {} of {length} bytes", body.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -369,68 +390,232 @@ pub fn classify_opening(prefix: &[u8]) -> Opening {
     }
 }
 
-/// Waits, without consuming them, for the bytes that say what an accepted connection carries. A
-/// connection that closes or stays silent for [`OPENING_TIMEOUT`] is `Undecided`: drop it.
-pub async fn opening(stream: &TcpStream) -> Opening {
+/// Reads the first bytes of an accepted connection, as many as it takes to tell a peer connection
+/// from any other (at most the magic's length), within [`OPENING_TIMEOUT`]. Returns what they say
+/// and the bytes read, which the connection's server must see first ([`Replayed`]). Each read waits
+/// for bytes to arrive; nothing polls. A connection that closes or stays silent is `Undecided`.
+pub async fn read_opening<S: AsyncRead + Unpin>(stream: &mut S) -> (Opening, Vec<u8>) {
     let mut prefix = [0u8; PEER_PROTOCOL_MAGIC.len()];
-    let peeked = tokio::time::timeout(OPENING_TIMEOUT, async {
+    let mut filled = 0;
+    let decided = tokio::time::timeout(OPENING_TIMEOUT, async {
         loop {
-            let read = stream.peek(&mut prefix).await?;
-            if read == 0 {
-                return Ok::<_, io::Error>(Opening::Undecided);
+            match stream.read(&mut prefix[filled..]).await {
+                Ok(0) | Err(_) => return Opening::Undecided,
+                Ok(read) => filled += read,
             }
-            match classify_opening(&prefix[..read]) {
-                // The magic is one write; a part of it is rare enough to poll for.
-                Opening::Undecided => tokio::time::sleep(Duration::from_millis(1)).await,
-                decided => return Ok(decided),
+            match classify_opening(&prefix[..filled]) {
+                Opening::Undecided => {}
+                decided => return decided,
             }
         }
     })
-    .await;
-    match peeked {
-        Ok(Ok(opening)) => opening,
-        Ok(Err(_)) | Err(_) => Opening::Undecided,
+    .await
+    .unwrap_or(Opening::Undecided);
+    (decided, prefix[..filled].to_vec())
+}
+
+/// A stream whose first bytes, already read from it, are read again: the connection's opening,
+/// handed back to whichever server takes the connection.
+#[derive(Debug)]
+pub struct Replayed<S> {
+    prefix: Vec<u8>,
+    replayed: usize,
+    stream: S,
+}
+
+impl<S> Replayed<S> {
+    pub fn new(prefix: Vec<u8>, stream: S) -> Replayed<S> {
+        Replayed { prefix, replayed: 0, stream }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < this.prefix.len() {
+            let count = (this.prefix.len() - this.replayed).min(buffer.remaining());
+            buffer.put_slice(&this.prefix[this.replayed..this.replayed + count]);
+            this.replayed += count;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.stream).poll_read(context, buffer)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(context)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The largest term and the largest log index a peer's message may carry. openraft adds one to
+/// both (the next election's term, the next entry's index): a message carrying `u64::MAX` would
+/// make this replica overflow. An honest cluster stays far below either: an election every
+/// millisecond would take 292 million years to reach this term.
+pub const TERM_MAX: u64 = u64::MAX / 2;
+pub const LOG_INDEX_MAX: u64 = u64::MAX / 2;
+
+/// What a replica accepts from its peers beyond the framing's own limits.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerServerLimits {
+    /// The largest snapshot this replica receives: a chunk that would end past it is refused.
+    pub snapshot_bytes_max: u64,
 }
 
 /// Serves one peer connection, from its magic on, until the peer closes it, sends something that is
 /// not a request, or stays idle for [`PEER_CONNECTION_IDLE_MAX`].
-pub async fn serve_peer_connection<S>(stream: S, raft: openraft::Raft<TypeConfig>) -> io::Result<()>
+pub async fn serve_peer_connection<S>(
+    stream: S,
+    raft: openraft::Raft<TypeConfig>,
+    limits: PeerServerLimits,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     serve_frames(stream, |method, body| {
         let raft = raft.clone();
-        async move { answer(&raft, method, &body).await }
+        async move { answer(&raft, method, &body, limits).await }
     })
     .await
 }
 
-async fn answer(raft: &openraft::Raft<TypeConfig>, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
+fn refuse(detail: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail)
+}
+
+fn check_vote(vote: &openraft::Vote<NodeId>) -> io::Result<()> {
+    let term = vote.leader_id().term;
+    if term > TERM_MAX {
+        return Err(refuse(format!("a peer sent term {term}, above the largest accepted, {TERM_MAX}")));
+    }
+    Ok(())
+}
+
+fn check_log_id(log_id: Option<&crate::types::LogIdOf>) -> io::Result<()> {
+    let Some(log_id) = log_id else { return Ok(()) };
+    if log_id.leader_id.term > TERM_MAX || log_id.index > LOG_INDEX_MAX {
+        return Err(refuse(format!("a peer sent log id {log_id}, above the largest term or index accepted")));
+    }
+    Ok(())
+}
+
+/// Refuses what openraft would take in and then overflow on, or what would grow without bound.
+fn check_request(request: &DecodedRequest, limits: PeerServerLimits) -> io::Result<()> {
+    match request {
+        DecodedRequest::AppendEntries(request) => {
+            check_vote(&request.vote)?;
+            check_log_id(request.prev_log_id.as_ref())?;
+            check_log_id(request.leader_commit.as_ref())?;
+            request.entries.iter().try_for_each(|entry| check_log_id(Some(&entry.log_id)))
+        }
+        DecodedRequest::Vote(request) => {
+            check_vote(&request.vote)?;
+            check_log_id(request.last_log_id.as_ref())
+        }
+        DecodedRequest::InstallSnapshot(request) => {
+            check_vote(&request.vote)?;
+            check_log_id(request.meta.last_log_id.as_ref())?;
+            let end = request.offset.saturating_add(request.data.len() as u64);
+            if end > limits.snapshot_bytes_max {
+                return Err(refuse(format!(
+                    "a peer sent a snapshot chunk ending at byte {end}, past the limit of {} (raft.snapshot_bytes_max)",
+                    limits.snapshot_bytes_max
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A request as decoded from its frame.
+enum DecodedRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// Reads one request frame from `frame` as a server does (method, length, body), decodes it and
+/// checks it, without a Raft to answer it: what the fuzz tests drive with hostile bytes.
+pub async fn check_request_frame(mut frame: &[u8], limits: PeerServerLimits) -> io::Result<()> {
+    let method = frame.read_u8().await?;
+    let method = Method::from_byte(method).ok_or_else(|| refuse(format!("unknown peer method {method}")))?;
+    let body = read_body(&mut frame).await?;
+    check_request(&decode_body(method, &body)?, limits)
+}
+
+fn decode_body(method: Method, body: &[u8]) -> io::Result<DecodedRequest> {
+    let invalid = |error: crate::types::EncodingError| refuse(error.to_string());
+    Ok(match method {
+        Method::AppendEntries => {
+            DecodedRequest::AppendEntries(decode(body, "append entries request").map_err(invalid)?)
+        }
+        Method::Vote => DecodedRequest::Vote(decode(body, "vote request").map_err(invalid)?),
+        Method::InstallSnapshot => {
+            DecodedRequest::InstallSnapshot(decode(body, "install snapshot request").map_err(invalid)?)
+        }
+    })
+}
+
+async fn answer(
+    raft: &openraft::Raft<TypeConfig>,
+    method: Method,
+    body: &[u8],
+    limits: PeerServerLimits,
+) -> io::Result<Vec<u8>> {
     let started = std::time::Instant::now();
-    let response = answer_unmeasured(raft, method, body).await;
+    let response = answer_unmeasured(raft, method, body, limits).await;
     metrics::counter!("tally_peer_requests_total", "method" => method.label()).increment(1);
     metrics::histogram!("tally_peer_request_seconds", "method" => method.label())
         .record(started.elapsed().as_secs_f64());
     response
 }
 
-async fn answer_unmeasured(raft: &openraft::Raft<TypeConfig>, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
-    let invalid = |error: crate::types::EncodingError| io::Error::new(io::ErrorKind::InvalidData, error.to_string());
-    match method {
-        Method::AppendEntries => {
-            let request: AppendEntriesRequest<TypeConfig> = decode(body, "append entries request").map_err(invalid)?;
-            reply(&raft.append_entries(request).await)
-        }
-        Method::Vote => {
-            let request: VoteRequest<NodeId> = decode(body, "vote request").map_err(invalid)?;
-            reply(&raft.vote(request).await)
-        }
-        Method::InstallSnapshot => {
-            let request: InstallSnapshotRequest<TypeConfig> =
-                decode(body, "install snapshot request").map_err(invalid)?;
-            reply(&raft.install_snapshot(request).await)
-        }
+async fn answer_unmeasured(
+    raft: &openraft::Raft<TypeConfig>,
+    method: Method,
+    body: &[u8],
+    limits: PeerServerLimits,
+) -> io::Result<Vec<u8>> {
+    let request = decode_body(method, body)?;
+    check_request(&request, limits)?;
+    match request {
+        DecodedRequest::AppendEntries(request) => reply(&raft.append_entries(request).await),
+        DecodedRequest::Vote(request) => reply(&raft.vote(request).await),
+        DecodedRequest::InstallSnapshot(request) => reply(&raft.install_snapshot(request).await),
     }
 }
 
@@ -566,6 +751,96 @@ mod tests {
         assert!(matches!(error, RPCError::Network(_)), "{error:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(client.pool.idle.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_frame_buffer_grows_with_the_bytes_that_arrive_not_with_the_length_claimed() {
+        let mut reader: &[u8] = &[7u8; 10];
+        let mut body = Vec::new();
+        let error = read_body_into(&mut reader, RAFT_MESSAGE_BYTES_MAX, &mut body).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(body.len(), 10);
+        assert!(body.capacity() <= FRAME_GROWTH_BYTES, "reserved {} bytes for 10", body.capacity());
+    }
+
+    #[tokio::test]
+    async fn the_opening_is_read_as_it_arrives_and_replayed_to_the_server() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"TALL").await.unwrap();
+        let reading = tokio::spawn(async move { (read_opening(&mut server).await, server) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b"YRP1\x02rest").await.unwrap();
+        let ((opening, prefix), server) = reading.await.unwrap();
+        assert_eq!(opening, Opening::Peer);
+        let mut replayed = Replayed::new(prefix, server);
+        let mut first = [0u8; 13];
+        replayed.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"TALLYRP1\x02rest");
+
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let (opening, prefix) = read_opening(&mut server).await;
+        assert_eq!(opening, Opening::Other);
+        assert_eq!(prefix, b"PRI * HT", "no more than the magic's length is read");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_opening_is_undecided_after_the_opening_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_opening(&mut server).await.0, Opening::Undecided);
+        assert_eq!(started.elapsed(), OPENING_TIMEOUT);
+    }
+
+    fn frame(method: Method, body: &[u8]) -> Vec<u8> {
+        let mut frame = vec![method as u8];
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    const LIMITS: PeerServerLimits = PeerServerLimits { snapshot_bytes_max: 1024 };
+
+    #[tokio::test]
+    async fn terms_and_indexes_that_would_overflow_are_refused() {
+        let log_id = |term, index| openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index);
+        let vote = |term| VoteRequest { vote: openraft::Vote::new(term, 1), last_log_id: Some(log_id(1, 5)) };
+        let accepted = frame(Method::Vote, &encode(&vote(TERM_MAX)));
+        check_request_frame(&accepted, LIMITS).await.unwrap();
+        for refused in [
+            vote(u64::MAX),
+            vote(TERM_MAX + 1),
+            VoteRequest { last_log_id: Some(log_id(1, u64::MAX)), ..vote(3) },
+            VoteRequest { last_log_id: Some(log_id(u64::MAX, 1)), ..vote(3) },
+        ] {
+            let error = check_request_frame(&frame(Method::Vote, &encode(&refused)), LIMITS).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{refused:?}");
+        }
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new(2, 1),
+            prev_log_id: None,
+            entries: vec![openraft::Entry { log_id: log_id(2, u64::MAX - 1), payload: openraft::EntryPayload::Blank }],
+            leader_commit: None,
+        };
+        let error = check_request_frame(&frame(Method::AppendEntries, &encode(&append)), LIMITS).await.unwrap_err();
+        assert!(error.to_string().contains("above the largest"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_chunk_past_the_limit_is_refused() {
+        let chunk = |offset: u64, length: usize| InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new(2, 1),
+            meta: crate::types::SnapshotMeta::default(),
+            offset,
+            data: vec![0; length],
+            done: false,
+        };
+        check_request_frame(&frame(Method::InstallSnapshot, &encode(&chunk(1000, 24))), LIMITS).await.unwrap();
+        for (offset, length) in [(1000, 25), (u64::MAX, 1)] {
+            let bytes = frame(Method::InstallSnapshot, &encode(&chunk(offset, length)));
+            let error = check_request_frame(&bytes, LIMITS).await.unwrap_err();
+            assert!(error.to_string().contains("raft.snapshot_bytes_max"), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::{Config, Raft, SnapshotPolicy};
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
-use tally_consensus::network::{PeerNetwork, serve_peer_connection};
+use tally_consensus::network::{PeerNetwork, PeerServerLimits, serve_peer_connection};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::types::{ApplyResponse, LogPayload, PeerNode, TypeConfig};
 use tally_state_machine::codec::encode_batch;
@@ -62,7 +62,8 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, _) = accepted.unwrap();
-                    tokio::spawn(serve_peer_connection(stream, serving.clone()));
+                    let limits = PeerServerLimits { snapshot_bytes_max: u64::MAX };
+                    tokio::spawn(serve_peer_connection(stream, serving.clone(), limits));
                 }
                 _ = &mut stopped => return,
             }

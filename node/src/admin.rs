@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{FORWARDED, Leader, Replica};
+use crate::gateway::{Leader, Replica, forwarded};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -81,20 +81,30 @@ impl Admin {
         Ok(AdminServiceClient::new(self.replica.channel(address)?))
     }
 
-    /// Runs `call` on the leader: here, or forwarded.
-    async fn on_leader<T, F, Fut>(
+    /// Runs `local` on the leader when this replica leads, or forwards the call there once, with
+    /// the request's deadline, like ledger calls. A replica sent a forwarded call that it cannot
+    /// run itself (leadership moved meanwhile) answers UNAVAILABLE naming the leader rather than
+    /// forwarding again, so that two replicas with stale views never bounce a call between them.
+    async fn on_leader<Req, T, F, Fut>(
         &self,
+        request: &Request<Req>,
         local: impl AsyncFnOnce() -> Result<T, Status>,
         forward: F,
     ) -> Result<T, Status>
     where
-        F: FnOnce(AdminServiceClient<tonic::transport::Channel>) -> Fut,
+        Req: Clone,
+        F: FnOnce(AdminServiceClient<tonic::transport::Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.replica.request_timeout;
         match self.replica.known_leader(deadline).await? {
             Leader::Me => local().await,
-            Leader::Other { address, .. } => Ok(forward(self.client(&address)?).await?.into_inner()),
+            Leader::Other { id, address } if forwarded(request) => Err(Replica::not_leader(id, &address)),
+            Leader::Other { address, .. } => {
+                let client = self.client(&address)?;
+                let message = request.get_ref().clone();
+                Ok(self.replica.forward_once(&address, client, message, deadline, forward).await?.into_inner())
+            }
             Leader::Unknown => unreachable!("known_leader returns a known leader"),
         }
     }
@@ -153,14 +163,19 @@ impl Admin {
         &self,
         request: &Request<wire::ClusterStatusRequest>,
     ) -> wire::ClusterStatusResponse {
-        if let (Leader::Other { address, .. }, false) =
-            (self.replica.leader(), request.metadata().contains_key(FORWARDED))
-        {
-            let mut forward = Request::new(wire::ClusterStatusRequest {});
-            forward.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            forward.set_timeout(self.replica.request_timeout);
+        if let (Leader::Other { address, .. }, false) = (self.replica.leader(), forwarded(request)) {
+            let deadline = Instant::now() + self.replica.request_timeout;
             if let Ok(client) = self.client(&address)
-                && let Ok(response) = client.clone().cluster_status(forward).await
+                && let Ok(response) = self
+                    .replica
+                    .forward_once(
+                        &address,
+                        client,
+                        wire::ClusterStatusRequest {},
+                        deadline,
+                        |mut client, request| async move { client.cluster_status(request).await },
+                    )
+                    .await
             {
                 return response.into_inner();
             }
@@ -189,13 +204,13 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::AddLearnerRequest>,
     ) -> Result<Response<wire::MembershipResponse>, Status> {
-        let message = request.into_inner();
+        let message = request.get_ref();
         if message.node_id == 0 || message.address.is_empty() {
             return Err(Status::invalid_argument("node_id must not be 0 and address must be set"));
         }
-        let forwarded = message.clone();
         let response = self
             .on_leader(
+                &request,
                 async || {
                     let _serialised = self.membership_changes.lock().await;
                     let node = PeerNode { address: message.address.clone(), site: message.site.clone() };
@@ -203,7 +218,7 @@ impl AdminService for Admin {
                         self.replica.raft.add_learner(message.node_id, node, false).await.map_err(raft_error)?;
                     Ok(self.membership_response(written.log_id.index))
                 },
-                |mut client| async move { client.add_learner(forwarded).await },
+                |mut client, request| async move { client.add_learner(request).await },
             )
             .await?;
         Ok(Response::new(response))
@@ -213,14 +228,14 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::ChangeMembershipRequest>,
     ) -> Result<Response<wire::MembershipResponse>, Status> {
-        let message = request.into_inner();
+        let message = request.get_ref();
         let voters: BTreeSet<u64> = message.voters.iter().copied().collect();
         if voters.is_empty() || voters.contains(&0) {
             return Err(Status::invalid_argument("voters must name at least one member and not 0"));
         }
-        let forwarded = message.clone();
         let response = self
             .on_leader(
+                &request,
                 async || {
                     let _serialised = self.membership_changes.lock().await;
                     let known: BTreeSet<u64> = self
@@ -247,7 +262,7 @@ impl AdminService for Admin {
                         .map_err(raft_error)?;
                     Ok(self.membership_response(written.log_id.index))
                 },
-                |mut client| async move { client.change_membership(forwarded).await },
+                |mut client, request| async move { client.change_membership(request).await },
             )
             .await?;
         Ok(Response::new(response))
@@ -257,7 +272,7 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::TransferLeaderRequest>,
     ) -> Result<Response<wire::TransferLeaderResponse>, Status> {
-        let target = request.into_inner().node_id;
+        let target = request.get_ref().node_id;
         let metrics = self.replica.raft.metrics().borrow().clone();
         if target == self.replica.node_id {
             self.replica.raft.trigger().elect().await.map_err(raft_error)?;
@@ -272,8 +287,22 @@ impl AdminService for Admin {
             return Err(Status::invalid_argument(format!("node {target} is not a voter")));
         }
         let node = membership.get_node(&target).expect("voters are nodes");
-        let mut client = self.client(&node.address)?;
-        client.transfer_leader(wire::TransferLeaderRequest { node_id: target }).await
+        if forwarded(&request) {
+            // Only the target runs the election; a forwarded call reached the wrong replica because
+            // the sender's membership view is stale.
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {target}, which a forwarded leadership transfer must reach",
+                self.replica.node_id
+            )));
+        }
+        let client = self.client(&node.address)?;
+        let deadline = Instant::now() + self.replica.request_timeout;
+        let message = wire::TransferLeaderRequest { node_id: target };
+        self.replica
+            .forward_once(&node.address, client, message, deadline, |mut client, request| async move {
+                client.transfer_leader(request).await
+            })
+            .await
     }
 
     async fn trigger_snapshot(

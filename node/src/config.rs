@@ -95,6 +95,10 @@ pub struct RaftSettings {
     /// Log entries kept behind a snapshot, so briefly absent replicas catch up from the log.
     pub log_entries_kept_after_snapshot: u64,
     pub snapshot_chunk_bytes: u64,
+    /// The largest snapshot this replica receives from a leader; a chunk that would end past it
+    /// is refused, so a faulty or hostile peer cannot fill the disk with one. Size it well above
+    /// the ledger's snapshot (replicas log each snapshot file's size when they write it).
+    pub snapshot_bytes_max: u64,
     /// Entries per AppendEntries message (each entry is one batch, at most ~1 MiB).
     pub entries_per_message_max: u64,
 }
@@ -109,6 +113,7 @@ impl Default for RaftSettings {
             snapshot_after_log_bytes: 2 * 1024 * 1024 * 1024,
             log_entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 * 1024 * 1024,
+            snapshot_bytes_max: 256 * 1024 * 1024 * 1024,
             entries_per_message_max: 4,
         }
     }
@@ -121,8 +126,19 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// Client requests being served at once; more are refused with RESOURCE_EXHAUSTED.
     pub requests_in_flight_max: usize,
-    /// Open client and peer connections; more are closed at once.
-    pub connections_max: usize,
+    /// Bytes of client requests being served at once (their encoded size): with
+    /// `requests_in_flight_max`, what requests may hold of the replica's memory. Beyond it, a
+    /// request is refused with RESOURCE_EXHAUSTED (the SDK retries it). At least
+    /// `message_bytes_max`, so that the largest request fits.
+    pub request_bytes_in_flight_max: usize,
+    /// Open client connections (gRPC); more are closed at once.
+    pub client_connections_max: usize,
+    /// Open connections from other replicas (the peer protocol), counted apart from clients' so
+    /// that idle client connections can never lock replication out; more are closed at once.
+    pub peer_connections_max: usize,
+    /// A client connection that carries no bytes either way for this long is closed. Longer than
+    /// `request_timeout_ms`, so that a request waiting for its commit is never cut off.
+    pub client_idle_timeout_ms: u64,
     /// How long a request may wait for the leader and a quorum before it fails with UNAVAILABLE.
     pub request_timeout_ms: u64,
 }
@@ -132,7 +148,10 @@ impl Default for Limits {
         Limits {
             message_bytes_max: 4 * 1024 * 1024,
             requests_in_flight_max: 4_096,
-            connections_max: 1_024,
+            request_bytes_in_flight_max: 256 * 1024 * 1024,
+            client_connections_max: 1_024,
+            peer_connections_max: 256,
+            client_idle_timeout_ms: 300_000,
             request_timeout_ms: 5_000,
         }
     }
@@ -144,7 +163,8 @@ pub struct GroupCommitSettings {
     /// How long the leader waits for more requests before proposing a batch that is not full,
     /// while earlier batches are still committing (with none in flight it proposes at once).
     pub linger_us: u64,
-    /// Events per proposed batch, at most `EVENTS_PER_BATCH_MAX`.
+    /// Events per proposed batch, at most `EVENTS_PER_BATCH_MAX`, and so per request: the
+    /// gateway refuses a request with more.
     pub events_per_batch_max: usize,
     /// Batches proposed and not yet applied at once.
     pub batches_in_flight_max: usize,
@@ -234,6 +254,9 @@ impl NodeConfig {
         {
             return invalid("raft.snapshot_chunk_bytes must be between 1 and half the peer message limit".into());
         }
+        if raft.snapshot_bytes_max < raft.snapshot_chunk_bytes {
+            return invalid("raft.snapshot_bytes_max must be at least raft.snapshot_chunk_bytes".into());
+        }
         let batch_max = self.group_commit.events_per_batch_max;
         if batch_max == 0 || batch_max > EVENTS_PER_BATCH_MAX {
             return invalid(format!("group_commit.events_per_batch_max must be 1..={EVENTS_PER_BATCH_MAX}"));
@@ -245,10 +268,37 @@ impl NodeConfig {
             return invalid(format!("scheduling.follower_nice must be 0..=19, not {}", self.scheduling.follower_nice));
         }
         let limits = &self.limits;
-        if limits.requests_in_flight_max == 0 || limits.connections_max == 0 || limits.request_timeout_ms == 0 {
+        if limits.requests_in_flight_max == 0
+            || limits.client_connections_max == 0
+            || limits.peer_connections_max == 0
+            || limits.request_timeout_ms == 0
+        {
             return invalid("limits must all be above 0".into());
         }
+        if limits.request_bytes_in_flight_max < limits.message_bytes_max {
+            return invalid(format!(
+                "limits.request_bytes_in_flight_max ({}) must be at least limits.message_bytes_max ({})",
+                limits.request_bytes_in_flight_max, limits.message_bytes_max
+            ));
+        }
+        if limits.client_idle_timeout_ms <= limits.request_timeout_ms {
+            return invalid(format!(
+                "limits.client_idle_timeout_ms ({}) must exceed limits.request_timeout_ms ({})",
+                limits.client_idle_timeout_ms, limits.request_timeout_ms
+            ));
+        }
         Ok(())
+    }
+
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            client_connections_max: self.limits.client_connections_max,
+            peer_connections_max: self.limits.peer_connections_max,
+            client_idle_timeout: Duration::from_millis(self.limits.client_idle_timeout_ms),
+            peer_server: tally_consensus::network::PeerServerLimits {
+                snapshot_bytes_max: self.raft.snapshot_bytes_max,
+            },
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -121,6 +121,44 @@ impl Replica {
             .max_encoding_message_size(self.message_bytes_max))
     }
 
+    /// Sends a request on to the leader once, marked as forwarded (so that the leader, if it
+    /// lost leadership meanwhile, answers instead of forwarding again), with what remains of the
+    /// deadline. Shared by ledger and admin calls.
+    pub(crate) async fn forward_once<Client, Req, Resp, Call, Fut>(
+        &self,
+        address: &str,
+        client: Client,
+        message: Req,
+        deadline: Instant,
+        call: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Call: FnOnce(Client, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let answer = tokio::time::timeout_at(deadline, call(client, request)).await;
+        match answer {
+            Err(_) => Err(Status::unavailable(format!("the leader at {address} did not answer in time; retry"))),
+            // Replicas never answer `Unknown` or `Cancelled` themselves: it is the connection to the
+            // leader that failed (it may have just died), which the client should retry.
+            Ok(Err(status)) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
+                Err(Status::unavailable(format!(
+                    "the leader at {address} could not be reached ({}); retry, the write may have been applied",
+                    status.message()
+                )))
+            }
+            Ok(answer) => answer,
+        }
+    }
+
+    /// The answer of a replica that was sent a forwarded request but is not the leader.
+    pub(crate) fn not_leader(id: u64, address: &str) -> Status {
+        Status::unavailable(format!("not the leader; the leader is {id} at {address}"))
+    }
+
     pub fn header(&self, view: Option<&LedgerReadView>) -> wire::ResponseHeader {
         let (leader_id, leader_address) = match self.leader() {
             Leader::Me => (self.node_id, String::new()),
@@ -164,8 +202,72 @@ impl Replica {
 pub struct Gateway {
     replica: Arc<Replica>,
     group_commit: GroupCommit,
-    in_flight: Arc<Semaphore>,
-    requests_in_flight_max: usize,
+    limits: GatewayLimits,
+    in_flight: InFlight,
+}
+
+/// What the gateway admits at once, and per request.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayLimits {
+    pub requests_in_flight_max: usize,
+    pub request_bytes_in_flight_max: usize,
+    /// Events in one write request (`group_commit.events_per_batch_max`).
+    pub events_per_request_max: usize,
+}
+
+/// Requests in flight are counted in units of this many bytes (a semaphore counts in `u32`).
+const IN_FLIGHT_UNIT_BYTES: usize = 1024;
+
+/// The permits a request holds while it is served.
+#[derive(Debug)]
+struct Admitted {
+    _request: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The requests being served, bounded in count and in bytes.
+#[derive(Clone, Debug)]
+struct InFlight {
+    requests: Arc<Semaphore>,
+    /// Kibibytes of requests in flight, at most `request_bytes_in_flight_max` of them.
+    kibibytes: Arc<Semaphore>,
+    requests_max: usize,
+    bytes_max: usize,
+}
+
+impl InFlight {
+    fn new(requests_max: usize, bytes_max: usize) -> InFlight {
+        InFlight {
+            requests: Arc::new(Semaphore::new(requests_max)),
+            kibibytes: Arc::new(Semaphore::new(bytes_max / IN_FLIGHT_UNIT_BYTES)),
+            requests_max,
+            bytes_max,
+        }
+    }
+
+    /// Admits a request of `encoded_bytes` within both limits, or refuses it with
+    /// RESOURCE_EXHAUSTED naming the limit (the SDK retries: it is this moment's load, not the
+    /// request). Refused requests hold nothing.
+    fn admit(&self, encoded_bytes: usize) -> Result<Admitted, Status> {
+        let request = Arc::clone(&self.requests).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "more than {} requests in flight on this replica (limits.requests_in_flight_max)",
+                self.requests_max
+            ))
+        })?;
+        let units = encoded_bytes.div_ceil(IN_FLIGHT_UNIT_BYTES).max(1);
+        let bytes = u32::try_from(units)
+            .ok()
+            .and_then(|units| Arc::clone(&self.kibibytes).try_acquire_many_owned(units).ok())
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "requests in flight on this replica would hold more than {} bytes \
+                     (limits.request_bytes_in_flight_max)",
+                    self.bytes_max
+                ))
+            })?;
+        Ok(Admitted { _request: request, _bytes: bytes })
+    }
 }
 
 fn invalid(error: FieldError) -> Status {
@@ -181,7 +283,9 @@ fn check_count(field: &str, count: usize, max: usize) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{field}: the request has no events")));
     }
     if count > max {
-        return Err(Status::invalid_argument(format!("{field}: {count} events, above the limit of {max} per request")));
+        return Err(Status::invalid_argument(format!(
+            "{field}: {count} events, above the limit of {max} per request (group_commit.events_per_batch_max)"
+        )));
     }
     Ok(())
 }
@@ -190,64 +294,32 @@ fn check_count(field: &str, count: usize, max: usize) -> Result<(), Status> {
 fn convert_events<W, E>(
     field: &str,
     events: &[W],
+    events_max: usize,
     convert: impl Fn(&W, usize) -> Result<E, FieldError>,
 ) -> Result<Vec<E>, Status> {
-    check_count(field, events.len(), EVENTS_PER_BATCH_MAX)?;
+    check_count(field, events.len(), events_max)?;
     events.iter().enumerate().map(|(index, event)| convert(event, index)).collect::<Result<_, _>>().map_err(invalid)
 }
 
-fn forwarded<T>(request: &Request<T>) -> bool {
+/// Whether another replica forwarded this request (it must then not be forwarded again).
+pub(crate) fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
 impl Gateway {
-    pub fn new(replica: Arc<Replica>, group_commit: GroupCommit, requests_in_flight_max: usize) -> Gateway {
+    pub fn new(replica: Arc<Replica>, group_commit: GroupCommit, limits: GatewayLimits) -> Gateway {
+        assert!(limits.events_per_request_max <= EVENTS_PER_BATCH_MAX);
         Gateway {
             replica,
             group_commit,
-            in_flight: Arc::new(Semaphore::new(requests_in_flight_max)),
-            requests_in_flight_max,
+            in_flight: InFlight::new(limits.requests_in_flight_max, limits.request_bytes_in_flight_max),
+            limits,
         }
     }
 
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "more than {} requests in flight on this replica",
-                self.requests_in_flight_max
-            ))
-        })
-    }
-
-    /// Sends a request on to the leader, with what remains of the deadline.
-    async fn forward<Req, Resp, Call, Fut>(
-        &self,
-        address: &str,
-        message: Req,
-        deadline: Instant,
-        call: Call,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let client = self.replica.ledger_client(address)?;
-        let answer = tokio::time::timeout_at(deadline, call(client, request)).await;
-        match answer {
-            Err(_) => Err(Status::unavailable(format!("the leader at {address} did not answer in time; retry"))),
-            // Replicas never answer `Unknown` or `Cancelled` themselves: it is the connection to the
-            // leader that failed (it may have just died), which the client should retry.
-            Ok(Err(status)) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
-                Err(Status::unavailable(format!(
-                    "the leader at {address} could not be reached ({}); retry, the write may have been applied",
-                    status.message()
-                )))
-            }
-            Ok(answer) => answer,
-        }
+    /// Admits a request within the limits on requests and on their bytes in flight.
+    fn admit(&self, request: &impl prost::Message) -> Result<Admitted, Status> {
+        self.in_flight.admit(request.encoded_len())
     }
 
     /// Writes through group commit on the leader, or forwards to it.
@@ -267,11 +339,10 @@ impl Gateway {
         let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
         let result = match leader {
             Leader::Other { address, .. } if !was_forwarded => {
-                self.forward(&address, request.into_inner(), deadline, call).await
+                let client = self.replica.ledger_client(&address)?;
+                self.replica.forward_once(&address, client, request.into_inner(), deadline, call).await
             }
-            Leader::Other { id, address } => {
-                Err(Status::unavailable(format!("not the leader; the leader is {id} at {address}")))
-            }
+            Leader::Other { id, address } => Err(Replica::not_leader(id, &address)),
             Leader::Unknown => unreachable!("known_leader returns a known leader"),
             Leader::Me => self.commit(events, deadline).await,
         };
@@ -312,21 +383,21 @@ impl Gateway {
         call: Call,
     ) -> Result<Response<Resp>, Status>
     where
+        Req: prost::Message,
         Local: FnOnce(&Req, &LedgerReadView, wire::ResponseHeader) -> Result<Resp, Status>,
         Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let _permit = self.admit()?;
+        let _permit = self.admit(request.get_ref())?;
         let deadline = Instant::now() + self.replica.request_timeout;
         let was_forwarded = forwarded(&request);
         let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
         let result = match leader {
             Leader::Other { address, .. } if !was_forwarded => {
-                self.forward(&address, request.into_inner(), deadline, call).await
+                let client = self.replica.ledger_client(&address)?;
+                self.replica.forward_once(&address, client, request.into_inner(), deadline, call).await
             }
-            Leader::Other { id, address } => {
-                Err(Status::unavailable(format!("not the leader; the leader is {id} at {address}")))
-            }
+            Leader::Other { id, address } => Err(Replica::not_leader(id, &address)),
             Leader::Unknown => unreachable!("known_leader returns a known leader"),
             Leader::Me => {
                 let read_log_id = match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await
@@ -359,8 +430,13 @@ impl LedgerService for Gateway {
         &self,
         request: Request<wire::CreateLedgersRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit()?;
-        let events = convert_events("ledgers", &request.get_ref().ledgers, convert::new_ledger)?;
+        let _permit = self.admit(request.get_ref())?;
+        let events = convert_events(
+            "ledgers",
+            &request.get_ref().ledgers,
+            self.limits.events_per_request_max,
+            convert::new_ledger,
+        )?;
         self.write(request, Events::Ledgers(events), |mut client, request| async move {
             client.create_ledgers(request).await
         })
@@ -371,8 +447,13 @@ impl LedgerService for Gateway {
         &self,
         request: Request<wire::CreateAccountsRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit()?;
-        let events = convert_events("accounts", &request.get_ref().accounts, convert::new_account)?;
+        let _permit = self.admit(request.get_ref())?;
+        let events = convert_events(
+            "accounts",
+            &request.get_ref().accounts,
+            self.limits.events_per_request_max,
+            convert::new_account,
+        )?;
         self.write(request, Events::Accounts(events), |mut client, request| async move {
             client.create_accounts(request).await
         })
@@ -383,8 +464,13 @@ impl LedgerService for Gateway {
         &self,
         request: Request<wire::CreateTransfersRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit()?;
-        let events = convert_events("transfers", &request.get_ref().transfers, convert::new_transfer)?;
+        let _permit = self.admit(request.get_ref())?;
+        let events = convert_events(
+            "transfers",
+            &request.get_ref().transfers,
+            self.limits.events_per_request_max,
+            convert::new_transfer,
+        )?;
         self.write(request, Events::Transfers(events), |mut client, request| async move {
             client.create_transfers(request).await
         })
@@ -554,5 +640,57 @@ impl LedgerService for Gateway {
             |mut client, request| async move { client.query_transfers(request).await },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_in_flight_are_bounded_by_bytes_as_well_as_by_count() {
+        let in_flight = InFlight::new(10, 256 * 1024);
+        let first = in_flight.admit(100 * 1024).expect("100 KiB of 256 KiB");
+        let second = in_flight.admit(100 * 1024).expect("200 KiB of 256 KiB");
+        let refused = in_flight.admit(100 * 1024).expect_err("300 KiB is above 256 KiB");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("limits.request_bytes_in_flight_max"), "{}", refused.message());
+        // A refused request holds nothing: a small one still fits, and a finished one frees its bytes.
+        let small = in_flight.admit(10).expect("one unit fits beside 200 KiB");
+        drop(first);
+        let third = in_flight.admit(100 * 1024).expect("the first request's bytes were returned");
+        drop((second, small, third));
+        assert!(in_flight.admit(256 * 1024).is_ok(), "everything was returned");
+    }
+
+    #[test]
+    fn requests_in_flight_are_bounded_by_count() {
+        let in_flight = InFlight::new(2, 256 * 1024);
+        let held = [in_flight.admit(1).unwrap(), in_flight.admit(1).unwrap()];
+        let refused = in_flight.admit(1).expect_err("a third request is above the count");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("limits.requests_in_flight_max"), "{}", refused.message());
+        drop(held);
+        assert!(in_flight.admit(1).is_ok());
+    }
+
+    #[test]
+    fn a_request_above_the_byte_budget_is_refused_not_stuck() {
+        let in_flight = InFlight::new(2, 4 * 1024);
+        let refused = in_flight.admit(5 * 1024).expect_err("larger than the whole budget");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(in_flight.admit(4 * 1024).is_ok(), "the refused request's count permit was returned");
+    }
+
+    #[test]
+    fn a_write_is_refused_above_the_events_per_request_limit() {
+        let convert = |event: &u32, _index: usize| Ok::<u32, FieldError>(*event);
+        assert_eq!(convert_events("transfers", &[1, 2, 3], 3, convert).unwrap(), vec![1, 2, 3]);
+        let refused = convert_events("transfers", &[1, 2, 3, 4], 3, convert).unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("group_commit.events_per_batch_max"), "{}", refused.message());
+        assert!(refused.message().contains("4 events"), "{}", refused.message());
+        let empty = convert_events("transfers", &[], 3, convert).unwrap_err();
+        assert_eq!(empty.code(), Code::InvalidArgument);
     }
 }

@@ -6,6 +6,8 @@
 //! - [`admin`]: the `AdminService`: node and cluster status, membership, leadership, snapshots.
 //! - [`clock`]: wall-clock time behind a trait.
 //! - [`config`]: the TOML configuration and its checks.
+//! - [`connections`]: accepting connections: peers and clients told apart, each within its limit,
+//!   idle clients closed.
 //! - [`convert`]: wire types to ledger types and back, with field-naming errors.
 //! - [`gateway`]: the `LedgerService` any replica serves: writes forwarded to the leader and group
 //!   committed there, linearizable reads.
@@ -13,11 +15,12 @@
 //! - [`memory`]: pretouching the replica's memory budget at startup.
 //! - [`observe`]: Prometheus metrics, `/health` and `/ready`.
 //! - [`server`]: `run(config, listeners, shutdown)`: data directory checks, bootstrap, services,
-//!   the expiry proposer, connection limits, clean shutdown.
+//!   the expiry proposer, clean shutdown.
 
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod gateway;
 pub mod group_commit;

@@ -4,29 +4,25 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
-use tally_consensus::network::{Opening, PeerNetwork, opening, serve_peer_connection};
+use tally_consensus::network::PeerNetwork;
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::types::{PeerNode, TypeConfig};
 use tally_proto::v1::admin_service_server::AdminServiceServer;
 use tally_proto::v1::ledger_service_server::LedgerServiceServer;
 use tally_state_machine::LedgerQueries;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
-use crate::gateway::{Gateway, Leader, Replica};
+use crate::gateway::{Gateway, GatewayLimits, Leader, Replica};
 use crate::group_commit::{Events, GroupCommit};
 use crate::observe;
 
@@ -131,7 +127,12 @@ pub async fn run(
     ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let group_commit = GroupCommit::start(raft.clone(), views, Arc::clone(&clock), config.group_commit.clone());
-    let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), config.limits.requests_in_flight_max);
+    let limits = GatewayLimits {
+        requests_in_flight_max: config.limits.requests_in_flight_max,
+        request_bytes_in_flight_max: config.limits.request_bytes_in_flight_max,
+        events_per_request_max: config.group_commit.events_per_batch_max,
+    };
+    let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), limits);
     let admin = Admin::new(Arc::clone(&replica), config.site.clone());
 
     let (stop, stopped) = watch::channel(false);
@@ -168,7 +169,7 @@ pub async fn run(
         )
         .add_service(AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(
-            limited_incoming(grpc_listener, config.limits.connections_max, raft.clone()),
+            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone()),
             shutdown,
         );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
@@ -318,112 +319,6 @@ async fn propose_expiries(
         }
     })
     .await;
-}
-
-/// Accepted connections beyond `connections_max` are closed at once. The rest are told apart by
-/// their first bytes: other replicas' Raft RPCs are served here, on a task per connection, and
-/// everything else goes on to the gRPC server. Both kinds hold a connection permit while open.
-fn limited_incoming(
-    listener: TcpListener,
-    connections_max: usize,
-    raft: Raft<TypeConfig>,
-) -> ReceiverStream<std::io::Result<LimitedConnection>> {
-    let (sender, receiver) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(connections_max));
-    tokio::spawn(async move {
-        loop {
-            // The gRPC server dropping its end (shutdown) ends this loop, and with it the listener.
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = sender.closed() => return,
-            };
-            let (stream, permit) = match accepted {
-                Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(permit) => (stream, permit),
-                    Err(_) => {
-                        metrics::counter!("tally_connections_refused_total").increment(1);
-                        continue;
-                    }
-                },
-                Err(error) => {
-                    if sender.send(Err(error)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let to_grpc = sender.clone();
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                match opening(&stream).await {
-                    Opening::Peer => {
-                        match serve_peer_connection(stream, raft).await {
-                            Ok(()) => {}
-                            // Something that is not the peer protocol: a bug or a stranger.
-                            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                                tracing::warn!(%error, "peer connection refused")
-                            }
-                            // A peer that went away, or this replica stopping.
-                            Err(error) => tracing::debug!(%error, "peer connection closed"),
-                        }
-                        drop(permit);
-                    }
-                    Opening::Other => {
-                        let _ = to_grpc.send(Ok(LimitedConnection { stream, _permit: permit })).await;
-                    }
-                    Opening::Undecided => metrics::counter!("tally_connections_silent_total").increment(1),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(receiver)
-}
-
-/// A TCP connection that holds one of the connection permits while it is open.
-#[derive(Debug)]
-pub struct LimitedConnection {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for LimitedConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(context, buffer)
-    }
-}
-
-impl AsyncWrite for LimitedConnection {
-    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(context, buffer)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(context)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(context)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffers: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-impl tonic::transport::server::Connected for LimitedConnection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
 }
 
 #[cfg(test)]
