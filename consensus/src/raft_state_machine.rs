@@ -141,6 +141,10 @@ impl CommitSlot {
         matches!(*self.state.lock().expect("the commit slot lock is never poisoned"), CommitState::Writing)
     }
 
+    fn has_failed(&self) -> bool {
+        matches!(*self.state.lock().expect("the commit slot lock is never poisoned"), CommitState::Failed)
+    }
+
     /// Waits until the writer is done, leaving what it wrote for the lock holder to finish.
     fn wait_until_written(&self) -> MutexGuard<'_, CommitState> {
         let mut state = self.state.lock().expect("the commit slot lock is never poisoned");
@@ -265,6 +269,20 @@ pub struct LedgerViews {
 }
 
 impl LedgerViews {
+    /// Why this store can no longer apply or commit, if it cannot: a commit failed (a storage
+    /// error, never retried: the replica recovers from its log on restart) or a panic broke the
+    /// ledger lock. Health checks ask this; the failure also stops the next apply call.
+    pub fn failure(&self) -> Option<&'static str> {
+        match self.applied.lock() {
+            Err(_) => Some("a panic while applying broke the ledger lock"),
+            Ok(applied) => applied
+                .in_flight
+                .as_ref()
+                .is_some_and(|slot| slot.has_failed())
+                .then_some("a ledger commit failed: the store cannot write"),
+        }
+    }
+
     /// How long applied batches may wait for their commit (default [`DEFERRED_AGE_MAX`]).
     pub fn deferred_age_max(&self) -> Duration {
         Duration::from_millis(self.deferred_age_max_ms.load(Ordering::Relaxed))

@@ -176,6 +176,9 @@ impl Default for GroupCommitSettings {
     }
 }
 
+/// 256 MiB: some seconds of full batches at the leader's highest write rate.
+pub const FREE_BYTES_MIN_DEFAULT: u64 = 256 * 1024 * 1024;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
@@ -183,6 +186,10 @@ pub struct StorageSettings {
     pub cache_bytes: usize,
     /// redb page cache of the Raft log.
     pub log_cache_bytes: usize,
+    /// Free bytes the data directory's file system must keep: below them, the leader refuses new
+    /// writes with RESOURCE_EXHAUSTED naming this setting, before its disk fills (node/src/disk.rs).
+    /// Leave room for a few seconds of full batches and for a snapshot of the ledger.
+    pub free_bytes_min: u64,
 }
 
 impl Default for StorageSettings {
@@ -190,6 +197,7 @@ impl Default for StorageSettings {
         StorageSettings {
             cache_bytes: tally_consensus::CACHE_BYTES_DEFAULT,
             log_cache_bytes: tally_consensus::log_store::LOG_CACHE_BYTES_DEFAULT,
+            free_bytes_min: FREE_BYTES_MIN_DEFAULT,
         }
     }
 }

@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{self, FieldError, Renderer};
+use crate::disk::DiskSpace;
 use crate::group_commit::{Events, GroupCommit, WriteError};
 
 /// Metadata a replica adds to a request it forwards, so that it is never forwarded twice.
@@ -204,6 +205,7 @@ pub struct Gateway {
     group_commit: GroupCommit,
     limits: GatewayLimits,
     in_flight: InFlight,
+    disk: Arc<DiskSpace>,
 }
 
 /// What the gateway admits at once, and per request.
@@ -307,13 +309,19 @@ pub(crate) fn forwarded<T>(request: &Request<T>) -> bool {
 }
 
 impl Gateway {
-    pub fn new(replica: Arc<Replica>, group_commit: GroupCommit, limits: GatewayLimits) -> Gateway {
+    pub fn new(
+        replica: Arc<Replica>,
+        group_commit: GroupCommit,
+        limits: GatewayLimits,
+        disk: Arc<DiskSpace>,
+    ) -> Gateway {
         assert!(limits.events_per_request_max <= EVENTS_PER_BATCH_MAX);
         Gateway {
             replica,
             group_commit,
             in_flight: InFlight::new(limits.requests_in_flight_max, limits.request_bytes_in_flight_max),
             limits,
+            disk,
         }
     }
 
@@ -351,6 +359,9 @@ impl Gateway {
     }
 
     async fn commit(&self, events: Events, deadline: Instant) -> Result<Response<wire::CreateResponse>, Status> {
+        if let Some(reason) = self.disk.below_floor() {
+            return Err(Status::resource_exhausted(reason));
+        }
         let written = match tokio::time::timeout_at(deadline, self.group_commit.submit(events)).await {
             Ok(written) => written,
             Err(_) => {

@@ -9,6 +9,7 @@
 //! - [`connections`]: accepting connections: peers and clients told apart, each within its limit,
 //!   idle clients closed.
 //! - [`convert`]: wire types to ledger types and back, with field-naming errors.
+//! - [`disk`]: the data directory's free space and its floor.
 //! - [`gateway`]: the `LedgerService` any replica serves: writes forwarded to the leader and group
 //!   committed there, linearizable reads.
 //! - [`group_commit`]: the leader's batcher: concurrent requests into one log entry.
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod convert;
+pub mod disk;
 pub mod gateway;
 pub mod group_commit;
 pub mod memory;

@@ -44,9 +44,34 @@ fn keep_freed_memory() {
 
 /// Exit code for a configuration or data directory the replica refuses to start with.
 const EXIT_REFUSED: u8 = 2;
+/// Exit code for a replica that stopped taking part: a storage error (EIO, ENOSPC, a failed fsync)
+/// or a broken invariant. Its log on disk is intact up to the last fsync; it recovers on restart.
+const EXIT_FATAL: u8 = 1;
+
+/// Fail-stop: a panic anywhere (a storage error the ledger store cannot answer for, a broken
+/// invariant) ends the process with one log line, instead of ending one task and leaving a replica
+/// that answers `/health` but no longer takes part. Nothing is retried: a failed fsync may have
+/// dropped the pages it was to write, and only the log on disk, replayed on restart, is trusted.
+fn stop_on_panic() {
+    std::panic::set_hook(Box::new(|panic| {
+        let payload = panic.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        let location = panic.location().map(|at| format!(" at {}:{}", at.file(), at.line())).unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        // stderr rather than the log: it works before logging is set up and from any thread.
+        eprintln!("tally-node: fatal: {message} (thread {thread}{location}); the replica stops");
+        std::process::exit(i32::from(EXIT_FATAL));
+    }));
+}
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    stop_on_panic();
     let arguments = Arguments::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -80,6 +105,8 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(tally_node::run_from_config(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        // `run` has logged it, in one line.
+        Err(tally_node::NodeError::Fatal(_)) => ExitCode::from(EXIT_FATAL),
         Err(error) => {
             eprintln!("tally-node: {error}");
             ExitCode::from(EXIT_REFUSED)

@@ -44,8 +44,27 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Whether the replica can serve: a leader is known and it has applied (nearly) all of its log.
+/// Whether the replica still takes part: its Raft core runs and its ledger store can write. A
+/// replica that fails either is stopping (fail-stop: `run` returns the error, and the process
+/// exits), and must not be reported healthy meanwhile.
+pub fn health(replica: &Replica) -> Result<(), String> {
+    let metrics = replica.raft.metrics();
+    if let Err(fatal) = &metrics.borrow().running_state {
+        return Err(format!("the Raft core stopped: {fatal}"));
+    }
+    // The sender is dropped when the core's task ends, a panic included.
+    if metrics.has_changed().is_err() {
+        return Err("the Raft core stopped".into());
+    }
+    if let Some(failure) = replica.views.failure() {
+        return Err(failure.into());
+    }
+    Ok(())
+}
+
+/// Whether the replica can serve: it is healthy, a leader is known and it has applied (nearly) all of its log.
 pub fn ready(replica: &Replica) -> Result<(), String> {
+    health(replica)?;
     let metrics = replica.raft.metrics().borrow().clone();
     if replica.leader() == Leader::Unknown {
         return Err("no leader is known".into());
@@ -58,7 +77,8 @@ pub fn ready(replica: &Replica) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves `/metrics`, `/health` (the process runs) and `/ready` (it can serve requests).
+/// Serves `/metrics`, `/health` (the replica takes part: [`health`]) and `/ready` (it can serve
+/// requests: [`ready`]).
 pub async fn serve_http(
     listener: TcpListener,
     replica: Arc<Replica>,
@@ -67,7 +87,19 @@ pub async fn serve_http(
     let handle = recorder();
     let router = Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/health",
+            get({
+                let replica = Arc::clone(&replica);
+                move || {
+                    let answer = match health(&replica) {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}\n")),
+                    };
+                    std::future::ready(answer)
+                }
+            }),
+        )
         .route(
             "/ready",
             get(move || {

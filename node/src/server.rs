@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
+use crate::disk::{DiskSpace, watch_free_space};
 use crate::gateway::{Gateway, GatewayLimits, Leader, Replica};
 use crate::group_commit::{Events, GroupCommit};
 use crate::observe;
@@ -44,6 +45,9 @@ pub enum NodeError {
     Raft(String),
     #[error("gRPC server: {0}")]
     Server(String),
+    /// The replica stopped taking part (a storage error, a broken invariant): fail-stop.
+    #[error("fatal: {0}; the replica stopped (it recovers from its log on restart)")]
+    Fatal(String),
 }
 
 /// What a data directory belongs to, written on first start and checked on every start after.
@@ -132,7 +136,14 @@ pub async fn run(
         request_bytes_in_flight_max: config.limits.request_bytes_in_flight_max,
         events_per_request_max: config.group_commit.events_per_batch_max,
     };
-    let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), limits);
+    let disk = DiskSpace::measure(&config.data_directory, config.storage.free_bytes_min).map_err(|source| {
+        NodeError::DataDirectory {
+            path: config.data_directory.display().to_string(),
+            detail: format!("cannot measure free space: {source}"),
+        }
+    })?;
+    let disk = Arc::new(disk);
+    let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), limits, Arc::clone(&disk));
     let admin = Admin::new(Arc::clone(&replica), config.site.clone());
 
     let (stop, stopped) = watch::channel(false);
@@ -146,6 +157,7 @@ pub async fn run(
     tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
     tokio::spawn(snapshot_when_log_grows(raft.clone(), appended, config.raft.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
+    tokio::spawn(watch_free_space(disk, until_stopped()));
     tokio::spawn(crate::scheduling::yield_host_while_following(Arc::clone(&replica), config.scheduling.follower_nice));
     if let Some(listener) = metrics_listener {
         tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
@@ -158,6 +170,20 @@ pub async fn run(
         .build_v1()
         .map_err(|error| NodeError::Server(error.to_string()))?;
     let message_bytes_max = config.limits.message_bytes_max;
+    // The server stops on `shutdown`, or when the replica fails (fail-stop), whichever comes first.
+    let failure = Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let (replica, failure) = (Arc::clone(&replica), Arc::clone(&failure));
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                reason = failed(&replica) => {
+                    health_reporter.set_not_serving::<LedgerServiceServer<Gateway>>().await;
+                    let _ = failure.set(reason);
+                }
+            }
+        }
+    };
     let server = tonic::transport::Server::builder()
         .layer(observe::EdgeLayer { message_bytes_max: config.limits.message_bytes_max })
         .add_service(health_service)
@@ -174,10 +200,36 @@ pub async fn run(
         );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
     let served = server.await;
-    tracing::info!(node = config.node_id, "replica stopping");
     let _ = stop.send(true);
+    if let Some(reason) = failure.get() {
+        tracing::error!(node = config.node_id, "fatal: {reason}; the replica stops");
+        let _ = raft.shutdown().await;
+        return Err(NodeError::Fatal(reason.clone()));
+    }
+    tracing::info!(node = config.node_id, "replica stopping");
     raft.shutdown().await.map_err(|error| NodeError::Raft(error.to_string()))?;
     served.map_err(|error| NodeError::Server(error.to_string()))
+}
+
+/// How often a replica checks, besides on every change of Raft's metrics, that it still takes part.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Completes, with the reason, once the replica fails (`observe::health`).
+async fn failed(replica: &Replica) -> String {
+    let mut metrics = replica.raft.metrics();
+    loop {
+        if let Err(reason) = observe::health(replica) {
+            return reason;
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return "the Raft core stopped".into();
+                }
+            }
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+        }
+    }
 }
 
 /// The member with the lowest id of `initial_members` initialises a new cluster, once: only while

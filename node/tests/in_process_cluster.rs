@@ -69,7 +69,11 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             },
             limits: Limits { request_timeout_ms: 5_000, ..Limits::default() },
             group_commit: group_commit.clone(),
-            storage: StorageSettings { cache_bytes: 8 * 1024 * 1024, log_cache_bytes: 8 * 1024 * 1024 },
+            storage: StorageSettings {
+                cache_bytes: 8 * 1024 * 1024,
+                log_cache_bytes: 8 * 1024 * 1024,
+                ..StorageSettings::default()
+            },
             scheduling: Default::default(),
             memory: Default::default(),
         };

@@ -29,7 +29,11 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         },
         limits: Limits { message_bytes_max: 64 * 1024, ..Limits::default() },
         group_commit: GroupCommitSettings::default(),
-        storage: StorageSettings { cache_bytes: 4 * 1024 * 1024, log_cache_bytes: 4 * 1024 * 1024 },
+        storage: StorageSettings {
+            cache_bytes: 4 * 1024 * 1024,
+            log_cache_bytes: 4 * 1024 * 1024,
+            ..StorageSettings::default()
+        },
         scheduling: Default::default(),
         memory: Default::default(),
     }
@@ -244,5 +248,27 @@ async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
         busy.write_all(&ping).await.unwrap();
         assert!(!closed_within(&mut busy, Duration::from_millis(300)).await, "closed while in use (round {round})");
     }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_writes_below_the_free_space_floor_and_still_answers_reads() {
+    // No file system has u64::MAX / 2 bytes free: the floor is crossed from the start.
+    let node = Running::start(|config| config.storage.free_bytes_min = u64::MAX / 2).await;
+    let mut client = node.client().await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.create_transfers(wire::CreateTransfersRequest { transfers: transfers(1) }),
+    )
+    .await
+    .unwrap()
+    .expect_err("a write below the floor is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("storage.free_bytes_min"), "{}", status.message());
+    let read = client
+        .lookup_accounts(wire::LookupRequest { ids: vec![tally_node::convert::uint128(1).unwrap()] })
+        .await
+        .expect("reads are still served");
+    assert!(read.into_inner().accounts.iter().all(|account| !account.found), "nothing was written");
     node.stop().await;
 }

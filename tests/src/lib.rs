@@ -249,6 +249,35 @@ impl LocalCluster {
         self.launch(id);
     }
 
+    /// A replica's data directory.
+    pub fn data_directory(&self, id: u64) -> PathBuf {
+        assert!(self.replicas.contains_key(&id), "replica {id} is not known");
+        self.directory.path().join(format!("data-{id}"))
+    }
+
+    /// Waits (up to `within`) for a replica to exit on its own; returns its exit status, or `None`
+    /// if it is still running then.
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let replica = self.replicas.get_mut(&id).expect("a known replica");
+        let child = replica.child.as_mut().expect("the replica is running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("the child can be waited for") {
+                replica.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A replica's whole log (stdout and stderr).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.replicas[&id].log_path).unwrap_or_default()
+    }
+
     /// Adds a replica that is not a member yet (to be added as a learner); returns its id.
     pub fn add_replica(&mut self, site: &str) -> u64 {
         let id = self.replicas.keys().max().copied().unwrap_or(0) + 1;
