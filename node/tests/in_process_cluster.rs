@@ -329,3 +329,56 @@ async fn reqwest_like_get(address: &str, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// A request carrying the mark a replica puts on a call it forwards.
+fn marked<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("x-tally-forwarded", tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// A call marked as forwarded is never forwarded again: a follower that receives one (its sender's
+/// view of the leader was stale) answers UNAVAILABLE naming the leader, for admin calls as for
+/// ledger calls, and the same calls unmarked are forwarded once and served by the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_is_not_forwarded_again() {
+    let cluster = start_cluster(3).await;
+    let mut admin = cluster.admin(0).await;
+    let leader = loop {
+        let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
+        if status.leader_id != 0 {
+            break status.leader_id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Replica ids are their index + 1.
+    let follower = (0..3).find(|index| *index as u64 + 1 != leader).unwrap();
+    let learner = wire::AddLearnerRequest { node_id: 9, address: "127.0.0.1:9".into(), site: "x".into() };
+    let mut follower_admin = cluster.admin(follower).await;
+    let refused = follower_admin.add_learner(marked(learner.clone())).await.expect_err("not forwarded twice");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains(&format!("the leader is {leader}")), "{}", refused.message());
+    let voters = wire::ChangeMembershipRequest { voters: vec![1, 2, 3], retain_as_learners: false };
+    let refused = follower_admin.change_membership(marked(voters)).await.expect_err("not forwarded twice");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+
+    let mut follower_ledger = cluster.ledger(follower).await;
+    let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
+    let refused = follower_ledger
+        .create_ledgers(marked(wire::CreateLedgersRequest { ledgers: vec![ledger.clone()] }))
+        .await
+        .expect_err("not forwarded twice");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+
+    // Unmarked, the follower forwards each once and the leader serves it.
+    let added = follower_admin.add_learner(learner).await.expect("forwarded to the leader").into_inner();
+    assert_eq!(added.leader_id, leader);
+    assert!(added.learners.contains(&9), "{added:?}");
+    let created = follower_ledger
+        .create_ledgers(wire::CreateLedgersRequest { ledgers: vec![ledger] })
+        .await
+        .expect("forwarded to the leader")
+        .into_inner();
+    assert_eq!(created.results, ok_codes(1));
+    cluster.stop().await;
+}
