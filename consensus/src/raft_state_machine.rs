@@ -271,10 +271,13 @@ pub struct LedgerViews {
 impl LedgerViews {
     /// Why this store can no longer apply or commit, if it cannot: a commit failed (a storage
     /// error, never retried: the replica recovers from its log on restart) or a panic broke the
-    /// ledger lock. Health checks ask this; the failure also stops the next apply call.
+    /// ledger lock. Health checks ask this; the failure also stops the next apply call. It never
+    /// waits for the ledger lock (apply holds it for milliseconds at a time): a lock that is busy
+    /// is in use, not broken, and the next check looks again.
     pub fn failure(&self) -> Option<&'static str> {
-        match self.applied.lock() {
-            Err(_) => Some("a panic while applying broke the ledger lock"),
+        match self.applied.try_lock() {
+            Err(std::sync::TryLockError::Poisoned(_)) => Some("a panic while applying broke the ledger lock"),
+            Err(std::sync::TryLockError::WouldBlock) => None,
             Ok(applied) => applied
                 .in_flight
                 .as_ref()

@@ -211,23 +211,18 @@ pub async fn run(
     served.map_err(|error| NodeError::Server(error.to_string()))
 }
 
-/// How often a replica checks, besides on every change of Raft's metrics, that it still takes part.
+/// How often a replica checks that it still takes part (`observe::health`). Not on every change
+/// of Raft's metrics: those come with every applied batch, and the check looks at the ledger lock.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Completes, with the reason, once the replica fails (`observe::health`).
 async fn failed(replica: &Replica) -> String {
-    let mut metrics = replica.raft.metrics();
+    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        interval.tick().await;
         if let Err(reason) = observe::health(replica) {
             return reason;
-        }
-        tokio::select! {
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return "the Raft core stopped".into();
-                }
-            }
-            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
         }
     }
 }

@@ -26,36 +26,38 @@ fn runner() -> (TestRunner, u64) {
     (TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)), seed)
 }
 
+/// Converts each event and counts the ones that convert; an error must name the field of the event
+/// it is about (`{prefix}[{index}].…`).
+fn convert_each<W, E>(
+    events: &[W],
+    prefix: &str,
+    convert: impl Fn(&W, usize) -> Result<E, tally_node::convert::FieldError>,
+) -> usize {
+    let mut converted = 0;
+    for (index, event) in events.iter().enumerate() {
+        match convert(event, index) {
+            Ok(_) => converted += 1,
+            Err(error) => assert!(
+                error.field.starts_with(&format!("{prefix}[{index}].")),
+                "{error} does not name {prefix}[{index}]"
+            ),
+        }
+    }
+    converted
+}
+
 /// Decodes `bytes` as every request the gateway converts and converts what decodes; counts the
-/// events converted. An error must name the field of the event it is about.
+/// events converted.
 fn convert_all(bytes: &[u8]) -> usize {
     let mut converted = 0;
-    let named = |error: &tally_node::convert::FieldError, prefix: &str, index: usize| {
-        assert!(error.field.starts_with(&format!("{prefix}[{index}].")), "{error} does not name {prefix}[{index}]");
-    };
     if let Ok(request) = wire::CreateTransfersRequest::decode(bytes) {
-        for (index, transfer) in request.transfers.iter().enumerate() {
-            match new_transfer(transfer, index) {
-                Ok(_) => converted += 1,
-                Err(error) => named(&error, "transfers", index),
-            }
-        }
+        converted += convert_each(&request.transfers, "transfers", new_transfer);
     }
     if let Ok(request) = wire::CreateAccountsRequest::decode(bytes) {
-        for (index, account) in request.accounts.iter().enumerate() {
-            match new_account(account, index) {
-                Ok(_) => converted += 1,
-                Err(error) => named(&error, "accounts", index),
-            }
-        }
+        converted += convert_each(&request.accounts, "accounts", new_account);
     }
     if let Ok(request) = wire::CreateLedgersRequest::decode(bytes) {
-        for (index, ledger) in request.ledgers.iter().enumerate() {
-            match new_ledger(ledger, index) {
-                Ok(_) => converted += 1,
-                Err(error) => named(&error, "ledgers", index),
-            }
-        }
+        converted += convert_each(&request.ledgers, "ledgers", new_ledger);
     }
     if let Ok(request) = wire::AccountTransfersRequest::decode(bytes) {
         let _ = account_transfers_filter(&request);
