@@ -223,7 +223,9 @@ follower_nice = 5
 pretouch_bytes = 805306368
 TOML
     # Each replica in its own session, as scripts/cluster.sh starts them (follower_nice needs it).
-    setsid "$ROOT/target/release/tally-node" --config "$directory/node-$index.toml" >"$directory/node-$index.log" 2>&1 &
+    # Replica 1 bootstraps the new cluster (the directory is fresh for every run).
+    local bootstrap=""; ((index == 1)) && bootstrap="--bootstrap"
+    setsid "$ROOT/target/release/tally-node" --config "$directory/node-$index.toml" $bootstrap >"$directory/node-$index.log" 2>&1 &
     TALLY_PIDS+=($!)
     PIDS+=($!)
     TALLY_ENDPOINTS+="${TALLY_ENDPOINTS:+,}127.0.0.1:$((7300 + index))"

@@ -56,8 +56,18 @@ build() {
   (cd "$ROOT" && cargo build --release --locked -p tally-node --bin tally-node)
 }
 
+# A new cluster: no replica has a data directory yet (identity.toml is its first file).
+new_cluster() {
+  local node
+  for node in "${NODES[@]}"; do
+    [[ -e $STATE/data-$node/identity.toml ]] && return 1
+  done
+  return 0
+}
+
+# start_node N [--bootstrap]
 start_node() {
-  local node=$1
+  local node=$1 bootstrap=${2:-}
   if running_pid "$node" >/dev/null; then
     echo "replica $node is already running (pid $(running_pid "$node"))"
     return
@@ -65,7 +75,7 @@ start_node() {
   mkdir -p "$STATE"
   # Its own session: the replica outlives this script and the terminal that ran it.
   cd "$ROOT"
-  setsid "$BINARY" --config "$CONFIGS/node-$node.toml" >>"$(log_file "$node")" 2>&1 </dev/null &
+  setsid "$BINARY" --config "$CONFIGS/node-$node.toml" $bootstrap >>"$(log_file "$node")" 2>&1 </dev/null &
   echo $! >"$(pid_file "$node")"
   echo "replica $node started (pid $!, log $(log_file "$node"))"
 }
@@ -123,7 +133,14 @@ command=${1:-}
 case $command in
   up)
     build
-    for node in "${NODES[@]}"; do start_node "$node"; done
+    # Bootstrapping is explicit and happens once: replica 1 starts the cluster only when no data
+    # directory exists. A replica that lost its data is never bootstrapped again; its peers refuse
+    # it, and it must come back under a new id (README, "Replacing a replica").
+    bootstrap=""
+    if new_cluster; then bootstrap="--bootstrap"; echo "new cluster: replica 1 bootstraps it"; fi
+    for node in "${NODES[@]}"; do
+      if [[ $node == 1 ]]; then start_node "$node" $bootstrap; else start_node "$node"; fi
+    done
     wait_ready "${NODES[@]}"
     ;;
   down) stop_all ;;

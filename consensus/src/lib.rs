@@ -13,6 +13,8 @@
 //!   files written when a peer needs one.
 //! - [`snapshot_data`]: a snapshot's bytes for openraft, written from a ledger view when first read.
 //! - [`network`]: openraft's RPCs over framed TCP on the replica's gRPC port, client and server.
+//! - [`peer_identity`]: who is at the other end of a peer connection; incarnations, so that a
+//!   replica that lost its data never takes part under its old id.
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod blocking;
@@ -20,6 +22,7 @@ pub mod direct_io;
 pub mod ledger_store;
 pub mod log_store;
 pub mod network;
+pub mod peer_identity;
 pub mod raft_state_machine;
 pub mod snapshot_data;
 pub mod types;

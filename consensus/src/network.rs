@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::peer_identity::{HELLO_BYTES_MAX, Hello, PeerIdentity, Refusal};
 use crate::types::{NodeId, PeerNode, TypeConfig, decode, encode};
 
 /// The first bytes of every peer connection. A gRPC client's first bytes are HTTP/2's preface
@@ -117,15 +118,17 @@ impl Method {
     }
 }
 
-/// Makes clients to peers, sharing one pool of connections per peer address.
-#[derive(Debug, Default, Clone)]
+/// Makes clients to peers, sharing one pool of connections per peer (id and address: a replacement
+/// may come back at the old address under a new id).
+#[derive(Debug, Clone)]
 pub struct PeerNetwork {
-    pools: HashMap<String, Arc<ConnectionPool>>,
+    identity: Arc<PeerIdentity>,
+    pools: HashMap<(NodeId, String), Arc<ConnectionPool>>,
 }
 
 impl PeerNetwork {
-    pub fn new() -> PeerNetwork {
-        PeerNetwork::default()
+    pub fn new(identity: Arc<PeerIdentity>) -> PeerNetwork {
+        PeerNetwork { identity, pools: HashMap::new() }
     }
 }
 
@@ -133,10 +136,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
+        let identity = &self.identity;
         let pool = self
             .pools
-            .entry(node.address.clone())
-            .or_insert_with(|| Arc::new(ConnectionPool::new(node.address.clone())))
+            .entry((target, node.address.clone()))
+            .or_insert_with(|| Arc::new(ConnectionPool::new(target, node.address.clone(), Arc::clone(identity))))
             .clone();
         PeerClient { target, node: node.clone(), pool }
     }
@@ -212,16 +216,18 @@ impl CallError {
     }
 }
 
-/// Idle connections to one peer address.
+/// Idle connections to one peer.
 #[derive(Debug)]
 struct ConnectionPool {
+    target: NodeId,
     address: String,
+    identity: Arc<PeerIdentity>,
     idle: Mutex<Vec<PeerConnection>>,
 }
 
 impl ConnectionPool {
-    fn new(address: String) -> ConnectionPool {
-        ConnectionPool { address, idle: Mutex::new(Vec::new()) }
+    fn new(target: NodeId, address: String, identity: Arc<PeerIdentity>) -> ConnectionPool {
+        ConnectionPool { target, address, identity, idle: Mutex::new(Vec::new()) }
     }
 
     async fn exchange(&self, method: Method, body: &[u8]) -> Result<Vec<u8>, CallError> {
@@ -232,7 +238,8 @@ impl ConnectionPool {
             self.give_back(connection);
             return Ok(response);
         }
-        let mut connection = PeerConnection::connect(&self.address).await.map_err(CallError::Connect)?;
+        let mut connection =
+            PeerConnection::connect(&self.address, self.target, &self.identity).await.map_err(CallError::Connect)?;
         metrics::counter!("tally_peer_connections_opened_total").increment(1);
         let response = connection.exchange(method, body).await.map_err(CallError::Exchange)?;
         self.give_back(connection);
@@ -254,14 +261,29 @@ struct PeerConnection {
 }
 
 impl PeerConnection {
-    async fn connect(address: &str) -> io::Result<PeerConnection> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await.map_err(|_| {
+    /// Dials `target` at `address` and exchanges hellos ([`crate::peer_identity`]) within
+    /// [`CONNECT_TIMEOUT`]; a refused hello fails the connection.
+    async fn connect(address: &str, target: NodeId, identity: &PeerIdentity) -> io::Result<PeerConnection> {
+        let opened = async {
+            let stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+            let hello = encode(&identity.hello(target));
+            let mut opening = PEER_PROTOCOL_MAGIC.to_vec();
+            opening.extend_from_slice(&body_length(hello.len())?.to_le_bytes());
+            write_frame(stream.get_mut(), &opening, &hello).await?;
+            let answer = read_body_at_most(&mut stream, HELLO_BYTES_MAX).await?;
+            let answer: Result<Hello, Refusal> =
+                decode(&answer, "a peer's hello").map_err(|error| refuse(error.to_string()))?;
+            answer
+                .and_then(|hello| identity.check(&hello, Some(target)))
+                .inspect_err(|refusal| identity.refused(refusal, target))
+                .map_err(|refusal| io::Error::new(io::ErrorKind::PermissionDenied, refusal.to_string()))?;
+            Ok(PeerConnection { stream })
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, opened).await.map_err(|_| {
             io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {address} took over {CONNECT_TIMEOUT:?}"))
-        })??;
-        stream.set_nodelay(true)?;
-        let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
-        stream.get_mut().write_all(&PEER_PROTOCOL_MAGIC).await?;
-        Ok(PeerConnection { stream })
+        })?
     }
 
     async fn exchange(&mut self, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
@@ -302,11 +324,16 @@ async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, header: &[u8], body:
 /// word, and a header claiming 64 MiB must not make this replica reserve 64 MiB before a byte of
 /// it has come.
 async fn read_body<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
+    read_body_at_most(reader, RAFT_MESSAGE_BYTES_MAX).await
+}
+
+/// [`read_body`] with a smaller limit than a Raft message's.
+async fn read_body_at_most<R: AsyncRead + Unpin>(reader: &mut R, limit: usize) -> io::Result<Vec<u8>> {
     let length = reader.read_u32_le().await? as usize;
-    if length > RAFT_MESSAGE_BYTES_MAX {
+    if length > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a peer sent a message of {length} bytes, over the limit of {RAFT_MESSAGE_BYTES_MAX}"),
+            format!("a peer sent a message of {length} bytes, over the limit of {limit}"),
         ));
     }
     let mut body = Vec::new();
@@ -501,12 +528,13 @@ pub struct PeerServerLimits {
 pub async fn serve_peer_connection<S>(
     stream: S,
     raft: openraft::Raft<TypeConfig>,
+    identity: &PeerIdentity,
     limits: PeerServerLimits,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_frames(stream, |method, body| {
+    serve_frames(stream, identity, |method, body| {
         let raft = raft.clone();
         async move { answer(&raft, method, &body, limits).await }
     })
@@ -628,18 +656,31 @@ fn reply<T: Serialize, E: Serialize>(result: &Result<T, RaftError<NodeId, E>>) -
     Ok(encode(result))
 }
 
-/// The server's framing: checks the magic, then answers requests one after another with `handle`.
-async fn serve_frames<S, H, F>(stream: S, mut handle: H) -> io::Result<()>
+/// The server's framing: checks the magic and the dialer's hello (answering with this replica's, or
+/// with the refusal), then answers requests one after another with `handle`.
+async fn serve_frames<S, H, F>(stream: S, identity: &PeerIdentity, mut handle: H) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Method, Vec<u8>) -> F,
     F: Future<Output = io::Result<Vec<u8>>>,
 {
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
-    let mut magic = [0u8; PEER_PROTOCOL_MAGIC.len()];
-    stream.read_exact(&mut magic).await?;
-    if magic != PEER_PROTOCOL_MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Tally peer connection"));
+    let hello = tokio::time::timeout(OPENING_TIMEOUT, async {
+        let mut magic = [0u8; PEER_PROTOCOL_MAGIC.len()];
+        stream.read_exact(&mut magic).await?;
+        if magic != PEER_PROTOCOL_MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Tally peer connection"));
+        }
+        let hello = read_body_at_most(&mut stream, HELLO_BYTES_MAX).await?;
+        decode::<Hello>(&hello, "a peer's hello").map_err(|error| refuse(error.to_string()))
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no hello within {OPENING_TIMEOUT:?}")))??;
+    let answer = identity.check(&hello, None).map(|()| identity.hello(hello.node_id));
+    let encoded = encode(&answer);
+    write_frame(stream.get_mut(), &body_length(encoded.len())?.to_le_bytes(), &encoded).await?;
+    if let Err(refusal) = answer {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal.to_string()));
     }
     loop {
         let request = tokio::time::timeout(PEER_CONNECTION_IDLE_MAX, async {
@@ -671,10 +712,21 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::peer_identity::Incarnation;
+
+    /// Node 1 (the dialer) and node 2 (the server) of cluster "test", in `directory`.
+    fn identities(directory: &tempfile::TempDir) -> (Arc<PeerIdentity>, Arc<PeerIdentity>) {
+        let open = |id: NodeId| {
+            let path = directory.path().join(id.to_string());
+            std::fs::create_dir_all(&path).unwrap();
+            Arc::new(PeerIdentity::open(&path, "test", id, Incarnation::random().unwrap()).unwrap())
+        };
+        (open(1), open(2))
+    }
 
     /// A peer that answers each body with itself reversed, closing each connection after
     /// `answers_per_connection` answers; counts the connections it accepted.
-    async fn reversing_peer(answers_per_connection: usize) -> (String, Arc<AtomicUsize>) {
+    async fn reversing_peer(answers_per_connection: usize, identity: Arc<PeerIdentity>) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -683,9 +735,10 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
+                let identity = Arc::clone(&identity);
                 tokio::spawn(async move {
                     let mut answered = 0;
-                    let _ = serve_frames(stream, |_, mut body| {
+                    let _ = serve_frames(stream, &identity, |_, mut body| {
                         answered += 1;
                         let last = answered > answers_per_connection;
                         body.reverse();
@@ -702,8 +755,10 @@ mod tests {
 
     #[tokio::test]
     async fn calls_reuse_one_connection_and_redial_once_it_is_closed() {
-        let (address, accepted) = reversing_peer(2).await;
-        let pool = ConnectionPool::new(address);
+        let directory = tempfile::tempdir().unwrap();
+        let (dialer, server) = identities(&directory);
+        let (address, accepted) = reversing_peer(2, server).await;
+        let pool = ConnectionPool::new(2, address, dialer);
         for round in 0..5u8 {
             let answer = pool.exchange(Method::Vote, &[round, 1, 2]).await.unwrap();
             assert_eq!(answer, [2, 1, round]);
@@ -718,11 +773,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let refused = ConnectionPool::new(address).exchange(Method::Vote, b"x").await.unwrap_err();
+        let directory = tempfile::tempdir().unwrap();
+        let (dialer, server) = identities(&directory);
+        let refused =
+            ConnectionPool::new(2, address, Arc::clone(&dialer)).exchange(Method::Vote, b"x").await.unwrap_err();
         assert!(matches!(refused.into_rpc_error::<RaftError<NodeId>>(), RPCError::Unreachable(_)));
 
-        let (address, _) = reversing_peer(0).await;
-        let broken = ConnectionPool::new(address).exchange(Method::Vote, b"x").await.unwrap_err();
+        let (address, _) = reversing_peer(0, server).await;
+        let broken = ConnectionPool::new(2, address, dialer).exchange(Method::Vote, b"x").await.unwrap_err();
         assert!(matches!(broken.into_rpc_error::<RaftError<NodeId>>(), RPCError::Network(_)));
     }
 
@@ -732,9 +790,11 @@ mod tests {
     async fn a_call_past_its_deadline_is_a_network_error_and_drops_its_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
+        let directory = tempfile::tempdir().unwrap();
+        let (dialer, server) = identities(&directory);
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let _ = serve_frames(stream, |_, body| async move {
+            let _ = serve_frames(stream, &server, |_, body| async move {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(body)
             })
@@ -743,7 +803,7 @@ mod tests {
         let mut client = PeerClient {
             target: 2,
             node: PeerNode { address: address.clone(), site: "a".into() },
-            pool: Arc::new(ConnectionPool::new(address)),
+            pool: Arc::new(ConnectionPool::new(2, address, dialer)),
         };
         let request = VoteRequest { vote: openraft::Vote::new(1, 1), last_log_id: None };
         let started = std::time::Instant::now();
@@ -858,19 +918,71 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_refuses_a_connection_without_the_magic_or_with_an_unknown_method() {
-        let (client, server) = tokio::io::duplex(1024);
-        let serving = tokio::spawn(serve_frames(server, |_, body| async move { Ok(body) }));
-        let mut client = client;
+    async fn a_server_refuses_a_connection_without_the_magic_or_hello_or_with_an_unknown_method() {
+        let directory = tempfile::tempdir().unwrap();
+        let (dialer, server) = identities(&directory);
+        let serve = |stream| {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move { serve_frames(stream, &server, |_, body| async move { Ok(body) }).await })
+        };
+        let (mut client, stream) = tokio::io::duplex(1024);
+        let serving = serve(stream);
         client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
         assert_eq!(serving.await.unwrap().unwrap_err().kind(), io::ErrorKind::InvalidData);
 
-        let (mut client, server) = tokio::io::duplex(1024);
-        let serving = tokio::spawn(serve_frames(server, |_, body| async move { Ok(body) }));
+        // The magic, then a Raft request where the hello should be.
+        let (mut client, stream) = tokio::io::duplex(1024);
+        let serving = serve(stream);
         client.write_all(&PEER_PROTOCOL_MAGIC).await.unwrap();
+        client.write_all(&frame(Method::Vote, b"no hello")[1..]).await.unwrap();
+        assert_eq!(serving.await.unwrap().unwrap_err().kind(), io::ErrorKind::InvalidData);
+
+        let (mut client, stream) = tokio::io::duplex(1024);
+        let serving = serve(stream);
+        let hello = encode(&dialer.hello(2));
+        client.write_all(&PEER_PROTOCOL_MAGIC).await.unwrap();
+        client.write_all(&u32::try_from(hello.len()).unwrap().to_le_bytes()).await.unwrap();
+        client.write_all(&hello).await.unwrap();
+        let answer: Result<Hello, Refusal> = decode(&read_body(&mut client).await.unwrap(), "hello").unwrap();
+        assert_eq!(answer, Ok(server.hello(1)));
         client.write_all(&[9, 0, 0, 0, 0]).await.unwrap();
         let error = serving.await.unwrap().unwrap_err();
         assert!(error.to_string().contains("unknown peer method 9"), "{error}");
+    }
+
+    /// A replica restarted under its old id on an empty data directory is refused, and stops, on
+    /// the first connection either way.
+    #[tokio::test]
+    async fn a_replica_whose_incarnation_changed_is_refused_both_ways_and_stops() {
+        let directory = tempfile::tempdir().unwrap();
+        let (one, two) = identities(&directory);
+        let (address, _) = reversing_peer(1, Arc::clone(&two)).await;
+        ConnectionPool::new(2, address.clone(), Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap();
+        assert_eq!(one.remembered(2), Some(two.incarnation()));
+        assert_eq!(two.remembered(1), Some(one.incarnation()));
+
+        // Node 1 wiped dials node 2, which remembers it: refused, and node 1 learns why.
+        let wiped = tempfile::tempdir().unwrap();
+        let one_wiped = Arc::new(PeerIdentity::open(wiped.path(), "test", 1, Incarnation::random().unwrap()).unwrap());
+        let error = ConnectionPool::new(2, address.clone(), Arc::clone(&one_wiped))
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
+        assert!(matches!(error.into_rpc_error::<RaftError<NodeId>>(), RPCError::Unreachable(_)));
+        assert!(
+            one_wiped.stop_reason().unwrap().contains("tallyctl cluster remove 1"),
+            "{:?}",
+            one_wiped.stop_reason()
+        );
+        assert_eq!(two.stop_reason(), None);
+
+        // Node 1 (intact) dials node 2 wiped: node 2 stops, node 1 does not talk to it.
+        let two_wiped = Arc::new(PeerIdentity::open(wiped.path(), "test", 2, Incarnation::random().unwrap()).unwrap());
+        let (address, _) = reversing_peer(1, Arc::clone(&two_wiped)).await;
+        let error = ConnectionPool::new(2, address, Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap_err();
+        assert!(format!("{error:?}").contains("incarnation"), "{error:?}");
+        assert!(two_wiped.stop_reason().is_some());
+        assert_eq!(one.stop_reason(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use openraft::{Config, Raft, SnapshotPolicy};
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
 use tally_consensus::network::{PeerNetwork, PeerServerLimits, serve_peer_connection};
+use tally_consensus::peer_identity::{Incarnation, PeerIdentity};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::types::{ApplyResponse, LogPayload, PeerNode, TypeConfig};
 use tally_state_machine::codec::encode_batch;
@@ -54,7 +55,9 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let log = RedbLogStore::open(&directory.path().join("raft-log.redb"), LOG_CACHE_BYTES_DEFAULT).unwrap();
     let state_machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     let views = state_machine.views();
-    let raft = Raft::new(id, config, PeerNetwork::new(), log, state_machine).await.unwrap();
+    let incarnation = Incarnation::random().unwrap();
+    let identity = Arc::new(PeerIdentity::open(directory.path(), "replication", id, incarnation).unwrap());
+    let raft = Raft::new(id, config, PeerNetwork::new(Arc::clone(&identity)), log, state_machine).await.unwrap();
     let (stop_server, mut stopped) = oneshot::channel::<()>();
     let serving = raft.clone();
     tokio::spawn(async move {
@@ -63,7 +66,8 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
                 accepted = listener.accept() => {
                     let (stream, _) = accepted.unwrap();
                     let limits = PeerServerLimits { snapshot_bytes_max: u64::MAX };
-                    tokio::spawn(serve_peer_connection(stream, serving.clone(), limits));
+                    let (serving, identity) = (serving.clone(), Arc::clone(&identity));
+                    tokio::spawn(async move { serve_peer_connection(stream, serving, &identity, limits).await });
                 }
                 _ = &mut stopped => return,
             }

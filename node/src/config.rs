@@ -25,10 +25,15 @@ pub struct NodeConfig {
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
     pub data_directory: PathBuf,
-    /// The voters a new cluster starts with. The member with the lowest id bootstraps the cluster
-    /// once, when its log is empty; afterwards membership changes only through the admin API.
+    /// The voters a new cluster starts with, once one of them is started with `--bootstrap`;
+    /// afterwards membership changes only through the admin API.
     #[serde(default)]
     pub initial_members: Vec<Member>,
+    /// Initialise a new cluster of `initial_members` (`tally-node --bootstrap`): once per cluster,
+    /// on one member whose log is empty. Never read from the file, so that no config left in place
+    /// can make a replica that lost its data start a second cluster.
+    #[serde(skip)]
+    pub bootstrap: bool,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use openraft::Raft;
 use tally_consensus::network::{Opening, PeerServerLimits, Replayed, read_opening, serve_peer_connection};
+use tally_consensus::peer_identity::PeerIdentity;
 use tally_consensus::types::TypeConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +45,7 @@ pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
     raft: Raft<TypeConfig>,
+    identity: Arc<PeerIdentity>,
 ) -> ReceiverStream<std::io::Result<ClientConnection>> {
     let (sender, receiver) = mpsc::channel(64);
     let openings = Arc::new(Semaphore::new(OPENING_CONNECTIONS_MAX));
@@ -70,8 +72,8 @@ pub fn accept(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (to_grpc, raft, peers, clients) =
-                (sender.clone(), raft.clone(), Arc::clone(&peers), Arc::clone(&clients));
+            let (to_grpc, raft, identity, peers, clients) =
+                (sender.clone(), raft.clone(), Arc::clone(&identity), Arc::clone(&peers), Arc::clone(&clients));
             tokio::spawn(async move {
                 let mut stream = stream;
                 let (kind, prefix) = read_opening(&mut stream).await;
@@ -79,7 +81,7 @@ pub fn accept(
                 let stream = Replayed::new(prefix, stream);
                 match kind {
                     Opening::Peer => match peers.try_acquire_owned() {
-                        Ok(permit) => serve_peer(stream, raft, limits.peer_server, permit).await,
+                        Ok(permit) => serve_peer(stream, raft, &identity, limits.peer_server, permit).await,
                         Err(_) => refused("peer"),
                     },
                     Opening::Other => match clients.try_acquire_owned() {
@@ -104,13 +106,17 @@ fn refused(kind: &'static str) {
 async fn serve_peer(
     stream: Replayed<TcpStream>,
     raft: Raft<TypeConfig>,
+    identity: &PeerIdentity,
     limits: PeerServerLimits,
     permit: OwnedSemaphorePermit,
 ) {
-    match serve_peer_connection(stream, raft, limits).await {
+    match serve_peer_connection(stream, raft, identity, limits).await {
         Ok(()) => {}
-        // Something that is not the peer protocol: a bug or a stranger.
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+        // Something that is not the peer protocol (a bug or a stranger), or a peer whose hello
+        // was refused (another cluster, a wrong address, a replica that lost its data).
+        Err(error)
+            if matches!(error.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::PermissionDenied) =>
+        {
             tracing::warn!(%error, "peer connection refused")
         }
         // A peer that went away, or this replica stopping.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use openraft::Raft;
 use tally_consensus::LedgerReadView;
+use tally_consensus::peer_identity::PeerIdentity;
 use tally_consensus::raft_state_machine::{LedgerViews, consensus_record};
 use tally_consensus::types::TypeConfig;
 use tally_proto::v1 as wire;
@@ -53,6 +54,8 @@ pub struct Replica {
     pub request_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
     message_bytes_max: usize,
+    /// This replica on the peer protocol: what says it must stop after losing its data.
+    pub identity: Arc<PeerIdentity>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -68,8 +71,10 @@ impl Replica {
         views: LedgerViews,
         request_timeout: Duration,
         message_bytes_max: usize,
+        identity: Arc<PeerIdentity>,
     ) -> Replica {
-        Replica { node_id, raft, views, request_timeout, channels: Mutex::new(HashMap::new()), message_bytes_max }
+        let channels = Mutex::new(HashMap::new());
+        Replica { node_id, raft, views, request_timeout, channels, message_bytes_max, identity }
     }
 
     pub fn leader(&self) -> Leader {

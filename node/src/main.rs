@@ -1,4 +1,4 @@
-//! `tally-node --config <file>`: one Tally replica. Everything but argument parsing, logging and
+//! `tally-node --config <file> [--bootstrap]`: one Tally replica. Everything but argument parsing, logging and
 //! signals lives in the library, so that tests can run replicas in-process.
 
 use std::path::PathBuf;
@@ -17,6 +17,10 @@ struct Arguments {
     /// the local cluster, whose configs leave it off).
     #[arg(long, env = "TALLY_PRETOUCH_BYTES")]
     pretouch_bytes: Option<usize>,
+    /// Initialise a new cluster of the config's `initial_members`: once per cluster, on one member,
+    /// with every data directory empty. Ignored by a replica that is already part of a cluster.
+    #[arg(long)]
+    bootstrap: bool,
 }
 
 /// mimalloc rather than glibc's malloc: batches of thousands of transfers make buffers of
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_REFUSED);
         }
     };
+    config.bootstrap = arguments.bootstrap;
     if let Some(bytes) = arguments.pretouch_bytes {
         config.memory.pretouch_bytes = bytes;
     }

@@ -59,6 +59,9 @@ pub fn health(replica: &Replica) -> Result<(), String> {
     if let Some(failure) = replica.views.failure() {
         return Err(failure.into());
     }
+    if let Some(reason) = replica.identity.stop_reason() {
+        return Err(reason.into());
+    }
     Ok(())
 }
 

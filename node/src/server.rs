@@ -11,6 +11,7 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
 use tally_consensus::network::PeerNetwork;
+use tally_consensus::peer_identity::{Incarnation, PeerIdentity, write_durably};
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::types::{PeerNode, TypeConfig};
 use tally_proto::v1::admin_service_server::AdminServiceServer;
@@ -51,35 +52,46 @@ pub enum NodeError {
 }
 
 /// What a data directory belongs to, written on first start and checked on every start after.
+/// The incarnation is random, made with the directory: peers tell by it a replica that kept its
+/// data from one that lost it (`tally_consensus::peer_identity`).
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Identity {
     cluster_name: String,
     node_id: u64,
+    /// Absent in directories made before incarnations existed; added on their next start.
+    incarnation: Option<Incarnation>,
 }
 
-fn check_identity(directory: &Path, config: &NodeConfig) -> Result<(), NodeError> {
+/// Checks (or, on first start, writes) the data directory's identity and returns its incarnation.
+fn check_identity(directory: &Path, config: &NodeConfig) -> Result<Incarnation, NodeError> {
     let error = |detail: String| NodeError::DataDirectory { path: directory.display().to_string(), detail };
     std::fs::create_dir_all(directory).map_err(|source| error(source.to_string()))?;
     let path = directory.join(IDENTITY_FILE);
-    let expected = Identity { cluster_name: config.cluster_name.clone(), node_id: config.node_id };
-    match std::fs::read_to_string(&path) {
+    let found = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let found: Identity =
                 toml::from_str(&text).map_err(|source| error(format!("{IDENTITY_FILE} is damaged: {source}")))?;
-            if found != expected {
+            if found.cluster_name != config.cluster_name || found.node_id != config.node_id {
                 return Err(error(format!(
                     "belongs to node {} of cluster {:?}, not node {} of cluster {:?}; refusing to start",
-                    found.node_id, found.cluster_name, expected.node_id, expected.cluster_name
+                    found.node_id, found.cluster_name, config.node_id, config.cluster_name
                 )));
             }
-            Ok(())
+            found.incarnation
         }
-        Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
-            let text = toml::to_string(&expected).expect("an identity serialises");
-            std::fs::write(&path, text).map_err(|source| error(source.to_string()))
-        }
-        Err(source) => Err(error(source.to_string())),
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(error(source.to_string())),
+    };
+    if let Some(incarnation) = found {
+        return Ok(incarnation);
     }
+    let incarnation = Incarnation::random().map_err(|source| error(source.to_string()))?;
+    let identity =
+        Identity { cluster_name: config.cluster_name.clone(), node_id: config.node_id, incarnation: Some(incarnation) };
+    let text = toml::to_string(&identity).expect("an identity serialises");
+    write_durably(&path, text.as_bytes()).map_err(|source| error(source.to_string()))?;
+    tracing::info!(node = config.node_id, %incarnation, "data directory created");
+    Ok(incarnation)
 }
 
 /// Binds the configured addresses and runs until `shutdown` completes.
@@ -107,7 +119,13 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     config.validate()?;
     observe::recorder();
-    check_identity(&config.data_directory, &config)?;
+    let incarnation = check_identity(&config.data_directory, &config)?;
+    let identity = PeerIdentity::open(&config.data_directory, &config.cluster_name, config.node_id, incarnation)
+        .map_err(|source| NodeError::DataDirectory {
+            path: config.data_directory.display().to_string(),
+            detail: source.to_string(),
+        })?;
+    let identity = Arc::new(identity);
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
         .map_err(NodeError::Storage)?;
     let appended = log.appended_bytes();
@@ -117,7 +135,7 @@ pub async fn run(
     state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);
-    let raft = Raft::new(config.node_id, openraft_config, PeerNetwork::new(), log, state_machine)
+    let raft = Raft::new(config.node_id, openraft_config, PeerNetwork::new(Arc::clone(&identity)), log, state_machine)
         .await
         .map_err(|error| NodeError::Raft(error.to_string()))?;
     bootstrap(&raft, &config).await?;
@@ -128,6 +146,7 @@ pub async fn run(
         views.clone(),
         config.request_timeout(),
         config.limits.message_bytes_max,
+        Arc::clone(&identity),
     ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let group_commit = GroupCommit::start(raft.clone(), views, Arc::clone(&clock), config.group_commit.clone());
@@ -195,7 +214,7 @@ pub async fn run(
         )
         .add_service(AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(
-            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone()),
+            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone(), identity),
             shutdown,
         );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
@@ -227,14 +246,23 @@ async fn failed(replica: &Replica) -> String {
     }
 }
 
-/// The member with the lowest id of `initial_members` initialises a new cluster, once: only while
-/// its log is empty and no vote was ever cast.
+/// Initialises a new cluster of `initial_members`, when asked to (`tally-node --bootstrap`, once
+/// per cluster, on one member). Never by default: a replica that lost its data would otherwise
+/// find its log empty and start a second cluster. A replica whose log is not empty is already
+/// part of a cluster and ignores the flag.
 async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), NodeError> {
-    let lowest = config.initial_members.iter().map(|member| member.id).min();
-    if lowest != Some(config.node_id)
-        || raft.is_initialized().await.map_err(|error| NodeError::Raft(error.to_string()))?
-    {
+    if !config.bootstrap {
         return Ok(());
+    }
+    if raft.is_initialized().await.map_err(|error| NodeError::Raft(error.to_string()))? {
+        tracing::info!(node = config.node_id, "--bootstrap ignored: this replica is already part of a cluster");
+        return Ok(());
+    }
+    if !config.initial_members.iter().any(|member| member.id == config.node_id) {
+        return Err(NodeError::Raft(format!(
+            "--bootstrap: node {} is not one of initial_members, so it cannot start their cluster",
+            config.node_id
+        )));
     }
     let members: BTreeMap<u64, PeerNode> = config
         .initial_members

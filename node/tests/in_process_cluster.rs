@@ -61,6 +61,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             metrics_address: Some(metrics.local_addr().unwrap()),
             data_directory: directory.path().join(format!("node-{}", index + 1)),
             initial_members: members.clone(),
+            bootstrap: index == 0,
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
                 election_timeout_min_ms: 300,

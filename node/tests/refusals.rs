@@ -21,6 +21,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         metrics_address: None,
         data_directory: directory.to_owned(),
         initial_members: vec![Member { id: 1, address: address.to_string(), site: "a".into() }],
+        bootstrap: true,
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 150,
@@ -205,7 +206,10 @@ async fn clients_above_their_limit_are_closed_while_peers_are_still_served() {
 
     // The peer protocol has its own limit: a vote request is answered while clients are full.
     let peer = tally_consensus::types::PeerNode { address: node.address.to_string(), site: "a".into() };
-    let mut network = tally_consensus::network::PeerNetwork::new();
+    let peer_directory = tempfile::tempdir().unwrap();
+    let incarnation = tally_consensus::peer_identity::Incarnation::random().unwrap();
+    let identity = tally_consensus::peer_identity::PeerIdentity::open(peer_directory.path(), "bounds", 2, incarnation);
+    let mut network = tally_consensus::network::PeerNetwork::new(std::sync::Arc::new(identity.unwrap()));
     let mut peer_client = network.new_client(1, &peer).await;
     let request = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 2), None);
     let answer = tokio::time::timeout(

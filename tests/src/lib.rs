@@ -156,9 +156,10 @@ impl LocalCluster {
         initial_members.push_str("]\n");
         let mut cluster = LocalCluster { directory, replicas, settings, initial_members };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
-        for id in ids {
+        for &id in &ids {
             cluster.write_config(id, true);
-            cluster.launch(id);
+            // One member, once, starts the cluster: as the README's scripts do.
+            cluster.launch(id, id == ids[0]);
         }
         cluster
     }
@@ -186,7 +187,7 @@ impl LocalCluster {
         std::fs::write(&replica.config_path, config).expect("the config is written");
     }
 
-    fn launch(&mut self, id: u64) {
+    fn launch(&mut self, id: u64, bootstrap: bool) {
         let binary = node_binary();
         let replica = self.replicas.get_mut(&id).expect("a known replica");
         assert!(replica.child.is_none(), "replica {id} is already running");
@@ -200,9 +201,11 @@ impl LocalCluster {
         } else {
             Command::new(binary)
         };
+        command.arg("--config").arg(&replica.config_path);
+        if bootstrap {
+            command.arg("--bootstrap");
+        }
         let child = command
-            .arg("--config")
-            .arg(&replica.config_path)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log handle"))
@@ -246,7 +249,18 @@ impl LocalCluster {
     }
 
     pub fn restart(&mut self, id: u64) {
-        self.launch(id);
+        self.launch(id, false);
+    }
+
+    /// Restarts a replica with `--bootstrap`, as an operator who passes it on every start would.
+    pub fn restart_bootstrapping(&mut self, id: u64) {
+        self.launch(id, true);
+    }
+
+    /// Deletes a stopped replica's data directory: a lost volume.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(self.replicas[&id].child.is_none(), "replica {id} is running");
+        std::fs::remove_dir_all(self.data_directory(id)).expect("the data directory is removed");
     }
 
     /// A replica's data directory.
@@ -296,7 +310,7 @@ impl LocalCluster {
         };
         self.replicas.insert(id, replica);
         self.write_config(id, false);
-        self.launch(id);
+        self.launch(id, false);
         id
     }
 

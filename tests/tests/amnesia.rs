@@ -1,0 +1,159 @@
+//! No amnesia: a replica restarted under its old id on an empty data directory (a lost volume)
+//! never takes part again; it is refused by its peers and stops, naming the replacement procedure,
+//! which works. Bootstrapping is explicit, so a wiped lowest id starts no second cluster.
+
+use std::time::{Duration, Instant};
+
+use tally_proto::v1 as wire;
+use tally_tests::{LocalCluster, Settings, create_ledger_and_accounts, retry, serialised, transfer, uint128};
+
+const ACCOUNTS: u128 = 10;
+const LEADER_WITHIN: Duration = Duration::from_secs(30);
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+/// A wiped replica is refused on its first peer connection, which comes within a heartbeat or an
+/// election timeout; then its health check (every 250 ms) stops it.
+const REFUSED_WITHIN: Duration = Duration::from_secs(20);
+
+/// Writes `count` transfers of 1.00 from account 1 to account 2, ids from `first`, one request
+/// each, through `via`; every one is acknowledged.
+async fn write(cluster: &LocalCluster, via: u64, first: u128, count: u128) {
+    let client = cluster.ledger(via).await;
+    for id in first..first + count {
+        let response = retry(|| {
+            let mut client = client.clone();
+            async move {
+                let transfers = vec![transfer(id, 1, 2, "1.00")];
+                client.create_transfers(wire::CreateTransfersRequest { transfers }).await
+            }
+        })
+        .await;
+        assert!(
+            response
+                .results
+                .iter()
+                .all(|code| *code == wire::ResultCode::Ok as i32 || *code == wire::ResultCode::Exists as i32),
+            "{:?}",
+            response.results
+        );
+    }
+}
+
+/// Account 2's posted credits through `via`, in whole units.
+async fn credited(cluster: &LocalCluster, via: u64) -> String {
+    let mut client = cluster.ledger(via).await;
+    let request = wire::LookupRequest { ids: vec![uint128(2).unwrap()] };
+    let accounts = client.lookup_accounts(request).await.unwrap().into_inner().accounts;
+    accounts[0].account.as_ref().expect("account 2 exists").credits_posted.clone()
+}
+
+/// Restarts replica `id` on an empty data directory and waits for it to stop, refused.
+fn assert_refused_after_wipe(cluster: &mut LocalCluster, id: u64, bootstrapping: bool) {
+    cluster.kill(id);
+    cluster.wipe(id);
+    if bootstrapping {
+        cluster.restart_bootstrapping(id);
+    } else {
+        cluster.restart(id);
+    }
+    let status = cluster.wait_exit(id, REFUSED_WITHIN);
+    let log = cluster.log(id);
+    let status = status.unwrap_or_else(|| panic!("wiped replica {id} still runs; its log:\n{log}"));
+    assert_eq!(status.code(), Some(1), "a refused replica exits 1; its log:\n{log}");
+    assert!(log.contains("must not take part under its old id"), "{log}");
+    assert!(log.contains(&format!("tallyctl cluster remove {id}")), "the log names the replacement procedure:\n{log}");
+    assert!(log.contains("under a new node id"), "{log}");
+}
+
+async fn wait_caught_up(
+    admin: &mut tally_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    id: u64,
+) {
+    let deadline = Instant::now() + CONVERGE_WITHIN;
+    loop {
+        let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
+        let lag = status.nodes.iter().find(|node| node.id == id).and_then(|node| node.replication_lag);
+        if lag.is_some_and(|lag| lag <= 2) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica {id} did not catch up: {lag:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() {
+    let _turn = serialised().await;
+    let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
+    write(&cluster, leader, 1, 20).await;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
+
+    assert_refused_after_wipe(&mut cluster, wiped, false);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    write(&cluster, leader, 21, 10).await;
+    assert_eq!(credited(&cluster, leader).await, "30.00");
+
+    // The documented replacement: remove the old id, add a new one as a learner, promote it.
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != wiped).collect();
+    let mut admin = cluster.admin(leader).await;
+    let removed = admin
+        .change_membership(wire::ChangeMembershipRequest { voters: survivors.clone(), retain_as_learners: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.voters, survivors);
+    let replacement = cluster.add_replica("c");
+    admin
+        .add_learner(wire::AddLearnerRequest {
+            node_id: replacement,
+            address: cluster.address(replacement),
+            site: "c".into(),
+        })
+        .await
+        .expect("the replacement is added as a learner");
+    wait_caught_up(&mut admin, replacement).await;
+    let voters = [survivors.clone(), vec![replacement]].concat();
+    let promoted = admin
+        .change_membership(wire::ChangeMembershipRequest { voters: voters.clone(), retain_as_learners: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(promoted.voters, voters);
+    write(&cluster, leader, 31, 10).await;
+    cluster.wait_converged(&voters, CONVERGE_WITHIN).await;
+    assert_eq!(credited(&cluster, replacement).await, "40.00");
+
+    // With the replacement a voter, one of the old ones can go down: the majority holds.
+    let down = survivors.into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill(down);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    write(&cluster, leader, 41, 5).await;
+    assert_eq!(credited(&cluster, replacement).await, "45.00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_lowest_id_starts_no_second_cluster_even_when_told_to_bootstrap() {
+    let _turn = serialised().await;
+    let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
+    write(&cluster, leader, 1, 20).await;
+    cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
+
+    // As a script that does not pass --bootstrap would restart it.
+    assert_refused_after_wipe(&mut cluster, 1, false);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    assert_ne!(leader, 1);
+    write(&cluster, leader, 21, 5).await;
+
+    // An operator who passes --bootstrap on every start: node 1 makes itself a new cluster's
+    // member, but its peers refuse it as soon as it asks for their votes.
+    assert_refused_after_wipe(&mut cluster, 1, true);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    write(&cluster, leader, 26, 5).await;
+    cluster.wait_converged(&[2, 3], CONVERGE_WITHIN).await;
+    assert_eq!(credited(&cluster, 2).await, "30.00");
+    assert_eq!(credited(&cluster, 3).await, "30.00");
+}
