@@ -72,6 +72,7 @@ const LAST_PURGED: &str = "last_purged";
 pub struct RedbLogStore {
     database: Arc<Database>,
     appended: AppendedBytes,
+    held: HeldIndex,
     /// Entries with an index below this are purged, whether deleted yet or not.
     purged_below: Arc<AtomicU64>,
     purger: Arc<Purger>,
@@ -212,6 +213,24 @@ impl AppendedBytes {
     }
 }
 
+/// The highest log index this replica has held on disk: its last entry once fsynced, or the last
+/// one a snapshot covers. It never goes down (a truncation removes only uncommitted entries, which
+/// no peer counts as acknowledged); peers compare it with what they saw it acknowledge
+/// (`peer_identity`), so it must never be above what is durable.
+#[derive(Clone, Debug, Default)]
+pub struct HeldIndex(Arc<AtomicU64>);
+
+impl HeldIndex {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Raises it to `index` once `index` is durable (an entry fsynced, a snapshot installed).
+    pub fn raise(&self, index: u64) {
+        self.0.fetch_max(index, Ordering::AcqRel);
+    }
+}
+
 fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: impl Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(error.to_string())).into()
 }
@@ -238,6 +257,7 @@ impl RedbLogStore {
         let store = RedbLogStore {
             database,
             appended: AppendedBytes::default(),
+            held: HeldIndex::default(),
             purged_below: Arc::new(AtomicU64::new(0)),
             purger: Arc::new(purger),
             committed_unwritten: Arc::new(Mutex::new(None)),
@@ -248,6 +268,10 @@ impl RedbLogStore {
         if let Some(last_purged) = last_purged {
             store.purged_below.store(last_purged.index + 1, Ordering::Release);
             store.purger.delete_up_to(last_purged.index);
+            store.held.raise(last_purged.index);
+        }
+        if let Some(last) = store.last_entry_log_id().map_err(|error| error.to_string())? {
+            store.held.raise(last.index);
         }
         Ok(store)
     }
@@ -267,6 +291,11 @@ impl RedbLogStore {
     /// The count of bytes appended since the log was opened.
     pub fn appended_bytes(&self) -> AppendedBytes {
         self.appended.clone()
+    }
+
+    /// The highest log index held on disk, kept current as entries are fsynced.
+    pub fn held_index(&self) -> HeldIndex {
+        self.held.clone()
     }
 
     /// Writes one state record, durably (fsync) or to be made durable by the next durable commit.
@@ -301,8 +330,9 @@ impl RedbLogStore {
     fn prepare_append(
         &self,
         entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<(redb::WriteTransaction, usize), StorageError> {
+    ) -> Result<(redb::WriteTransaction, usize, Option<u64>), StorageError> {
         let failed = logs_error(ErrorVerb::Write);
+        let mut last_index = None;
         let mut transaction = self.database.begin_write().map_err(|error| failed(&error))?;
         transaction.set_durability(Durability::Immediate).map_err(|error| failed(&error))?;
         let mut bytes_appended = 0;
@@ -312,6 +342,7 @@ impl RedbLogStore {
                 let bytes = encode(&entry);
                 table.insert(entry.log_id.index, bytes.as_slice()).map_err(|error| failed(&error))?;
                 bytes_appended += bytes.len();
+                last_index = Some(entry.log_id.index);
             }
             let committed = self.committed_unwritten.lock().expect("the commit index lock is never poisoned").take();
             if let Some(committed) = committed {
@@ -320,7 +351,7 @@ impl RedbLogStore {
             }
         }
         self.appended.add(bytes_appended);
-        Ok((transaction, bytes_appended))
+        Ok((transaction, bytes_appended, last_index))
     }
 
     /// Removes the entries with indexes from `index` on.
@@ -406,10 +437,13 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (transaction, bytes_appended) = self.prepare_append(entries)?;
+        let (transaction, bytes_appended, last_index) = self.prepare_append(entries)?;
         // The entries are on disk (fsynced) once commit returns; only then may openraft act on them.
         let long = bytes_appended >= crate::blocking::LONG_WORK_BYTES_MIN;
         let result = crate::blocking::blocking_when(long, || transaction.commit());
+        if let (Ok(_), Some(last_index)) = (&result, last_index) {
+            self.held.raise(last_index);
+        }
         callback
             .log_io_completed(result.as_ref().map(|_| ()).map_err(|error| std::io::Error::other(error.to_string())));
         result.map_err(|error| logs_error(ErrorVerb::Write)(&error))
@@ -426,6 +460,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         })?;
         self.purged_below.fetch_max(log_id.index + 1, Ordering::AcqRel);
         self.purger.delete_up_to(log_id.index);
+        self.held.raise(log_id.index);
         Ok(())
     }
 }
@@ -487,7 +522,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("raft-log.redb");
         let mut store = RedbLogStore::open(&path, LOG_CACHE_BYTES_DEFAULT).unwrap();
-        let (transaction, _) = store.prepare_append([entry(1), entry(2)]).unwrap();
+        let (transaction, _, _) = store.prepare_append([entry(1), entry(2)]).unwrap();
         transaction.commit().unwrap();
         store.save_committed(Some(entry(2).log_id)).await.unwrap();
         // In this process at once; on disk only with the next append.
@@ -497,7 +532,7 @@ mod tests {
         assert_eq!(reopened.read_committed().await.unwrap(), None, "lost with the process: only smaller, as allowed");
 
         reopened.save_committed(Some(entry(2).log_id)).await.unwrap();
-        let (transaction, _) = reopened.prepare_append([entry(3)]).unwrap();
+        let (transaction, _, _) = reopened.prepare_append([entry(3)]).unwrap();
         transaction.commit().unwrap();
         drop(reopened);
         let mut reopened = RedbLogStore::open(&path, LOG_CACHE_BYTES_DEFAULT).unwrap();

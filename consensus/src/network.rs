@@ -712,6 +712,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::log_store::HeldIndex;
     use crate::peer_identity::Incarnation;
 
     /// Node 1 (the dialer) and node 2 (the server) of cluster "test", in `directory`.
@@ -719,7 +720,9 @@ mod tests {
         let open = |id: NodeId| {
             let path = directory.path().join(id.to_string());
             std::fs::create_dir_all(&path).unwrap();
-            Arc::new(PeerIdentity::open(&path, "test", id, Incarnation::random().unwrap()).unwrap())
+            Arc::new(
+                PeerIdentity::open(&path, "test", id, Incarnation::random().unwrap(), HeldIndex::default()).unwrap(),
+            )
         };
         (open(1), open(2))
     }
@@ -963,7 +966,9 @@ mod tests {
 
         // Node 1 wiped dials node 2, which remembers it: refused, and node 1 learns why.
         let wiped = tempfile::tempdir().unwrap();
-        let one_wiped = Arc::new(PeerIdentity::open(wiped.path(), "test", 1, Incarnation::random().unwrap()).unwrap());
+        let one_wiped = Arc::new(
+            PeerIdentity::open(wiped.path(), "test", 1, Incarnation::random().unwrap(), HeldIndex::default()).unwrap(),
+        );
         let error = ConnectionPool::new(2, address.clone(), Arc::clone(&one_wiped))
             .exchange(Method::Vote, b"x")
             .await
@@ -977,7 +982,9 @@ mod tests {
         assert_eq!(two.stop_reason(), None);
 
         // Node 1 (intact) dials node 2 wiped: node 2 stops, node 1 does not talk to it.
-        let two_wiped = Arc::new(PeerIdentity::open(wiped.path(), "test", 2, Incarnation::random().unwrap()).unwrap());
+        let two_wiped = Arc::new(
+            PeerIdentity::open(wiped.path(), "test", 2, Incarnation::random().unwrap(), HeldIndex::default()).unwrap(),
+        );
         let (address, _) = reversing_peer(1, Arc::clone(&two_wiped)).await;
         let error = ConnectionPool::new(2, address, Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap_err();
         assert!(format!("{error:?}").contains("incarnation"), "{error:?}");

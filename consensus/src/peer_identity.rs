@@ -16,6 +16,14 @@
 //! procedure (come back under a new id). New members and new clusters have nothing remembered
 //! against them and are accepted on first contact.
 //!
+//! An *older copy* of a data directory (restored from a backup or a volume snapshot) keeps its
+//! incarnation, so hellos also carry the sender's [`HeldIndex`] and the index up to which the
+//! sender saw the receiver acknowledge committed entries. A leader records, about once a second,
+//! each member's acknowledged index (the lesser of what it matched and what the leader applied:
+//! committed entries, which no new leader ever truncates); a replica that holds less than was seen
+//! acknowledged has lost committed entries and is stopped the same way. What was acknowledged since
+//! the last record escapes this check, so a copy less than about a second old may pass it.
+//!
 //! Must never: send or answer a Raft request on a connection whose hellos were not both accepted;
 //! accept an incarnation for a member before it is on disk (a restart would forget it).
 
@@ -28,6 +36,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::log_store::HeldIndex;
 use crate::types::NodeId;
 
 /// The largest hello or hello answer a replica reads: names and ids, nothing more.
@@ -89,6 +98,10 @@ pub struct Hello {
     pub to_node_id: NodeId,
     /// The receiver's incarnation as the sender remembers it, if it has met it before.
     pub to_incarnation: Option<Incarnation>,
+    /// The highest log index the sender holds on disk.
+    pub held_index: u64,
+    /// The index up to which the sender saw the receiver acknowledge committed entries (0: never).
+    pub to_acknowledged: u64,
 }
 
 /// Why a hello was not accepted; the answer sent back instead of one.
@@ -103,6 +116,11 @@ pub enum Refusal {
          its data directory is not the one it acknowledged entries from"
     )]
     IncarnationChanged { node: NodeId, remembered: Incarnation, presented: Incarnation },
+    #[error(
+        "node {node} was seen to acknowledge committed log entries up to index {acknowledged} and holds entries \
+         only up to index {held}: its data directory is an older copy (restored from a backup or a volume snapshot)"
+    )]
+    LogBehind { node: NodeId, acknowledged: u64, held: u64 },
     #[error("node {node} cannot take part: {reason}")]
     Stopped { node: NodeId, reason: String },
 }
@@ -114,45 +132,64 @@ pub struct PeerIdentity {
     node_id: NodeId,
     incarnation: Incarnation,
     known_path: PathBuf,
-    known: Mutex<BTreeMap<NodeId, Incarnation>>,
+    known: Mutex<Known>,
+    held: HeldIndex,
     /// Set once this replica must stop taking part; read by the node's health check.
     stop_reason: OnceLock<String>,
 }
 
+/// What this replica remembers of its peers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Known {
+    incarnations: BTreeMap<NodeId, Incarnation>,
+    /// The index up to which each member was seen to acknowledge committed entries.
+    acknowledged: BTreeMap<NodeId, u64>,
+}
+
 /// `peers.toml`: keys are node ids (TOML keys are strings).
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct KnownIncarnations {
+struct KnownFile {
     incarnations: BTreeMap<String, Incarnation>,
+    #[serde(default)]
+    acknowledged: BTreeMap<String, u64>,
+}
+
+fn by_node_id<T>(path: &Path, map: BTreeMap<String, T>) -> io::Result<BTreeMap<NodeId, T>> {
+    map.into_iter()
+        .map(|(id, value)| {
+            id.parse::<NodeId>().map(|id| (id, value)).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} names node {id:?}, which is not a node id", path.display()),
+                )
+            })
+        })
+        .collect()
 }
 
 impl PeerIdentity {
     /// Opens the identity of the replica whose data directory is `directory`, reading what it
     /// remembers of its peers.
+    /// remembers of its peers. `held` is its log's [`HeldIndex`].
     pub fn open(
         directory: &Path,
         cluster_name: &str,
         node_id: NodeId,
         incarnation: Incarnation,
+        held: HeldIndex,
     ) -> io::Result<PeerIdentity> {
         let known_path = directory.join(KNOWN_INCARNATIONS_FILE);
         let known = match std::fs::read_to_string(&known_path) {
             Ok(text) => {
-                let file: KnownIncarnations = toml::from_str(&text).map_err(|error| {
+                let file: KnownFile = toml::from_str(&text).map_err(|error| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("{} is damaged: {error}", known_path.display()))
                 })?;
-                file.incarnations
-                    .into_iter()
-                    .map(|(id, incarnation)| {
-                        id.parse::<NodeId>().map(|id| (id, incarnation)).map_err(|_| {
-                            io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{} names node {id:?}, which is not a node id", known_path.display()),
-                            )
-                        })
-                    })
-                    .collect::<io::Result<_>>()?
+                Known {
+                    incarnations: by_node_id(&known_path, file.incarnations)?,
+                    acknowledged: by_node_id(&known_path, file.acknowledged)?,
+                }
             }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Known::default(),
             Err(error) => return Err(error),
         };
         Ok(PeerIdentity {
@@ -161,8 +198,14 @@ impl PeerIdentity {
             incarnation,
             known_path,
             known: Mutex::new(known),
+            held,
             stop_reason: OnceLock::new(),
         })
+    }
+
+    /// This replica's own log's held index (raised by the node as entries are applied).
+    pub fn held_index(&self) -> &HeldIndex {
+        &self.held
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -175,7 +218,35 @@ impl PeerIdentity {
 
     /// The incarnation remembered for `node`, if this replica has met it.
     pub fn remembered(&self, node: NodeId) -> Option<Incarnation> {
-        self.known.lock().unwrap_or_else(PoisonError::into_inner).get(&node).copied()
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).incarnations.get(&node).copied()
+    }
+
+    /// The index up to which `node` was seen to acknowledge committed entries (0: never).
+    pub fn acknowledged(&self, node: NodeId) -> u64 {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).acknowledged.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Records (durably) what a leader saw its members acknowledge: pairs of member and the index
+    /// up to which it holds committed entries. Writes only when one went up. A failed write stops
+    /// this replica, as any storage error does.
+    pub fn record_acknowledged(&self, acknowledged: impl IntoIterator<Item = (NodeId, u64)>) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut updated = known.clone();
+        for (node, index) in acknowledged {
+            if node != self.node_id {
+                let recorded = updated.acknowledged.entry(node).or_insert(0);
+                *recorded = (*recorded).max(index);
+            }
+        }
+        if updated == *known {
+            return;
+        }
+        match self.write_known(&updated) {
+            Ok(()) => *known = updated,
+            Err(error) => {
+                let _ = self.stop_reason.set(format!("{}: cannot be written: {error}", self.known_path.display()));
+            }
+        }
     }
 
     /// Why this replica must stop taking part, once it must.
@@ -191,6 +262,8 @@ impl PeerIdentity {
             incarnation: self.incarnation,
             to_node_id: to,
             to_incarnation: self.remembered(to),
+            held_index: self.held.get(),
+            to_acknowledged: self.acknowledged(to),
         }
     }
 
@@ -218,20 +291,31 @@ impl PeerIdentity {
             self.stop_for(&refusal, hello.node_id);
             return Err(refusal);
         }
+        let held = self.held.get();
+        if hello.to_acknowledged > held {
+            let refusal = Refusal::LogBehind { node: self.node_id, acknowledged: hello.to_acknowledged, held };
+            self.stop_for(&refusal, hello.node_id);
+            return Err(refusal);
+        }
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        match known.get(&hello.node_id) {
+        let acknowledged = known.acknowledged.get(&hello.node_id).copied().unwrap_or(0);
+        if acknowledged > hello.held_index {
+            return Err(Refusal::LogBehind { node: hello.node_id, acknowledged, held: hello.held_index });
+        }
+        match known.incarnations.get(&hello.node_id) {
             Some(&remembered) if remembered == hello.incarnation => Ok(()),
             Some(&remembered) => {
                 Err(Refusal::IncarnationChanged { node: hello.node_id, remembered, presented: hello.incarnation })
             }
             None => {
-                known.insert(hello.node_id, hello.incarnation);
-                if let Err(error) = self.write_known(&known) {
-                    known.remove(&hello.node_id);
+                let mut updated = known.clone();
+                updated.incarnations.insert(hello.node_id, hello.incarnation);
+                if let Err(error) = self.write_known(&updated) {
                     let reason = format!("cannot record node {}'s incarnation: {error}", hello.node_id);
                     let _ = self.stop_reason.set(format!("{}: {reason}", self.known_path.display()));
                     return Err(Refusal::Stopped { node: self.node_id, reason });
                 }
+                *known = updated;
                 tracing::info!(node = hello.node_id, incarnation = %hello.incarnation, "met a member for the first time");
                 Ok(())
             }
@@ -241,7 +325,7 @@ impl PeerIdentity {
     /// Takes in a peer's refusal of this replica's hello: one that says this replica's incarnation
     /// changed stops it.
     pub fn refused(&self, refusal: &Refusal, by: NodeId) {
-        if let Refusal::IncarnationChanged { node, .. } = refusal
+        if let Refusal::IncarnationChanged { node, .. } | Refusal::LogBehind { node, .. } = refusal
             && *node == self.node_id
         {
             self.stop_for(refusal, by);
@@ -258,12 +342,14 @@ impl PeerIdentity {
         ));
     }
 
-    fn write_known(&self, known: &BTreeMap<NodeId, Incarnation>) -> io::Result<()> {
-        let file = KnownIncarnations {
-            incarnations: known.iter().map(|(id, incarnation)| (id.to_string(), *incarnation)).collect(),
+    fn write_known(&self, known: &Known) -> io::Result<()> {
+        let file = KnownFile {
+            incarnations: known.incarnations.iter().map(|(id, incarnation)| (id.to_string(), *incarnation)).collect(),
+            acknowledged: known.acknowledged.iter().map(|(id, index)| (id.to_string(), *index)).collect(),
         };
         let text = format!(
-            "# The incarnation this replica first saw for each member; a member presenting another is refused.\n{}",
+            "# What this replica remembers of each member: the incarnation it first saw (a member presenting\n\
+             # another is refused) and the index up to which it saw it acknowledge committed entries.\n{}",
             toml::to_string(&file).map_err(io::Error::other)?
         );
         write_durably(&self.known_path, text.as_bytes())
@@ -289,7 +375,42 @@ mod tests {
     use super::*;
 
     fn identity(directory: &Path, node_id: NodeId, incarnation: u128) -> PeerIdentity {
-        PeerIdentity::open(directory, "test", node_id, Incarnation(incarnation)).unwrap()
+        PeerIdentity::open(directory, "test", node_id, Incarnation(incarnation), HeldIndex::default()).unwrap()
+    }
+
+    fn holding(directory: &Path, node_id: NodeId, incarnation: u128, held: u64) -> PeerIdentity {
+        let index = HeldIndex::default();
+        index.raise(held);
+        PeerIdentity::open(directory, "test", node_id, Incarnation(incarnation), index).unwrap()
+    }
+
+    #[test]
+    fn a_replica_holding_less_than_it_was_seen_to_acknowledge_is_refused_and_stops() {
+        let (leader_directory, follower_directory) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = identity(leader_directory.path(), 1, 10);
+        let follower = holding(follower_directory.path(), 2, 20, 500);
+        assert_eq!(leader.check(&follower.hello(1), None), Ok(()));
+        leader.record_acknowledged([(2, 400), (1, 900)]);
+        assert_eq!((leader.acknowledged(2), leader.acknowledged(1)), (400, 0), "only peers are recorded");
+        let leader = identity(leader_directory.path(), 1, 10);
+        assert_eq!(leader.acknowledged(2), 400, "recorded on disk");
+        leader.record_acknowledged([(2, 300)]);
+        assert_eq!(leader.acknowledged(2), 400, "never lowered");
+
+        // An older copy of node 2's directory: the same incarnation, entries up to 350 only.
+        let copy = holding(tempfile::tempdir().unwrap().path(), 2, 20, 350);
+        let refusal = leader.check(&copy.hello(1), None).unwrap_err();
+        assert_eq!(refusal, Refusal::LogBehind { node: 2, acknowledged: 400, held: 350 });
+        copy.refused(&refusal, 1);
+        assert!(copy.stop_reason().unwrap().contains("older copy"), "{:?}", copy.stop_reason());
+        let dialed_copy = holding(tempfile::tempdir().unwrap().path(), 2, 20, 350);
+        assert!(matches!(dialed_copy.check(&leader.hello(2), Some(1)), Err(Refusal::LogBehind { node: 2, .. })));
+        assert!(dialed_copy.stop_reason().is_some(), "a copy told by its peer's hello stops itself");
+
+        // The intact follower (it holds more than it acknowledged) is accepted both ways.
+        assert_eq!(leader.check(&follower.hello(1), None), Ok(()));
+        assert_eq!(follower.check(&leader.hello(2), Some(1)), Ok(()));
+        assert_eq!(leader.stop_reason(), None);
     }
 
     #[test]
@@ -340,7 +461,8 @@ mod tests {
     #[test]
     fn other_clusters_and_misaddressed_nodes_are_refused_and_not_remembered() {
         let one = identity(tempfile::tempdir().unwrap().path(), 1, 10);
-        let stranger = PeerIdentity::open(tempfile::tempdir().unwrap().path(), "other", 2, Incarnation(20)).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let stranger = PeerIdentity::open(other.path(), "other", 2, Incarnation(20), HeldIndex::default()).unwrap();
         assert!(matches!(one.check(&stranger.hello(1), None), Err(Refusal::OtherCluster { .. })));
         let two = identity(tempfile::tempdir().unwrap().path(), 2, 20);
         assert_eq!(one.check(&two.hello(3), None), Err(Refusal::OtherNode { ours: 1, addressed: 3 }));

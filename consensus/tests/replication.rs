@@ -56,7 +56,8 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let state_machine = LedgerStateMachine::open(directory.path(), CACHE_BYTES).unwrap();
     let views = state_machine.views();
     let incarnation = Incarnation::random().unwrap();
-    let identity = Arc::new(PeerIdentity::open(directory.path(), "replication", id, incarnation).unwrap());
+    let identity =
+        Arc::new(PeerIdentity::open(directory.path(), "replication", id, incarnation, log.held_index()).unwrap());
     let raft = Raft::new(id, config, PeerNetwork::new(Arc::clone(&identity)), log, state_machine).await.unwrap();
     let (stop_server, mut stopped) = oneshot::channel::<()>();
     let serving = raft.clone();

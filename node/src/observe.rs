@@ -128,6 +128,8 @@ pub async fn watch_raft(replica: Arc<Replica>) {
         metrics::gauge!("tally_raft_term").set(metrics.current_term as f64);
         metrics::gauge!("tally_raft_last_log_index").set(metrics.last_log_index.unwrap_or(0) as f64);
         metrics::gauge!("tally_raft_applied_index").set(metrics.last_applied.map_or(0, |log_id| log_id.index) as f64);
+        // Applied entries came from the log on disk or from a snapshot installed on disk.
+        replica.identity.held_index().raise(metrics.last_applied.map_or(0, |log_id| log_id.index));
         metrics::gauge!("tally_raft_is_leader").set(if metrics.state == ServerState::Leader { 1.0 } else { 0.0 });
         // The leader's reads see committed batches only, so it commits sooner; followers serve no reads.
         replica.views.set_deferred_age_max(if metrics.state == ServerState::Leader {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
+use openraft::storage::RaftStateMachine;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
 use tally_consensus::network::PeerNetwork;
@@ -120,17 +121,21 @@ pub async fn run(
     config.validate()?;
     observe::recorder();
     let incarnation = check_identity(&config.data_directory, &config)?;
-    let identity = PeerIdentity::open(&config.data_directory, &config.cluster_name, config.node_id, incarnation)
-        .map_err(|source| NodeError::DataDirectory {
-            path: config.data_directory.display().to_string(),
-            detail: source.to_string(),
-        })?;
-    let identity = Arc::new(identity);
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
         .map_err(NodeError::Storage)?;
     let appended = log.appended_bytes();
     let mut state_machine =
         LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
+    // What this replica holds: its log, or a snapshot installed past it.
+    let held = log.held_index();
+    let (applied, _) = state_machine.applied_state().await.map_err(|error| NodeError::Storage(error.to_string()))?;
+    held.raise(applied.map_or(0, |log_id| log_id.index));
+    let identity = PeerIdentity::open(&config.data_directory, &config.cluster_name, config.node_id, incarnation, held)
+        .map_err(|source| NodeError::DataDirectory {
+            path: config.data_directory.display().to_string(),
+            detail: source.to_string(),
+        })?;
+    let identity = Arc::new(identity);
     state_machine.defer_commits();
     state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
@@ -177,6 +182,7 @@ pub async fn run(
     tokio::spawn(snapshot_when_log_grows(raft.clone(), appended, config.raft.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
     tokio::spawn(watch_free_space(disk, until_stopped()));
+    tokio::spawn(record_acknowledged(raft.clone(), Arc::clone(&replica.identity), until_stopped()));
     tokio::spawn(crate::scheduling::yield_host_while_following(Arc::clone(&replica), config.scheduling.follower_nice));
     if let Some(listener) = metrics_listener {
         tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
@@ -276,6 +282,27 @@ async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), N
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(error) => Err(NodeError::Raft(format!("bootstrap failed: {error}"))),
     }
+}
+
+/// How often a leader records what its members acknowledged (`PeerIdentity::record_acknowledged`):
+/// one small fsynced write a second at most, and only when something was acknowledged since.
+const ACKNOWLEDGED_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// On the leader, records for each member the index up to which it holds committed entries: the
+/// lesser of what it matched and what the leader applied (applied entries are committed, and a
+/// committed entry is never truncated from a log that holds it).
+async fn record_acknowledged(raft: Raft<TypeConfig>, identity: Arc<PeerIdentity>, stopped: impl Future<Output = ()>) {
+    every(ACKNOWLEDGED_RECORD_INTERVAL, stopped, || {
+        let metrics = raft.metrics().borrow().clone();
+        if let (Some(replication), Some(applied)) = (&metrics.replication, metrics.last_applied) {
+            let acknowledged = replication
+                .iter()
+                .filter_map(|(node, matched)| matched.map(|matched| (*node, matched.index.min(applied.index))));
+            identity.record_acknowledged(acknowledged);
+        }
+        std::future::ready(ControlFlow::Continue(()))
+    })
+    .await;
 }
 
 /// Runs `tick` every `period` (the next one waits for a slow one) until `stopped` completes or

@@ -208,7 +208,13 @@ async fn clients_above_their_limit_are_closed_while_peers_are_still_served() {
     let peer = tally_consensus::types::PeerNode { address: node.address.to_string(), site: "a".into() };
     let peer_directory = tempfile::tempdir().unwrap();
     let incarnation = tally_consensus::peer_identity::Incarnation::random().unwrap();
-    let identity = tally_consensus::peer_identity::PeerIdentity::open(peer_directory.path(), "bounds", 2, incarnation);
+    let identity = tally_consensus::peer_identity::PeerIdentity::open(
+        peer_directory.path(),
+        "bounds",
+        2,
+        incarnation,
+        Default::default(),
+    );
     let mut network = tally_consensus::network::PeerNetwork::new(std::sync::Arc::new(identity.unwrap()));
     let mut peer_client = network.new_client(1, &peer).await;
     let request = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 2), None);

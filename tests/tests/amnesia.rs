@@ -1,6 +1,7 @@
-//! No amnesia: a replica restarted under its old id on an empty data directory (a lost volume)
-//! never takes part again; it is refused by its peers and stops, naming the replacement procedure,
-//! which works. Bootstrapping is explicit, so a wiped lowest id starts no second cluster.
+//! No amnesia: a replica restarted under its old id on an empty data directory (a lost volume) or
+//! an older copy of it (a restored backup) never takes part again; it is refused by its peers and
+//! stops, naming the replacement procedure, which works. Bootstrapping is explicit, so a wiped
+//! lowest id starts no second cluster.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ fn assert_refused_after_wipe(cluster: &mut LocalCluster, id: u64, bootstrapping:
     } else {
         cluster.restart(id);
     }
+    assert_refused(cluster, id);
+}
+
+/// Waits for a restarted replica to stop, refused, with a log line that names the replacement.
+fn assert_refused(cluster: &mut LocalCluster, id: u64) {
     let status = cluster.wait_exit(id, REFUSED_WITHIN);
     let log = cluster.log(id);
     let status = status.unwrap_or_else(|| panic!("wiped replica {id} still runs; its log:\n{log}"));
@@ -156,4 +162,51 @@ async fn a_wiped_lowest_id_starts_no_second_cluster_even_when_told_to_bootstrap(
     cluster.wait_converged(&[2, 3], CONVERGE_WITHIN).await;
     assert_eq!(credited(&cluster, 2).await, "30.00");
     assert_eq!(credited(&cluster, 3).await, "30.00");
+}
+
+fn copy_directory(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_directory(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_of_a_data_directory_is_refused() {
+    let _turn = serialised().await;
+    let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
+    write(&cluster, leader, 1, 10).await;
+    let copied = if leader == 3 { 2 } else { 3 };
+    cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
+
+    // A backup of the follower's directory, taken while it was stopped; it rejoins (a restart on
+    // its own directory is never refused) and acknowledges more.
+    let backup = tempfile::tempdir().unwrap();
+    cluster.terminate(copied, Duration::from_secs(10));
+    copy_directory(&cluster.data_directory(copied), backup.path());
+    cluster.restart(copied);
+    write(&cluster, leader, 11, 30).await;
+    cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
+    // Two of the leader's once-a-second records of what its members acknowledged.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(cluster.pid(copied).is_some() && cluster.node_status(copied).await.is_some(), "{}", cluster.log(copied));
+
+    // The volume is restored from the backup: same incarnation, fewer entries than acknowledged.
+    cluster.kill(copied);
+    cluster.wipe(copied);
+    copy_directory(backup.path(), &cluster.data_directory(copied));
+    cluster.restart(copied);
+    assert_refused(&mut cluster, copied);
+    assert!(cluster.log(copied).contains("older copy"), "{}", cluster.log(copied));
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    write(&cluster, leader, 41, 5).await;
+    assert_eq!(credited(&cluster, leader).await, "45.00");
 }
