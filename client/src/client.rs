@@ -668,6 +668,8 @@ pub struct NodeStatus {
     pub leader_id: u64,
     /// Entries behind the leader's last log index, as the leader sees it.
     pub replication_lag: Option<u64>,
+    /// This member's clock minus the leader's, in milliseconds, as the leader measured it lately.
+    pub clock_offset_ms: Option<i64>,
     /// False when the member could not be reached; `error` says why.
     pub reachable: bool,
     /// Why the member could not be reached (empty when it could).
@@ -688,6 +690,7 @@ impl NodeStatus {
             digest: status.digest,
             leader_id: status.leader_id,
             replication_lag: status.replication_lag,
+            clock_offset_ms: status.clock_offset_ms,
             reachable: status.reachable,
             error: status.error,
         }

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`blocking`]: running synchronous storage work without stalling heartbeats.
+//! - [`clock`]: wall-clock time, and each peer's clock offset from this replica's.
 //! - [`direct_io`]: writing around the page cache: a redb backend for the log's large pages, and
 //!   the snapshot file writer.
 //! - [`ledger_store`]: the ledger's `Storage` on redb, committing each batch in one transaction with
@@ -18,6 +19,7 @@
 //! - [`types`]: the Raft type configuration, log payload, apply response and their encoding.
 
 pub mod blocking;
+pub mod clock;
 pub mod direct_io;
 pub mod ledger_store;
 pub mod log_store;

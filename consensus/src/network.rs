@@ -8,8 +8,10 @@
 //!
 //! The wire: a connection opens with [`PEER_PROTOCOL_MAGIC`], which lets it share the replica's
 //! gRPC port (the server tells the two apart by their first bytes, [`classify_opening`]). Then
-//! requests and responses alternate. A request is its method (one byte), its body's length (u32,
-//! little-endian) and the body; a response is its length and its body. Bodies are Tally's binary
+//! requests and responses alternate, after a hello each way ([`crate::peer_identity`]). A request
+//! is its method (one byte), its body's length (u32, little-endian) and the body; a response is its
+//! length, the responder's wall time (u64 nanoseconds since the Unix epoch, for
+//! [`crate::clock::ClockOffsets`]) and its body. Bodies are Tally's binary
 //! encoding of openraft's request and of the whole `Result` the remote Raft returned, so a Raft error
 //! on the remote side (a higher term, say) arrives as the same error here. Both ways a body is at
 //! most [`RAFT_MESSAGE_BYTES_MAX`]; snapshots travel as openraft's chunks, each at most the
@@ -42,6 +44,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::clock::{Clock, ClockOffsets};
 use crate::peer_identity::{HELLO_BYTES_MAX, Hello, PeerIdentity, Refusal};
 use crate::types::{NodeId, PeerNode, TypeConfig, decode, encode};
 
@@ -123,12 +126,14 @@ impl Method {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     identity: Arc<PeerIdentity>,
+    offsets: Arc<ClockOffsets>,
     pools: HashMap<(NodeId, String), Arc<ConnectionPool>>,
 }
 
 impl PeerNetwork {
-    pub fn new(identity: Arc<PeerIdentity>) -> PeerNetwork {
-        PeerNetwork { identity, pools: HashMap::new() }
+    /// Calls peers as `identity`, recording their clocks' offsets from each response in `offsets`.
+    pub fn new(identity: Arc<PeerIdentity>, offsets: Arc<ClockOffsets>) -> PeerNetwork {
+        PeerNetwork { identity, offsets, pools: HashMap::new() }
     }
 }
 
@@ -136,11 +141,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
-        let identity = &self.identity;
+        let (identity, offsets) = (&self.identity, &self.offsets);
         let pool = self
             .pools
             .entry((target, node.address.clone()))
-            .or_insert_with(|| Arc::new(ConnectionPool::new(target, node.address.clone(), Arc::clone(identity))))
+            .or_insert_with(|| {
+                let pool = ConnectionPool::new(target, node.address.clone(), Arc::clone(identity));
+                Arc::new(pool.recording_offsets(Arc::clone(offsets)))
+            })
             .clone();
         PeerClient { target, node: node.clone(), pool }
     }
@@ -222,28 +230,43 @@ struct ConnectionPool {
     target: NodeId,
     address: String,
     identity: Arc<PeerIdentity>,
+    offsets: Option<Arc<ClockOffsets>>,
     idle: Mutex<Vec<PeerConnection>>,
 }
 
 impl ConnectionPool {
     fn new(target: NodeId, address: String, identity: Arc<PeerIdentity>) -> ConnectionPool {
-        ConnectionPool { target, address, identity, idle: Mutex::new(Vec::new()) }
+        ConnectionPool { target, address, identity, offsets: None, idle: Mutex::new(Vec::new()) }
+    }
+
+    fn recording_offsets(self, offsets: Arc<ClockOffsets>) -> ConnectionPool {
+        ConnectionPool { offsets: Some(offsets), ..self }
     }
 
     async fn exchange(&self, method: Method, body: &[u8]) -> Result<Vec<u8>, CallError> {
         let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let sent = std::time::Instant::now();
         if let Some(mut connection) = pooled
-            && let Ok(response) = connection.exchange(method, body).await
+            && let Ok((wall, response)) = connection.exchange(method, body).await
         {
             self.give_back(connection);
+            self.record_offset(wall, sent);
             return Ok(response);
         }
         let mut connection =
             PeerConnection::connect(&self.address, self.target, &self.identity).await.map_err(CallError::Connect)?;
         metrics::counter!("tally_peer_connections_opened_total").increment(1);
-        let response = connection.exchange(method, body).await.map_err(CallError::Exchange)?;
+        let sent = std::time::Instant::now();
+        let (wall, response) = connection.exchange(method, body).await.map_err(CallError::Exchange)?;
         self.give_back(connection);
+        self.record_offset(wall, sent);
         Ok(response)
+    }
+
+    fn record_offset(&self, remote_nanoseconds: u64, sent: std::time::Instant) {
+        if let Some(offsets) = &self.offsets {
+            offsets.record(self.target, remote_nanoseconds, sent, std::time::Instant::now());
+        }
     }
 
     fn give_back(&self, connection: PeerConnection) {
@@ -286,12 +309,17 @@ impl PeerConnection {
         })?
     }
 
-    async fn exchange(&mut self, method: Method, body: &[u8]) -> io::Result<Vec<u8>> {
+    /// Sends one request; returns the responder's wall time and the response's body.
+    async fn exchange(&mut self, method: Method, body: &[u8]) -> io::Result<(u64, Vec<u8>)> {
         let mut header = [0u8; 5];
         header[0] = method as u8;
         header[1..].copy_from_slice(&body_length(body.len())?.to_le_bytes());
         write_frame(self.stream.get_mut(), &header, body).await?;
-        read_body(&mut self.stream).await
+        let length = read_length(&mut self.stream, RAFT_MESSAGE_BYTES_MAX).await?;
+        let wall = self.stream.read_u64_le().await?;
+        let mut response = Vec::new();
+        read_body_into(&mut self.stream, length, &mut response).await?;
+        Ok((wall, response))
     }
 }
 
@@ -329,6 +357,14 @@ async fn read_body<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> 
 
 /// [`read_body`] with a smaller limit than a Raft message's.
 async fn read_body_at_most<R: AsyncRead + Unpin>(reader: &mut R, limit: usize) -> io::Result<Vec<u8>> {
+    let length = read_length(reader, limit).await?;
+    let mut body = Vec::new();
+    read_body_into(reader, length, &mut body).await?;
+    Ok(body)
+}
+
+/// Reads a body's length, refusing one over `limit`.
+async fn read_length<R: AsyncRead + Unpin>(reader: &mut R, limit: usize) -> io::Result<usize> {
     let length = reader.read_u32_le().await? as usize;
     if length > limit {
         return Err(io::Error::new(
@@ -336,9 +372,7 @@ async fn read_body_at_most<R: AsyncRead + Unpin>(reader: &mut R, limit: usize) -
             format!("a peer sent a message of {length} bytes, over the limit of {limit}"),
         ));
     }
-    let mut body = Vec::new();
-    read_body_into(reader, length, &mut body).await?;
-    Ok(body)
+    Ok(length)
 }
 
 /// Reads `length` bytes into `body`, growing it as they arrive (see [`read_body`]).
@@ -529,12 +563,13 @@ pub async fn serve_peer_connection<S>(
     stream: S,
     raft: openraft::Raft<TypeConfig>,
     identity: &PeerIdentity,
+    clock: &dyn Clock,
     limits: PeerServerLimits,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_frames(stream, identity, |method, body| {
+    serve_frames(stream, identity, clock, |method, body| {
         let raft = raft.clone();
         async move { answer(&raft, method, &body, limits).await }
     })
@@ -658,7 +693,7 @@ fn reply<T: Serialize, E: Serialize>(result: &Result<T, RaftError<NodeId, E>>) -
 
 /// The server's framing: checks the magic and the dialer's hello (answering with this replica's, or
 /// with the refusal), then answers requests one after another with `handle`.
-async fn serve_frames<S, H, F>(stream: S, identity: &PeerIdentity, mut handle: H) -> io::Result<()>
+async fn serve_frames<S, H, F>(stream: S, identity: &PeerIdentity, clock: &dyn Clock, mut handle: H) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Method, Vec<u8>) -> F,
@@ -700,8 +735,10 @@ where
             Ok(Err(error)) => return Err(error),
         };
         let response = handle(method, body).await?;
-        let length = body_length(response.len())?.to_le_bytes();
-        write_frame(stream.get_mut(), &length, &response).await?;
+        let mut header = [0u8; 12];
+        header[..4].copy_from_slice(&body_length(response.len())?.to_le_bytes());
+        header[4..].copy_from_slice(&clock.now_nanoseconds().to_le_bytes());
+        write_frame(stream.get_mut(), &header, &response).await?;
     }
 }
 
@@ -712,6 +749,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::clock::SystemClock;
     use crate::log_store::HeldIndex;
     use crate::peer_identity::Incarnation;
 
@@ -741,7 +779,7 @@ mod tests {
                 let identity = Arc::clone(&identity);
                 tokio::spawn(async move {
                     let mut answered = 0;
-                    let _ = serve_frames(stream, &identity, |_, mut body| {
+                    let _ = serve_frames(stream, &identity, &SystemClock, |_, mut body| {
                         answered += 1;
                         let last = answered > answers_per_connection;
                         body.reverse();
@@ -797,7 +835,7 @@ mod tests {
         let (dialer, server) = identities(&directory);
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let _ = serve_frames(stream, &server, |_, body| async move {
+            let _ = serve_frames(stream, &server, &SystemClock, |_, body| async move {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(body)
             })
@@ -926,7 +964,9 @@ mod tests {
         let (dialer, server) = identities(&directory);
         let serve = |stream| {
             let server = Arc::clone(&server);
-            tokio::spawn(async move { serve_frames(stream, &server, |_, body| async move { Ok(body) }).await })
+            tokio::spawn(
+                async move { serve_frames(stream, &server, &SystemClock, |_, body| async move { Ok(body) }).await },
+            )
         };
         let (mut client, stream) = tokio::io::duplex(1024);
         let serving = serve(stream);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Config, Raft, SnapshotPolicy};
+use tally_consensus::clock::SystemClock;
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
 use tally_consensus::network::{PeerNetwork, PeerServerLimits, serve_peer_connection};
 use tally_consensus::peer_identity::{Incarnation, PeerIdentity};
@@ -58,7 +59,9 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let incarnation = Incarnation::random().unwrap();
     let identity =
         Arc::new(PeerIdentity::open(directory.path(), "replication", id, incarnation, log.held_index()).unwrap());
-    let raft = Raft::new(id, config, PeerNetwork::new(Arc::clone(&identity)), log, state_machine).await.unwrap();
+    let raft = Raft::new(id, config, PeerNetwork::new(Arc::clone(&identity), Default::default()), log, state_machine)
+        .await
+        .unwrap();
     let (stop_server, mut stopped) = oneshot::channel::<()>();
     let serving = raft.clone();
     tokio::spawn(async move {
@@ -68,7 +71,7 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
                     let (stream, _) = accepted.unwrap();
                     let limits = PeerServerLimits { snapshot_bytes_max: u64::MAX };
                     let (serving, identity) = (serving.clone(), Arc::clone(&identity));
-                    tokio::spawn(async move { serve_peer_connection(stream, serving, &identity, limits).await });
+                    tokio::spawn(async move { serve_peer_connection(stream, serving, &identity, &SystemClock, limits).await });
                 }
                 _ = &mut stopped => return,
             }

@@ -71,6 +71,7 @@ impl Admin {
             digest: view.meta_get().digest.to_vec(),
             leader_id: metrics.current_leader.unwrap_or(0),
             replication_lag: None,
+            clock_offset_ms: None,
             reachable: true,
             error: String::new(),
             voter: membership.voter_ids().any(|id| id == metrics.id),
@@ -151,6 +152,9 @@ impl Admin {
             status.voter = voters.contains(id);
             if let Some(matched) = matched.get(id) {
                 status.replication_lag = Some(last_index.saturating_sub(*matched));
+            }
+            if *id != self.replica.node_id {
+                status.clock_offset_ms = self.replica.clock.offset(*id).map(|offset| offset.nanoseconds / 1_000_000);
             }
             nodes.push(status);
         }

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,6 +35,9 @@ pub struct NodeConfig {
     /// can make a replica that lost its data start a second cluster.
     #[serde(skip)]
     pub bootstrap: bool,
+    /// The wall clock the replica runs on: the system's unless a test injects one.
+    #[serde(skip)]
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -106,6 +110,10 @@ pub struct RaftSettings {
     pub snapshot_bytes_max: u64,
     /// Entries per AppendEntries message (each entry is one batch, at most ~1 MiB).
     pub entries_per_message_max: u64,
+    /// How far a leader's clock may be from a majority of the voters' before it stops proposing
+    /// and hands leadership on (cluster time is the leader's clock: pending transfers expire by
+    /// it). Well above what NTP keeps hosts within (milliseconds), well below any pending timeout.
+    pub clock_offset_max_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -120,6 +128,7 @@ impl Default for RaftSettings {
             snapshot_chunk_bytes: 4 * 1024 * 1024,
             snapshot_bytes_max: 256 * 1024 * 1024 * 1024,
             entries_per_message_max: 4,
+            clock_offset_max_ms: 1_000,
         }
     }
 }
@@ -255,6 +264,9 @@ impl NodeConfig {
         let raft = &self.raft;
         if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2 {
             return invalid("raft.election_timeout_min_ms must exceed twice raft.heartbeat_interval_ms".into());
+        }
+        if raft.clock_offset_max_ms == 0 {
+            return invalid("raft.clock_offset_max_ms must be above 0".into());
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
             return invalid("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());

@@ -18,6 +18,8 @@ use std::time::Duration;
 use openraft::Raft;
 use tally_consensus::network::{Opening, PeerServerLimits, Replayed, read_opening, serve_peer_connection};
 use tally_consensus::peer_identity::PeerIdentity;
+
+use crate::clock::Clock;
 use tally_consensus::types::TypeConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,6 +48,7 @@ pub fn accept(
     limits: ConnectionLimits,
     raft: Raft<TypeConfig>,
     identity: Arc<PeerIdentity>,
+    clock: Arc<dyn Clock>,
 ) -> ReceiverStream<std::io::Result<ClientConnection>> {
     let (sender, receiver) = mpsc::channel(64);
     let openings = Arc::new(Semaphore::new(OPENING_CONNECTIONS_MAX));
@@ -74,6 +77,7 @@ pub fn accept(
             let _ = stream.set_nodelay(true);
             let (to_grpc, raft, identity, peers, clients) =
                 (sender.clone(), raft.clone(), Arc::clone(&identity), Arc::clone(&peers), Arc::clone(&clients));
+            let clock = Arc::clone(&clock);
             tokio::spawn(async move {
                 let mut stream = stream;
                 let (kind, prefix) = read_opening(&mut stream).await;
@@ -81,7 +85,7 @@ pub fn accept(
                 let stream = Replayed::new(prefix, stream);
                 match kind {
                     Opening::Peer => match peers.try_acquire_owned() {
-                        Ok(permit) => serve_peer(stream, raft, &identity, limits.peer_server, permit).await,
+                        Ok(permit) => serve_peer(stream, raft, &identity, &*clock, limits.peer_server, permit).await,
                         Err(_) => refused("peer"),
                     },
                     Opening::Other => match clients.try_acquire_owned() {
@@ -107,10 +111,11 @@ async fn serve_peer(
     stream: Replayed<TcpStream>,
     raft: Raft<TypeConfig>,
     identity: &PeerIdentity,
+    clock: &dyn Clock,
     limits: PeerServerLimits,
     permit: OwnedSemaphorePermit,
 ) {
-    match serve_peer_connection(stream, raft, identity, limits).await {
+    match serve_peer_connection(stream, raft, identity, clock, limits).await {
         Ok(()) => {}
         // Something that is not the peer protocol (a bug or a stranger), or a peer whose hello
         // was refused (another cluster, a wrong address, a replica that lost its data).

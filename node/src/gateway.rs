@@ -29,6 +29,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::clock::ClockCheck;
 use crate::convert::{self, FieldError, Renderer};
 use crate::disk::DiskSpace;
 use crate::group_commit::{Events, GroupCommit, WriteError};
@@ -56,6 +57,8 @@ pub struct Replica {
     message_bytes_max: usize,
     /// This replica on the peer protocol: what says it must stop after losing its data.
     pub identity: Arc<PeerIdentity>,
+    /// Its clock against its peers': a leader whose clock disagrees with a majority's proposes nothing.
+    pub clock: ClockCheck,
 }
 
 impl std::fmt::Debug for Replica {
@@ -72,9 +75,10 @@ impl Replica {
         request_timeout: Duration,
         message_bytes_max: usize,
         identity: Arc<PeerIdentity>,
+        clock: ClockCheck,
     ) -> Replica {
         let channels = Mutex::new(HashMap::new());
-        Replica { node_id, raft, views, request_timeout, channels, message_bytes_max, identity }
+        Replica { node_id, raft, views, request_timeout, channels, message_bytes_max, identity, clock }
     }
 
     pub fn leader(&self) -> Leader {
@@ -119,6 +123,23 @@ impl Replica {
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    /// Asks voter `successor` to run an election now (it wins if its log is as long as a
+    /// majority's), as `tallyctl cluster transfer-leader` does; waits at most the request timeout.
+    pub async fn hand_leadership_to(&self, successor: u64) -> Result<(), Status> {
+        let address = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let node = membership
+                .get_node(&successor)
+                .ok_or_else(|| Status::failed_precondition(format!("node {successor} is not a member")))?;
+            node.address.clone()
+        };
+        let mut admin = tally_proto::v1::admin_service_client::AdminServiceClient::new(self.channel(&address)?);
+        let mut request = Request::new(wire::TransferLeaderRequest { node_id: successor });
+        request.set_timeout(self.request_timeout);
+        admin.transfer_leader(request).await.map(|_| ())
     }
 
     pub fn ledger_client(&self, address: &str) -> Result<LedgerServiceClient<Channel>, Status> {
@@ -366,6 +387,10 @@ impl Gateway {
     async fn commit(&self, events: Events, deadline: Instant) -> Result<Response<wire::CreateResponse>, Status> {
         if let Some(reason) = self.disk.below_floor() {
             return Err(Status::resource_exhausted(reason));
+        }
+        // UNAVAILABLE: the SDK retries, and finds the leader this one hands over to.
+        if let Some(reason) = self.replica.clock.refusal() {
+            return Err(Status::unavailable(reason));
         }
         let written = match tokio::time::timeout_at(deadline, self.group_commit.submit(events)).await {
             Ok(written) => written,

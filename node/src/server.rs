@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ClockCheck, ClockOffsets, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
 use crate::disk::{DiskSpace, watch_free_space};
 use crate::gateway::{Gateway, GatewayLimits, Leader, Replica};
@@ -136,13 +136,21 @@ pub async fn run(
             detail: source.to_string(),
         })?;
     let identity = Arc::new(identity);
+    let clock: Arc<dyn Clock> = config.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+    let offsets = Arc::new(ClockOffsets::default());
     state_machine.defer_commits();
     state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);
-    let raft = Raft::new(config.node_id, openraft_config, PeerNetwork::new(Arc::clone(&identity)), log, state_machine)
-        .await
-        .map_err(|error| NodeError::Raft(error.to_string()))?;
+    let raft = Raft::new(
+        config.node_id,
+        openraft_config,
+        PeerNetwork::new(Arc::clone(&identity), Arc::clone(&offsets)),
+        log,
+        state_machine,
+    )
+    .await
+    .map_err(|error| NodeError::Raft(error.to_string()))?;
     bootstrap(&raft, &config).await?;
 
     let replica = Arc::new(Replica::new(
@@ -152,8 +160,14 @@ pub async fn run(
         config.request_timeout(),
         config.limits.message_bytes_max,
         Arc::clone(&identity),
+        ClockCheck::new(
+            config.node_id,
+            raft.clone(),
+            Arc::clone(&clock),
+            offsets,
+            Duration::from_millis(config.raft.clock_offset_max_ms),
+        ),
     ));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let group_commit = GroupCommit::start(raft.clone(), views, Arc::clone(&clock), config.group_commit.clone());
     let limits = GatewayLimits {
         requests_in_flight_max: config.limits.requests_in_flight_max,
@@ -177,7 +191,8 @@ pub async fn run(
             let _ = stopped.wait_for(|stopped| *stopped).await;
         }
     };
-    tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, clock, until_stopped()));
+    tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, Arc::clone(&clock), until_stopped()));
+    tokio::spawn(step_down_when_clock_disagrees(Arc::clone(&replica), until_stopped()));
     tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
     tokio::spawn(snapshot_when_log_grows(raft.clone(), appended, config.raft.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
@@ -220,7 +235,7 @@ pub async fn run(
         )
         .add_service(AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(
-            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone(), identity),
+            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone(), identity, clock),
             shutdown,
         );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
@@ -301,6 +316,40 @@ async fn record_acknowledged(raft: Raft<TypeConfig>, identity: Arc<PeerIdentity>
             identity.record_acknowledged(acknowledged);
         }
         std::future::ready(ControlFlow::Continue(()))
+    })
+    .await;
+}
+
+/// How often a replica checks its clock against its peers' and exports the offsets.
+const CLOCK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Exports each peer's clock offset (`tally_clock_offset_seconds`, by peer) and, on a leader whose
+/// clock disagrees with a majority's (`ClockCheck::refusal`), hands leadership to the voter furthest
+/// along, asking it to run an election (as `tallyctl cluster transfer-leader` does). Meanwhile the
+/// gateway and the expiry task propose nothing.
+async fn step_down_when_clock_disagrees(replica: Arc<Replica>, stopped: impl Future<Output = ()>) {
+    every(CLOCK_CHECK_INTERVAL, stopped, || {
+        let replica = Arc::clone(&replica);
+        async move {
+            let metrics = replica.raft.metrics().borrow().clone();
+            for (peer, _) in metrics.membership_config.membership().nodes() {
+                if let Some(offset) = replica.clock.offset(*peer) {
+                    metrics::gauge!("tally_clock_offset_seconds", "peer" => peer.to_string())
+                        .set(offset.nanoseconds as f64 / 1e9);
+                }
+            }
+            let Some(reason) = replica.clock.refusal() else { return ControlFlow::Continue(()) };
+            let Some(successor) = replica.clock.successor() else {
+                tracing::error!(node = replica.node_id, "{reason}; no voter to hand leadership to");
+                return ControlFlow::Continue(());
+            };
+            tracing::error!(node = replica.node_id, successor, "{reason}");
+            metrics::counter!("tally_clock_step_downs_total").increment(1);
+            if let Err(error) = replica.hand_leadership_to(successor).await {
+                tracing::warn!(node = replica.node_id, successor, %error, "leadership was not handed on");
+            }
+            ControlFlow::Continue(())
+        }
     })
     .await;
 }
@@ -406,7 +455,9 @@ async fn propose_expiries(
     stopped: impl Future<Output = ()>,
 ) {
     every(EXPIRY_CHECK_INTERVAL, stopped, || {
+        // Not on a clock that disagrees with the majority's: it would expire transfers early.
         let due = replica.leader() == Leader::Me
+            && replica.clock.refusal().is_none()
             && replica.views.view().expiry_next().is_some_and(|deadline| deadline <= clock.now_nanoseconds());
         let group_commit = group_commit.clone();
         async move {

@@ -1,10 +1,13 @@
 //! Three replicas in this process, over real gRPC on 127.0.0.1: the gateway, forwarding, group
 //! commit, linearizable reads, admin status and metrics, end to end.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tally_consensus::raft_state_machine::LedgerStateMachine;
 use tally_node::NodeConfig;
+use tally_node::clock::{Clock, SystemClock};
 use tally_node::config::{GroupCommitSettings, Limits, Member, RaftSettings, StorageSettings};
 use tally_proto::v1 as wire;
 use tally_proto::v1::admin_service_client::AdminServiceClient;
@@ -18,7 +21,28 @@ struct Cluster {
     metrics_addresses: Vec<String>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), tally_node::NodeError>>>,
+    /// Each replica's wall clock, which a test may set ahead or behind.
+    clocks: Vec<Arc<SkewedClock>>,
     directory: tempfile::TempDir,
+}
+
+/// The system clock plus a skew the test sets.
+#[derive(Debug, Default)]
+struct SkewedClock {
+    skew_nanoseconds: AtomicI64,
+}
+
+impl SkewedClock {
+    fn set_skew(&self, skew: Duration) {
+        self.skew_nanoseconds.store(i64::try_from(skew.as_nanos()).unwrap(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_nanoseconds(&self) -> u64 {
+        let now = i64::try_from(SystemClock.now_nanoseconds()).unwrap();
+        u64::try_from(now + self.skew_nanoseconds.load(Ordering::SeqCst)).unwrap()
+    }
 }
 
 async fn start_cluster(size: u64) -> Cluster {
@@ -51,6 +75,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
         .collect();
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
+    let clocks: Vec<Arc<SkewedClock>> = (0..size).map(|_| Arc::default()).collect();
     for (index, (grpc, metrics)) in listeners.into_iter().enumerate() {
         let config = NodeConfig {
             cluster_name: "in-process".into(),
@@ -62,6 +87,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             data_directory: directory.path().join(format!("node-{}", index + 1)),
             initial_members: members.clone(),
             bootstrap: index == 0,
+            clock: Some(Arc::clone(&clocks[index]) as Arc<dyn Clock>),
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
                 election_timeout_min_ms: 300,
@@ -84,7 +110,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             let _ = stopped.await;
         })));
     }
-    Cluster { addresses, metrics_addresses, stops, tasks, directory }
+    Cluster { addresses, metrics_addresses, stops, tasks, clocks, directory }
 }
 
 impl Cluster {
@@ -381,5 +407,68 @@ async fn a_forwarded_call_is_not_forwarded_again() {
         .expect("forwarded to the leader")
         .into_inner();
     assert_eq!(created.results, ok_codes(1));
+    cluster.stop().await;
+}
+
+/// The cluster's leader as replica `index` knows it, once there is one.
+async fn leader_seen_by(cluster: &Cluster, index: usize, other_than: u64) -> u64 {
+    let mut admin = cluster.admin(index).await;
+    for _ in 0..100 {
+        let status = admin.node_status(wire::NodeStatusRequest {}).await.unwrap().into_inner();
+        if status.leader_id != 0 && status.leader_id != other_than {
+            return status.leader_id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replica {} saw no leader other than {other_than} within 10 s", index + 1);
+}
+
+/// Cluster time is the leader's clock: a leader an hour or two ahead would expire every pending
+/// transfer at once. One whose clock disagrees with a majority's proposes nothing and hands on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_clock_runs_ahead_of_the_majority_proposes_nothing_and_steps_down() {
+    let cluster = start_cluster(3).await;
+    let mut client = ledger_with_two_accounts(&cluster).await;
+    let pending = wire::NewTransfer { flags: 2, timeout_seconds: 1_800, ..transfer(1, 1, 2, "5.00") };
+    let codes = client.create_transfers(wire::CreateTransfersRequest { transfers: vec![pending] }).await.unwrap();
+    assert_eq!(codes.into_inner().results, ok_codes(1));
+    let leader = leader_seen_by(&cluster, 0, 0).await;
+    let leader_index = usize::try_from(leader - 1).unwrap();
+
+    // Clocks that agree: the leader's status shows each member's small offset.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = cluster.admin(leader_index).await.cluster_status(wire::ClusterStatusRequest {}).await.unwrap();
+    for node in status.into_inner().nodes.iter().filter(|node| node.id != leader) {
+        let offset = node.clock_offset_ms.unwrap_or_else(|| panic!("no clock offset for node {}", node.id));
+        assert!(offset.abs() < 200, "node {}: {offset} ms", node.id);
+    }
+
+    // The leader's clock jumps two hours ahead, past the pending transfer's 30 minutes.
+    cluster.clocks[leader_index].set_skew(Duration::from_secs(2 * 3_600));
+    let follower_index = (0..3).find(|index| *index != leader_index).unwrap();
+    let successor = leader_seen_by(&cluster, follower_index, leader).await;
+    assert_ne!(successor, leader);
+    let successor_index = usize::try_from(successor - 1).unwrap();
+
+    // Nothing expired: the skewed leader proposed no expiry, and its successor's clock is right.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut via_successor = cluster.ledger(successor_index).await;
+    let found = via_successor.lookup_accounts(wire::LookupRequest { ids: vec![id(1).unwrap()] }).await.unwrap();
+    assert_eq!(found.into_inner().accounts[0].account.clone().unwrap().debits_pending, "5.00");
+    // Writes go on, through the skewed replica too (it forwards to the new leader).
+    let mut via_skewed = cluster.ledger(leader_index).await;
+    let written = via_skewed
+        .create_transfers(wire::CreateTransfersRequest { transfers: vec![transfer(2, 1, 2, "1.00")] })
+        .await
+        .expect("a write through the skewed replica reaches the new leader");
+    assert_eq!(written.into_inner().results, ok_codes(1));
+    // The new leader sees the skewed member two hours ahead; the old one counted its step-down.
+    let status = cluster.admin(successor_index).await.cluster_status(wire::ClusterStatusRequest {}).await.unwrap();
+    let skewed = status.into_inner().nodes.into_iter().find(|node| node.id == leader).unwrap();
+    let offset = skewed.clock_offset_ms.expect("an offset for the skewed member");
+    assert!((offset - 7_200_000).abs() < 1_000, "{offset} ms");
+    let metrics = reqwest_like_get(&cluster.metrics_addresses[leader_index], "/metrics").await;
+    assert!(metrics.contains("tally_clock_step_downs_total"), "{metrics}");
+    assert!(metrics.contains("tally_clock_offset_seconds{peer="), "{metrics}");
     cluster.stop().await;
 }

@@ -22,6 +22,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         data_directory: directory.to_owned(),
         initial_members: vec![Member { id: 1, address: address.to_string(), site: "a".into() }],
         bootstrap: true,
+        clock: None,
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 150,
@@ -215,7 +216,8 @@ async fn clients_above_their_limit_are_closed_while_peers_are_still_served() {
         incarnation,
         Default::default(),
     );
-    let mut network = tally_consensus::network::PeerNetwork::new(std::sync::Arc::new(identity.unwrap()));
+    let mut network =
+        tally_consensus::network::PeerNetwork::new(std::sync::Arc::new(identity.unwrap()), Default::default());
     let mut peer_client = network.new_client(1, &peer).await;
     let request = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 2), None);
     let answer = tokio::time::timeout(

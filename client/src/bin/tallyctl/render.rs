@@ -28,6 +28,7 @@ pub fn node_json(node: &NodeStatus) -> Value {
         "last_log_index": node.last_log_index,
         "applied_index": node.applied_index,
         "replication_lag": node.replication_lag,
+        "clock_offset_ms": node.clock_offset_ms,
         "digest": node.digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>(),
         "leader_id": node.leader_id,
         "reachable": node.reachable,
@@ -46,7 +47,7 @@ pub fn cluster_status_table(status: &ClusterStatus) -> String {
         .map(|node| {
             if !node.reachable {
                 let mut row = vec![node.id.to_string(), node.site.clone(), "unreachable".into()];
-                row.extend(["-", "-", "-", "-", "-"].map(String::from));
+                row.extend(["-", "-", "-", "-", "-", "-"].map(String::from));
                 row.push(node.error.clone());
                 return row;
             }
@@ -62,12 +63,13 @@ pub fn cluster_status_table(status: &ClusterStatus) -> String {
                 node.last_log_index.to_string(),
                 node.applied_index.to_string(),
                 node.replication_lag.map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
+                node.clock_offset_ms.map_or_else(|| "-".to_owned(), |offset| format!("{offset:+} ms")),
                 node.digest_prefix(),
                 node.address.clone(),
             ]
         })
         .collect();
-    table(&["ID", "SITE", "ROLE", "TERM", "LAST INDEX", "APPLIED", "LAG", "DIGEST", "ADDRESS"], rows)
+    table(&["ID", "SITE", "ROLE", "TERM", "LAST INDEX", "APPLIED", "LAG", "CLOCK", "DIGEST", "ADDRESS"], rows)
 }
 
 pub fn membership_json(membership: &Membership) -> Value {
