@@ -9,12 +9,13 @@
 #   scripts/cluster.sh logs N      follow replica N's log
 #
 # State (data directories, logs, pid files) lives under .tally/local in the repository.
+# TALLY_NODE_BINARY runs another tally-node build instead of building one (scripts/bench-alternate.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONFIGS="$ROOT/cluster-config/local"
 STATE="$ROOT/.tally/local"
-BINARY="$ROOT/target/release/tally-node"
+BINARY=${TALLY_NODE_BINARY:-$ROOT/target/release/tally-node}
 NODES=(1 2 3 4 5 6 7)
 READY_TIMEOUT_SECONDS=${TALLY_READY_TIMEOUT_SECONDS:-60}
 
@@ -52,6 +53,10 @@ check_node() {
 }
 
 build() {
+  if [[ -n ${TALLY_NODE_BINARY:-} ]]; then
+    [[ -x $BINARY ]] || die "TALLY_NODE_BINARY=$BINARY is not an executable"
+    return
+  fi
   echo "Building tally-node (release)..."
   (cd "$ROOT" && cargo build --release --locked -p tally-node --bin tally-node)
 }
@@ -138,6 +143,8 @@ case $command in
     # it, and it must come back under a new id (README, "Replacing a replica").
     bootstrap=""
     if new_cluster; then bootstrap="--bootstrap"; echo "new cluster: replica 1 bootstraps it"; fi
+    # Builds from before --bootstrap existed (compared in benchmarks) bootstrapped on their own.
+    "$BINARY" --help | grep -q -- --bootstrap || bootstrap=""
     for node in "${NODES[@]}"; do
       if [[ $node == 1 ]]; then start_node "$node" $bootstrap; else start_node "$node"; fi
     done
