@@ -193,6 +193,8 @@ pub async fn run(
     };
     tokio::spawn(propose_expiries(Arc::clone(&replica), group_commit, Arc::clone(&clock), until_stopped()));
     tokio::spawn(step_down_when_clock_disagrees(Arc::clone(&replica), until_stopped()));
+    #[cfg(debug_assertions)]
+    panic_when_told(&raft);
     tokio::spawn(commit_deferred_batches(replica.views.clone(), until_stopped()));
     tokio::spawn(snapshot_when_log_grows(raft.clone(), appended, config.raft.clone(), until_stopped()));
     tokio::spawn(observe::watch_raft(Arc::clone(&replica)));
@@ -297,6 +299,22 @@ async fn bootstrap(raft: &Raft<TypeConfig>, config: &NodeConfig) -> Result<(), N
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(error) => Err(NodeError::Raft(format!("bootstrap failed: {error}"))),
     }
+}
+
+/// Debug builds only, for the fail-stop test (tests/tests/fail_stop.rs): with
+/// `TALLY_TEST_PANIC_AT_APPLIED_INDEX=N`, a task panics once this replica has applied entry N, as a
+/// broken invariant would. Release builds have no such variable.
+#[cfg(debug_assertions)]
+fn panic_when_told(raft: &Raft<TypeConfig>) {
+    let Some(index) = std::env::var("TALLY_TEST_PANIC_AT_APPLIED_INDEX").ok().and_then(|text| text.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        let _ = metrics.wait_for(|metrics| metrics.last_applied.is_some_and(|applied| applied.index >= index)).await;
+        panic!("injected panic at applied index {index}");
+    });
 }
 
 /// How often a leader records what its members acknowledged (`PeerIdentity::record_acknowledged`):

@@ -188,6 +188,10 @@ impl LocalCluster {
     }
 
     fn launch(&mut self, id: u64, bootstrap: bool) {
+        self.launch_with(id, bootstrap, &[]);
+    }
+
+    fn launch_with(&mut self, id: u64, bootstrap: bool, environment: &[(&str, &str)]) {
         let binary = node_binary();
         let replica = self.replicas.get_mut(&id).expect("a known replica");
         assert!(replica.child.is_none(), "replica {id} is already running");
@@ -207,6 +211,7 @@ impl LocalCluster {
         }
         let child = command
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log handle"))
             .stderr(log)
@@ -255,6 +260,11 @@ impl LocalCluster {
     /// Restarts a replica with `--bootstrap`, as an operator who passes it on every start would.
     pub fn restart_bootstrapping(&mut self, id: u64) {
         self.launch(id, true);
+    }
+
+    /// Restarts a replica with extra environment variables (fault injection in debug builds).
+    pub fn restart_with_environment(&mut self, id: u64, environment: &[(&str, &str)]) {
+        self.launch_with(id, false, environment);
     }
 
     /// Deletes a stopped replica's data directory: a lost volume.
