@@ -2,8 +2,10 @@
 //!
 //! A batch's writes collect in an in-memory [`Overlay`]: point reads consult it first, and a failed
 //! linked chain rolls back inside it. `meta_put`, called once at the end of every batch, writes the
-//! overlay and the meta record in one redb transaction, so the data of a batch and the meta that
-//! says it was applied become durable together or not at all. Scans read the last committed state
+//! overlay and the meta record in one redb transaction, or, once the owner defers commits
+//! ([`RedbLedgerStore::defer_commits`], as every replica does), stages the meta so that a later
+//! commit writes the whole batches staged so far with it: either way the data of a batch and the
+//! meta that says it was applied become durable together or not at all. Scans read the last committed state
 //! through read handles that are refreshed after each commit; the ledger never scans with a batch
 //! half applied.
 //!
@@ -167,7 +169,6 @@ fn decode<T: Record>(bytes: &[u8]) -> T {
 #[derive(Debug)]
 pub struct RedbLedgerStore {
     database: Arc<Database>,
-    durability: Durability,
     last_durable_commit: std::time::Instant,
     committed: LedgerReadView,
     overlay: Overlay,
@@ -598,7 +599,6 @@ impl RedbLedgerStore {
         let committed_ids_max = committed.ids_max();
         Ok(RedbLedgerStore {
             database: Arc::new(database),
-            durability: Durability::None,
             last_durable_commit: std::time::Instant::now(),
             committed,
             overlay: Overlay::default(),
@@ -763,11 +763,6 @@ impl RedbLedgerStore {
         self.take_commit(meta)
     }
 
-    /// Makes every commit durable on its own (fsync), for stores that are not backed by a log.
-    pub fn commit_durably(&mut self) {
-        self.durability = Durability::Immediate;
-    }
-
     /// Creates every table and the format record, once.
     fn initialise(database: &Database) -> Result<(), String> {
         let transaction = database.begin_write().map_err(|error| error.to_string())?;
@@ -869,7 +864,7 @@ impl RedbLedgerStore {
             self.last_durable_commit = std::time::Instant::now();
             Durability::Immediate
         } else {
-            self.durability
+            Durability::None
         };
         let emptied = self.spare.take().unwrap_or_default();
         let overlay = Arc::new(std::mem::replace(&mut self.overlay, emptied));
