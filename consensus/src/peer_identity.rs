@@ -256,14 +256,15 @@ impl PeerIdentity {
 
     /// The hello this replica sends to (or answers) node `to`.
     pub fn hello(&self, to: NodeId) -> Hello {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         Hello {
             cluster_name: self.cluster_name.clone(),
             node_id: self.node_id,
             incarnation: self.incarnation,
             to_node_id: to,
-            to_incarnation: self.remembered(to),
+            to_incarnation: known.incarnations.get(&to).copied(),
             held_index: self.held.get(),
-            to_acknowledged: self.acknowledged(to),
+            to_acknowledged: known.acknowledged.get(&to).copied().unwrap_or(0),
         }
     }
 

@@ -50,11 +50,16 @@ impl ClockCheck {
     /// the clocks of a majority of the voters. `None` when it agrees, does not lead, or lacks
     /// samples to say otherwise (a peer down is no evidence against its clock).
     pub fn refusal(&self) -> Option<String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
-            return None;
-        }
-        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        // Read in place: this runs on every write, and the metrics hold the membership and the
+        // replication map, which a clone would copy each time.
+        let voters: Vec<NodeId> = {
+            let watch = self.raft.metrics();
+            let metrics = watch.borrow();
+            if metrics.state != ServerState::Leader {
+                return None;
+            }
+            metrics.membership_config.membership().voter_ids().collect()
+        };
         let (local, now) = (self.clock.now_nanoseconds(), Instant::now());
         let disagreeing: Vec<String> = voters
             .iter()

@@ -390,6 +390,22 @@ impl LocalCluster {
         }
     }
 
+    /// Waits until the leader, asked through `via`, sees replica `id` (a learner catching up) at
+    /// most 2 entries behind.
+    pub async fn wait_caught_up(&self, via: u64, id: u64, within: Duration) {
+        let mut admin = self.admin(via).await;
+        let deadline = Instant::now() + within;
+        loop {
+            let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
+            let lag = status.nodes.iter().find(|node| node.id == id).and_then(|node| node.replication_lag);
+            if lag.is_some_and(|lag| lag <= 2) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica {id} did not catch up: {lag:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until every listed replica reports the same applied index and digest; returns them.
     pub async fn wait_converged(&self, ids: &[u64], within: Duration) -> (u64, Vec<u8>) {
         let deadline = Instant::now() + within;
@@ -453,6 +469,24 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: &str) -> wire::NewT
         ledger: 1,
         code: 1,
         ..wire::NewTransfer::default()
+    }
+}
+
+/// Writes transfers `first..first + count` of 1.00 from account 1 to account 2, one request each,
+/// through `via`, retrying each until it is acknowledged as applied (`ok`, or `exists` for a retry).
+pub async fn write_one_by_one(cluster: &LocalCluster, via: u64, first: u128, count: u128) {
+    let client = cluster.ledger(via).await;
+    for id in first..first + count {
+        let response = retry(|| {
+            let mut client = client.clone();
+            async move {
+                let transfers = vec![transfer(id, 1, 2, "1.00")];
+                client.create_transfers(wire::CreateTransfersRequest { transfers }).await
+            }
+        })
+        .await;
+        let applied = |code: &i32| *code == wire::ResultCode::Ok as i32 || *code == wire::ResultCode::Exists as i32;
+        assert!(response.results.iter().all(applied), "transfer {id}: {:?}", response.results);
     }
 }
 

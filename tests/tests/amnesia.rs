@@ -3,10 +3,10 @@
 //! stops, naming the replacement procedure, which works. Bootstrapping is explicit, so a wiped
 //! lowest id starts no second cluster.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tally_proto::v1 as wire;
-use tally_tests::{LocalCluster, Settings, create_ledger_and_accounts, retry, serialised, transfer, uint128};
+use tally_tests::{LocalCluster, Settings, create_ledger_and_accounts, serialised, uint128, write_one_by_one};
 
 const ACCOUNTS: u128 = 10;
 const LEADER_WITHIN: Duration = Duration::from_secs(30);
@@ -14,30 +14,6 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 /// A wiped replica is refused on its first peer connection, which comes within a heartbeat or an
 /// election timeout; then its health check (every 250 ms) stops it.
 const REFUSED_WITHIN: Duration = Duration::from_secs(20);
-
-/// Writes `count` transfers of 1.00 from account 1 to account 2, ids from `first`, one request
-/// each, through `via`; every one is acknowledged.
-async fn write(cluster: &LocalCluster, via: u64, first: u128, count: u128) {
-    let client = cluster.ledger(via).await;
-    for id in first..first + count {
-        let response = retry(|| {
-            let mut client = client.clone();
-            async move {
-                let transfers = vec![transfer(id, 1, 2, "1.00")];
-                client.create_transfers(wire::CreateTransfersRequest { transfers }).await
-            }
-        })
-        .await;
-        assert!(
-            response
-                .results
-                .iter()
-                .all(|code| *code == wire::ResultCode::Ok as i32 || *code == wire::ResultCode::Exists as i32),
-            "{:?}",
-            response.results
-        );
-    }
-}
 
 /// Account 2's posted credits through `via`, in whole units.
 async fn credited(cluster: &LocalCluster, via: u64) -> String {
@@ -70,35 +46,19 @@ fn assert_refused(cluster: &mut LocalCluster, id: u64) {
     assert!(log.contains("under a new node id"), "{log}");
 }
 
-async fn wait_caught_up(
-    admin: &mut tally_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
-    id: u64,
-) {
-    let deadline = Instant::now() + CONVERGE_WITHIN;
-    loop {
-        let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
-        let lag = status.nodes.iter().find(|node| node.id == id).and_then(|node| node.replication_lag);
-        if lag.is_some_and(|lag| lag <= 2) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replica {id} did not catch up: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() {
     let _turn = serialised().await;
     let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
-    write(&cluster, leader, 1, 20).await;
+    write_one_by_one(&cluster, leader, 1, 20).await;
     let wiped = if leader == 3 { 2 } else { 3 };
     cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
 
     assert_refused_after_wipe(&mut cluster, wiped, false);
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
-    write(&cluster, leader, 21, 10).await;
+    write_one_by_one(&cluster, leader, 21, 10).await;
     assert_eq!(credited(&cluster, leader).await, "30.00");
 
     // The documented replacement: remove the old id, add a new one as a learner, promote it.
@@ -119,7 +79,7 @@ async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() 
         })
         .await
         .expect("the replacement is added as a learner");
-    wait_caught_up(&mut admin, replacement).await;
+    cluster.wait_caught_up(leader, replacement, CONVERGE_WITHIN).await;
     let voters = [survivors.clone(), vec![replacement]].concat();
     let promoted = admin
         .change_membership(wire::ChangeMembershipRequest { voters: voters.clone(), retain_as_learners: false })
@@ -127,7 +87,7 @@ async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() 
         .unwrap()
         .into_inner();
     assert_eq!(promoted.voters, voters);
-    write(&cluster, leader, 31, 10).await;
+    write_one_by_one(&cluster, leader, 31, 10).await;
     cluster.wait_converged(&voters, CONVERGE_WITHIN).await;
     assert_eq!(credited(&cluster, replacement).await, "40.00");
 
@@ -135,7 +95,7 @@ async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() 
     let down = survivors.into_iter().find(|id| *id != leader).unwrap();
     cluster.kill(down);
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
-    write(&cluster, leader, 41, 5).await;
+    write_one_by_one(&cluster, leader, 41, 5).await;
     assert_eq!(credited(&cluster, replacement).await, "45.00");
 }
 
@@ -145,20 +105,20 @@ async fn a_wiped_lowest_id_starts_no_second_cluster_even_when_told_to_bootstrap(
     let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
-    write(&cluster, leader, 1, 20).await;
+    write_one_by_one(&cluster, leader, 1, 20).await;
     cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
 
     // As a script that does not pass --bootstrap would restart it.
     assert_refused_after_wipe(&mut cluster, 1, false);
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     assert_ne!(leader, 1);
-    write(&cluster, leader, 21, 5).await;
+    write_one_by_one(&cluster, leader, 21, 5).await;
 
     // An operator who passes --bootstrap on every start: node 1 makes itself a new cluster's
     // member, but its peers refuse it as soon as it asks for their votes.
     assert_refused_after_wipe(&mut cluster, 1, true);
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
-    write(&cluster, leader, 26, 5).await;
+    write_one_by_one(&cluster, leader, 26, 5).await;
     cluster.wait_converged(&[2, 3], CONVERGE_WITHIN).await;
     assert_eq!(credited(&cluster, 2).await, "30.00");
     assert_eq!(credited(&cluster, 3).await, "30.00");
@@ -183,7 +143,7 @@ async fn an_older_copy_of_a_data_directory_is_refused() {
     let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, ACCOUNTS).await;
-    write(&cluster, leader, 1, 10).await;
+    write_one_by_one(&cluster, leader, 1, 10).await;
     let copied = if leader == 3 { 2 } else { 3 };
     cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
 
@@ -193,7 +153,7 @@ async fn an_older_copy_of_a_data_directory_is_refused() {
     cluster.terminate(copied, Duration::from_secs(10));
     copy_directory(&cluster.data_directory(copied), backup.path());
     cluster.restart(copied);
-    write(&cluster, leader, 11, 30).await;
+    write_one_by_one(&cluster, leader, 11, 30).await;
     cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
     // Two of the leader's once-a-second records of what its members acknowledged.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -207,6 +167,6 @@ async fn an_older_copy_of_a_data_directory_is_refused() {
     assert_refused(&mut cluster, copied);
     assert!(cluster.log(copied).contains("older copy"), "{}", cluster.log(copied));
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
-    write(&cluster, leader, 41, 5).await;
+    write_one_by_one(&cluster, leader, 41, 5).await;
     assert_eq!(credited(&cluster, leader).await, "45.00");
 }

@@ -277,16 +277,7 @@ async fn learners_are_added_promoted_and_voters_removed_while_serving() {
         .into_inner();
     assert!(added.learners.contains(&learner));
     // Caught up: its replication lag, as the leader sees it, drops to (almost) nothing.
-    let deadline = Instant::now() + CONVERGE_WITHIN;
-    loop {
-        let status = admin.cluster_status(wire::ClusterStatusRequest {}).await.unwrap().into_inner();
-        let lag = status.nodes.iter().find(|node| node.id == learner).and_then(|node| node.replication_lag);
-        if lag.is_some_and(|lag| lag <= 2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the learner did not catch up: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cluster.wait_caught_up(2, learner, CONVERGE_WITHIN).await;
     let promoted = admin
         .change_membership(wire::ChangeMembershipRequest { voters: vec![1, 2, 3, learner], retain_as_learners: false })
         .await

@@ -4,26 +4,10 @@
 
 use std::time::Duration;
 
-use tally_proto::v1 as wire;
-use tally_tests::{LocalCluster, Settings, create_ledger_and_accounts, retry, serialised, transfer};
+use tally_tests::{LocalCluster, Settings, create_ledger_and_accounts, serialised, write_one_by_one};
 
 const LEADER_WITHIN: Duration = Duration::from_secs(30);
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
-
-async fn write(cluster: &LocalCluster, via: u64, first: u128, count: u128) {
-    let client = cluster.ledger(via).await;
-    for id in first..first + count {
-        let response = retry(|| {
-            let mut client = client.clone();
-            async move {
-                let transfers = vec![transfer(id, 1, 2, "1.00")];
-                client.create_transfers(wire::CreateTransfersRequest { transfers }).await
-            }
-        })
-        .await;
-        assert!(response.results.iter().all(|code| *code == 0 || *code == 1), "{:?}", response.results);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_replica_stops_it_with_one_line_and_the_cluster_goes_on() {
@@ -31,14 +15,14 @@ async fn a_panic_in_a_replica_stops_it_with_one_line_and_the_cluster_goes_on() {
     let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, 2).await;
-    write(&cluster, leader, 1, 5).await;
+    write_one_by_one(&cluster, leader, 1, 5).await;
     let (applied, _) = cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
 
     let follower = if leader == 3 { 2 } else { 3 };
     cluster.terminate(follower, Duration::from_secs(10));
     let at = (applied + 5).to_string();
     cluster.restart_with_environment(follower, &[("TALLY_TEST_PANIC_AT_APPLIED_INDEX", &at)]);
-    write(&cluster, leader, 6, 20).await;
+    write_one_by_one(&cluster, leader, 6, 20).await;
     let status = cluster.wait_exit(follower, Duration::from_secs(20));
     let log = cluster.log(follower);
     let status = status.unwrap_or_else(|| panic!("replica {follower} still runs after its panic:\n{log}"));
@@ -49,7 +33,7 @@ async fn a_panic_in_a_replica_stops_it_with_one_line_and_the_cluster_goes_on() {
     assert!(fatal[0].contains("the replica stops"), "{}", fatal[0]);
 
     // The others go on; restarted without the fault, it recovers from its log and catches up.
-    write(&cluster, leader, 26, 5).await;
+    write_one_by_one(&cluster, leader, 26, 5).await;
     cluster.restart(follower);
     cluster.wait_converged(&[1, 2, 3], CONVERGE_WITHIN).await;
 }
