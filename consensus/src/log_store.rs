@@ -36,7 +36,8 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::direct_io::DirectWriteBackend;
-use crate::types::{Entry, LogIdOf, NodeId, StorageError, TypeConfig, decode, encode};
+use crate::type_config::{Entry, TypeConfig};
+use crate::types::{LogIdOf, NodeId, StorageError, decode, encode};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");

@@ -46,7 +46,8 @@ use tokio::net::TcpStream;
 
 use crate::clock::{Clock, ClockOffsets};
 use crate::peer_identity::{HELLO_BYTES_MAX, Hello, PeerIdentity, Refusal};
-use crate::types::{NodeId, PeerNode, TypeConfig, decode, encode};
+use crate::type_config::TypeConfig;
+use crate::types::{NodeId, PeerNode, decode, encode};
 
 /// The first bytes of every peer connection. A gRPC client's first bytes are HTTP/2's preface
 /// (`PRI * HTTP/2.0`), so the two never look alike.

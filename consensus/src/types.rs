@@ -1,27 +1,17 @@
 //! Tally's Raft types: what a log entry carries, what applying one returns, who the peers are, and
 //! the binary encoding all of them are stored and sent in.
+//!
+//! This module depends on no other of this crate, so that every other may use it; the type
+//! configuration that names the snapshot data type is in [`crate::type_config`].
 
 use std::fmt;
 
 use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-openraft::declare_raft_types!(
-    /// The one Raft type configuration of a Tally cluster.
-    pub TypeConfig:
-        D = LogPayload,
-        R = ApplyResponse,
-        NodeId = NodeId,
-        Node = PeerNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::snapshot_data::SnapshotData,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
 /// A replica's id. Ids are never reused: a replica that lost its disk joins again under a new id.
 pub type NodeId = u64;
 
-pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogIdOf = LogId<NodeId>;
 pub type Membership = StoredMembership<NodeId, PeerNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;

@@ -3,7 +3,8 @@
 use openraft::testing::{StoreBuilder, Suite};
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
 use tally_consensus::raft_state_machine::LedgerStateMachine;
-use tally_consensus::types::{StorageError, TypeConfig};
+use tally_consensus::type_config::TypeConfig;
+use tally_consensus::types::StorageError;
 
 /// Small page cache: the suite builds a few dozen stores.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;

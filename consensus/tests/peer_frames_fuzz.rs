@@ -12,7 +12,8 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tally_consensus::network::{PeerServerLimits, check_request_frame};
-use tally_consensus::types::{LogPayload, SnapshotMeta, TypeConfig, encode};
+use tally_consensus::type_config::TypeConfig;
+use tally_consensus::types::{LogPayload, SnapshotMeta, encode};
 
 const LIMITS: PeerServerLimits = PeerServerLimits { snapshot_bytes_max: 1 << 30 };
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
-use tally_consensus::types::{ApplyResponse, Entry, LogPayload, PeerNode};
+use tally_consensus::type_config::Entry;
+use tally_consensus::types::{ApplyResponse, LogPayload, PeerNode};
 use tally_state_machine::codec::encode_batch;
 use tally_state_machine::storage::suite::reference_batches;
 use tally_state_machine::{Batch, ResultCode, StateMachine, StorageRead};
@@ -191,7 +192,7 @@ async fn a_snapshot_moves_the_whole_ledger_to_a_fresh_replica() {
     );
 }
 
-async fn read_to_end(mut data: Box<tally_consensus::snapshot_data::SnapshotData>) -> Vec<u8> {
+async fn read_to_end(mut data: Box<tally_consensus::snapshot::SnapshotData>) -> Vec<u8> {
     let mut bytes = Vec::new();
     data.read_to_end(&mut bytes).await.unwrap();
     bytes

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
-use tally_consensus::types::{NodeId, TypeConfig};
+use tally_consensus::type_config::TypeConfig;
+use tally_consensus::types::NodeId;
 
 pub use tally_consensus::clock::{Clock, ClockOffsets, Offset, SystemClock};
 

@@ -20,7 +20,7 @@ use tally_consensus::network::{Opening, PeerServerLimits, Replayed, read_opening
 use tally_consensus::peer_identity::PeerIdentity;
 
 use crate::clock::Clock;
-use tally_consensus::types::TypeConfig;
+use tally_consensus::type_config::TypeConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};

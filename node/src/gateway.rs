@@ -17,7 +17,7 @@ use openraft::Raft;
 use tally_consensus::LedgerReadView;
 use tally_consensus::peer_identity::PeerIdentity;
 use tally_consensus::raft_state_machine::{LedgerViews, consensus_record};
-use tally_consensus::types::TypeConfig;
+use tally_consensus::type_config::TypeConfig;
 use tally_proto::v1 as wire;
 use tally_proto::v1::ledger_service_client::LedgerServiceClient;
 use tally_proto::v1::ledger_service_server::LedgerService;

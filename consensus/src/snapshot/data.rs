@@ -217,7 +217,7 @@ impl UnwrittenSnapshot {
         let mut view = self.view.lock().expect("the snapshot view lock is never poisoned");
         let (path, file) = {
             let view = view.as_ref().expect("the view is released only after the file is written");
-            crate::raft_state_machine::write_snapshot_file(&self.directory, view, &self.meta)?
+            super::file::write_snapshot_file(&self.directory, view, &self.meta)?
         };
         *view = None;
         Ok(WrittenFile { path, file })

@@ -1,9 +1,8 @@
 //! The redb ledger store passes the shared storage suite, keeps what it committed across a
 //! reopen, and loses nothing but the uncommitted tail of a batch.
 
+use super::{CACHE_BYTES_DEFAULT, LedgerStoreError, RedbLedgerStore, WrittenCommit};
 use std::ops::ControlFlow;
-use tally_consensus::ledger_store::WrittenCommit;
-use tally_consensus::{CACHE_BYTES_DEFAULT, LedgerStoreError, RedbLedgerStore};
 use tally_state_machine::storage::suite;
 
 use tally_state_machine::{
@@ -332,13 +331,13 @@ fn the_consensus_record_commits_with_its_batch() {
         let mut ledger = StateMachine::open(store);
         ledger.apply(&batches[0]).unwrap();
         let mut store = ledger.into_storage();
-        store.stage_consensus_state(b"applied 2".to_vec());
+        store.defer_consensus_state(b"applied 2".to_vec());
         let mut ledger = StateMachine::open(store);
         ledger.apply(&batches[1]).unwrap();
         assert_eq!(ledger.storage().consensus_state(), Some(&b"applied 2"[..]));
         // Staged, but its batch never commits: the record must not move either.
         let mut store = ledger.into_storage();
-        store.stage_consensus_state(b"applied 3".to_vec());
+        store.defer_consensus_state(b"applied 3".to_vec());
         store.account_update(&tally_state_machine::Account {
             credits_posted: tally_state_machine::Units(5),
             ..store.account_get(1).unwrap()
@@ -418,79 +417,6 @@ fn transfer_ids_in_any_order_are_found_across_chunks_and_a_reopen() {
     assert_eq!(ledger.digest(), reference.digest());
 }
 
-#[test]
-fn transfer_id_chunks_split_into_the_fewest_even_pieces_within_the_limit() {
-    use tally_consensus::ledger_store::{TRANSFER_IDS_PER_CHUNK, transfer_ids};
-    for len in [1, 2, TRANSFER_IDS_PER_CHUNK, TRANSFER_IDS_PER_CHUNK + 1, 3 * TRANSFER_IDS_PER_CHUNK - 1, 8_190 + 168] {
-        let entries: Vec<(u128, u64)> = (0..len as u64).map(|id| (u128::from(id), id)).collect();
-        let pieces: Vec<&[(u128, u64)]> = transfer_ids::split(&entries, TRANSFER_IDS_PER_CHUNK).collect();
-        assert_eq!(pieces.len(), len.div_ceil(TRANSFER_IDS_PER_CHUNK), "{len} entries");
-        assert_eq!(pieces.concat(), entries, "{len} entries, in order, each once");
-        let sizes: Vec<usize> = pieces.iter().map(|piece| piece.len()).collect();
-        assert!(sizes.iter().all(|size| *size <= TRANSFER_IDS_PER_CHUNK), "{len}: {sizes:?}");
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{len}: {sizes:?}");
-    }
-    let chunk: Vec<u8> = [(3_u128, 30_u64), (9, 90), (1 << 90, 7)]
-        .iter()
-        .flat_map(|(id, timestamp)| transfer_ids::encode(*id, *timestamp))
-        .collect();
-    let entries = transfer_ids::records(&chunk);
-    assert_eq!(transfer_ids::find(entries, 9), Some(90));
-    assert_eq!(transfer_ids::find(entries, 1 << 90), Some(7));
-    assert_eq!(transfer_ids::find(entries, 4), None);
-    assert_eq!(transfer_ids::find(entries, 256), None, "ids compare as numbers, not by their low bytes");
-}
-
-#[test]
-fn an_account_index_run_finds_each_accounts_timestamps_in_place() {
-    use tally_consensus::ledger_store::postings;
-    let sorted = [(2_u128, 10_u64), (2, 20), (2, 30), (7, 15), (1 << 100, 5), (1 << 100, 25)];
-    let mut encoded = Vec::new();
-    postings::encode(&sorted, &mut encoded);
-    assert_eq!(encoded.len(), 4 + 3 * postings::DIRECTORY_ENTRY_BYTES + sorted.len() * 8);
-    let run = postings::Run::parse(&encoded);
-    assert_eq!(run.len(), sorted.len());
-    // A merge walks the directory: each account in turn, with its timestamps; every posting comes
-    // back, in order.
-    let directory: Vec<(u128, Vec<u64>)> = (0..)
-        .map_while(|position| {
-            let account = run.account_at(position)?;
-            Some((account, run.timestamps_at(position).iter().map(postings::timestamp).collect()))
-        })
-        .collect();
-    assert_eq!(directory, [(2, vec![10, 20, 30]), (7, vec![15]), (1 << 100, vec![5, 25])]);
-    let walked: Vec<(u128, u64)> = directory
-        .iter()
-        .flat_map(|(account, timestamps)| timestamps.iter().map(move |timestamp| (*account, *timestamp)))
-        .collect();
-    assert_eq!(walked, sorted, "every posting back, in order");
-    assert_eq!(run.position_from(3), 1);
-    assert_eq!(run.position_from(1 << 101), 3);
-    let timestamps = |account, min, max| -> Vec<u64> {
-        run.account_range(account, TimestampRange { min, max }).iter().map(postings::timestamp).collect()
-    };
-    assert_eq!(timestamps(2, 0, u64::MAX), [10, 20, 30]);
-    assert_eq!(timestamps(2, 11, 30), [20, 30]);
-    assert_eq!(timestamps(2, 31, 40), Vec::<u64>::new());
-    assert_eq!(timestamps(7, 0, u64::MAX), [15], "an account's timestamps stop where the next account's begin");
-    assert_eq!(timestamps(1 << 100, 6, 25), [25]);
-    assert_eq!(timestamps(3, 0, u64::MAX), Vec::<u64>::new(), "an account not in the run");
-    assert_eq!(timestamps(1 << 101, 0, u64::MAX), Vec::<u64>::new());
-    let mut empty = Vec::new();
-    postings::encode(&[], &mut empty);
-    assert!(postings::Run::parse(&empty).is_empty());
-}
-
-#[test]
-#[should_panic(expected = "corrupt")]
-fn an_account_index_run_whose_directory_and_timestamps_disagree_is_refused() {
-    use tally_consensus::ledger_store::postings;
-    let mut encoded = Vec::new();
-    postings::encode(&[(2, 10), (2, 20), (7, 15)], &mut encoded);
-    encoded.truncate(encoded.len() - 8);
-    let _ = tally_consensus::ledger_store::postings::Run::parse(&encoded);
-}
-
 /// Every point lookup the ledger makes, compared with the in-memory reference.
 fn assert_lookups_match(store: &RedbLedgerStore, reference: &impl StorageRead, when: &str) {
     for id in 1..=3_100 {
@@ -531,7 +457,7 @@ fn batches_apply_and_are_found_while_an_earlier_commit_is_written_on_another_thr
             }
             assert_eq!(ledger.apply(batch), reference.apply(batch), "{name}, batch {index}");
             if let Some(running) = writer.take() {
-                assert!(ledger.storage().is_committing());
+                assert!(ledger.storage().is_writing());
                 let when = format!("{name}, batch {index}, a commit being written");
                 assert_lookups_match(ledger.storage(), reference.storage(), &when);
                 let written = running.join().unwrap();
@@ -540,7 +466,7 @@ fn batches_apply_and_are_found_while_an_earlier_commit_is_written_on_another_thr
                 let when = format!("{name}, batch {index}, a commit finished");
                 assert_lookups_match(ledger.storage(), reference.storage(), &when);
             }
-            let commit = ledger.storage_mut().begin_commit().expect("whole batches are staged");
+            let commit = ledger.storage_mut().begin_commit().expect("whole batches are deferred");
             writer = Some(std::thread::spawn(move || commit.write()));
         }
         assert!(written_meanwhile >= 3, "{name}: only {written_meanwhile} commits overlapped applying");
@@ -548,7 +474,7 @@ fn batches_apply_and_are_found_while_an_earlier_commit_is_written_on_another_thr
             ledger.storage_mut().finish_commit(writer.join().unwrap());
         }
         ledger.storage_mut().commit_deferred();
-        assert!(!ledger.storage().is_committing());
+        assert!(!ledger.storage().is_writing());
         assert_eq!(ledger.digest(), reference.digest(), "{name}");
         assert_eq!(snapshot(&ledger), snapshot(&reference), "{name}");
         drop(ledger);
@@ -592,7 +518,7 @@ fn a_checkpoint_is_written_while_later_batches_apply() {
             &format!("batch {index}, a checkpoint being written"),
         );
     }
-    assert!(ledger.storage().is_committing());
+    assert!(ledger.storage().is_writing());
     let (written, view) = writer.join().unwrap();
     assert_eq!(view.meta_get().digest, digest_at_checkpoint, "the view shows the state the checkpoint names");
     ledger.storage_mut().finish_commit(written);
