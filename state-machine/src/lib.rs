@@ -14,8 +14,10 @@
 //! - [`model`]: the records, as submitted (`New*`) and as stored.
 //! - [`batch`]: batches, operations and what applying one produces.
 //! - [`result`]: the result code of every event, with the documentation table.
-//! - `apply`: one file per operation (ledgers, accounts, transfers, expiry): checks, then writes.
-//! - [`state_machine`]: applying batches, linked chains and their undo log.
+//! - `writer`: every write an event makes, paired with its undo while a linked chain is open.
+//! - `apply`: one file per operation (ledgers, accounts, transfers, expiry): checks, then writes
+//!   through the writer.
+//! - [`state_machine`]: applying batches and requests, and where linked chains begin and end.
 //! - [`query`]: lookups and bounded, paged listings.
 //! - [`digest`]: the blake3 hash chain over applied batches.
 //! - [`codec`]: the canonical binary encoding of batches and records.
@@ -39,6 +41,7 @@ pub mod result;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+mod writer;
 
 pub use amount::{AmountError, Units};
 pub use batch::{Batch, BatchError, BatchOutcome, Operation};

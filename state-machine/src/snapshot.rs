@@ -204,7 +204,7 @@ impl<W: Write> RecordWriter<W> {
 impl<S: Storage> StateMachine<S> {
     /// Streams the whole ledger to `writer`.
     pub fn write_snapshot<W: Write>(&self, writer: W) -> io::Result<SnapshotSummary> {
-        write_snapshot(&self.storage, writer)
+        write_snapshot(self.storage(), writer)
     }
 }
 

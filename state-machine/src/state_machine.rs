@@ -4,37 +4,18 @@ use crate::apply::Event;
 use crate::batch::{Batch, BatchError, BatchOutcome, Operation};
 use crate::codec::put_batch_header;
 use crate::constants::{EVENTS_PER_BATCH_MAX, EXPIRIES_PER_BATCH_MAX};
-use crate::digest::DigestWriter;
-use crate::flags::AccountFlags;
-use crate::model::{Account, AccountBalance, PendingStatus, StateMeta, Transfer};
+use crate::model::StateMeta;
 use crate::result::ResultCode;
 use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
+use crate::writer::LedgerWriter;
 
 /// The deterministic ledger. It owns its storage; everything it does is a function of the batches
 /// it was given, never of a clock, a random number, I/O or hash-map order.
 #[derive(Debug)]
 pub struct StateMachine<S: Storage> {
-    pub(crate) storage: S,
-    pub(crate) meta: StateMeta,
-    pub(crate) digest: DigestWriter,
-    /// Inverse operations of the linked chain being applied, newest last. Reused across batches so
-    /// that applying allocates nothing per event.
-    undo: Vec<Undo>,
-    chain_open: bool,
-    pub(crate) expiry_candidates: Vec<(u64, u128)>,
-}
-
-/// How to take back one write of a linked chain that failed.
-#[derive(Debug)]
-enum Undo {
-    AccountInserted(Account),
-    AccountUpdated { before: Account },
-    TransferInserted(Transfer),
-    PendingStatusPut { pending_id: u128, before: Option<PendingStatus> },
-    ExpiryInserted { expires_at: u64, pending_id: u128 },
-    ExpiryRemoved { expires_at: u64, pending_id: u128 },
-    BalanceInserted { account_id: u128, balance: AccountBalance },
+    writer: LedgerWriter<S>,
+    meta: StateMeta,
 }
 
 impl StateMachine<MemoryStorage> {
@@ -54,29 +35,22 @@ impl<S: Storage> StateMachine<S> {
     /// Opens the ledger held by `storage` (empty or previously written by a state machine).
     pub fn open(storage: S) -> StateMachine<S> {
         let meta = storage.meta_get();
-        StateMachine {
-            storage,
-            meta,
-            digest: DigestWriter::new(),
-            undo: Vec::new(),
-            chain_open: false,
-            expiry_candidates: Vec::new(),
-        }
+        StateMachine { writer: LedgerWriter::new(storage), meta }
     }
 
     pub fn storage(&self) -> &S {
-        &self.storage
+        &self.writer.storage
     }
 
     /// The store itself, for store-specific work between batches (a durable store staging the
     /// consensus record it commits with the next batch, say). Ledger data must only ever change
     /// through [`StateMachine::apply`]; writing it here would bypass every rule of the ledger.
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        &mut self.writer.storage
     }
 
     pub fn into_storage(self) -> S {
-        self.storage
+        self.writer.storage
     }
 
     /// The running digest after the last applied batch.
@@ -100,15 +74,15 @@ impl<S: Storage> StateMachine<S> {
     /// The earliest deadline of a pending transfer still reserved. Once cluster time reaches it,
     /// the log should carry an `ExpirePendingTransfers` batch.
     pub fn expiry_next(&self) -> Option<u64> {
-        crate::query::LedgerQueries::expiry_next(&self.storage)
+        crate::query::LedgerQueries::expiry_next(&self.writer.storage)
     }
 
     /// Applies one batch. A refused batch (see [`BatchError`]) changes nothing; an accepted one
     /// yields a result per event (or the expired ids) and advances the digest and the timestamp.
     pub fn apply(&mut self, batch: &Batch) -> Result<BatchOutcome, BatchError> {
         self.check_batch(batch)?;
-        self.digest.begin(&self.meta.digest);
-        put_batch_header(self.digest.buffer(), batch);
+        self.writer.digest.begin(&self.meta.digest);
+        put_batch_header(self.writer.digest.buffer(), batch);
         let (outcome, timestamps_used) = match &batch.operation {
             Operation::CreateLedgers(events) => {
                 (BatchOutcome::Created(self.apply_events(events, &batch.request_sizes, batch.timestamp)), events.len())
@@ -120,7 +94,7 @@ impl<S: Storage> StateMachine<S> {
                 (BatchOutcome::Created(self.apply_events(events, &batch.request_sizes, batch.timestamp)), events.len())
             }
             Operation::ExpirePendingTransfers => {
-                let expired = self.expire_pending_transfers(batch.timestamp);
+                let expired = self.writer.expire_pending_transfers(batch.timestamp);
                 let count = expired.len();
                 (BatchOutcome::Expired(expired), count)
             }
@@ -135,9 +109,9 @@ impl<S: Storage> StateMachine<S> {
         self.meta = StateMeta {
             timestamp_last,
             batches_applied: self.meta.batches_applied + 1,
-            digest: self.digest.finish(results),
+            digest: self.writer.digest.finish(results),
         };
-        self.storage.meta_put(&self.meta);
+        self.writer.storage.meta_put(&self.meta);
         Ok(outcome)
     }
 
@@ -197,24 +171,23 @@ impl<S: Storage> StateMachine<S> {
         for (index, event) in events[..open_chain_start].iter().enumerate() {
             let event_timestamp = timestamp + index as u64;
             if event.linked() && chain_start.is_none() {
-                assert!(self.undo.is_empty());
                 chain_start = Some(index);
-                self.chain_open = true;
+                self.writer.begin_chain();
             }
-            event.put(self.digest.buffer());
+            event.put(self.writer.digest.buffer());
             let code = if chain_failure.is_some() {
                 ResultCode::LinkedEventFailed
             } else {
-                event.apply(self, event_timestamp)
+                event.apply(&mut self.writer, event_timestamp)
             };
-            self.digest.put_code(code);
+            self.writer.digest.put_code(code);
             results.push(code);
             if !code.is_success() && chain_failure.is_none() {
                 if chain_start.is_some() {
                     chain_failure = Some(index);
-                    self.rollback_chain();
+                    self.writer.rollback_chain();
                 } else if code.is_transient() {
-                    event.record_failure(self, code, event_timestamp);
+                    event.record_failure(&mut self.writer, code, event_timestamp);
                 }
             }
             if let Some(start) = chain_start.filter(|_| !event.linked()) {
@@ -226,95 +199,23 @@ impl<S: Storage> StateMachine<S> {
                     }
                     let failed_code = results[base + failed];
                     if failed_code.is_transient() {
-                        events[failed].record_failure(self, failed_code, timestamp + failed as u64);
+                        events[failed].record_failure(&mut self.writer, failed_code, timestamp + failed as u64);
                     }
                 }
-                self.undo.clear();
-                self.chain_open = false;
+                self.writer.end_chain();
                 chain_start = None;
             }
         }
         for (index, event) in events.iter().enumerate().skip(open_chain_start) {
-            event.put(self.digest.buffer());
+            event.put(self.writer.digest.buffer());
             let code = if index + 1 == events.len() {
                 ResultCode::LinkedEventChainOpen
             } else {
                 ResultCode::LinkedEventFailed
             };
-            self.digest.put_code(code);
+            self.writer.digest.put_code(code);
             results.push(code);
         }
-        assert!(!self.chain_open && self.undo.is_empty());
-    }
-
-    fn rollback_chain(&mut self) {
-        while let Some(undo) = self.undo.pop() {
-            match undo {
-                Undo::AccountInserted(account) => self.storage.account_rollback_insert(&account),
-                Undo::AccountUpdated { before } => self.storage.account_update(&before),
-                Undo::TransferInserted(transfer) => self.storage.transfer_rollback_insert(&transfer),
-                Undo::PendingStatusPut { pending_id, before: Some(status) } => {
-                    self.storage.pending_status_put(pending_id, status)
-                }
-                Undo::PendingStatusPut { pending_id, before: None } => self.storage.pending_status_remove(pending_id),
-                Undo::ExpiryInserted { expires_at, pending_id } => self.storage.expiry_remove(expires_at, pending_id),
-                Undo::ExpiryRemoved { expires_at, pending_id } => self.storage.expiry_insert(expires_at, pending_id),
-                Undo::BalanceInserted { account_id, balance } => {
-                    self.storage.account_balance_rollback_insert(account_id, &balance)
-                }
-            }
-        }
-    }
-
-    // Every write of an event goes through the helpers below, so that a write inside a linked chain
-    // is always paired with its undo.
-
-    fn remember(&mut self, undo: Undo) {
-        if self.chain_open {
-            self.undo.push(undo);
-        }
-    }
-
-    pub(crate) fn write_account_insert(&mut self, account: &Account) {
-        self.storage.account_insert(account);
-        self.remember(Undo::AccountInserted(*account));
-    }
-
-    /// Stores an account's new balances and flags, and its history entry when it keeps history.
-    pub(crate) fn write_account_update(&mut self, before: &Account, after: &Account, timestamp: u64) {
-        assert_eq!(before.id, after.id);
-        assert!(after.within_limits(), "account {} breaks its balance limit", after.id);
-        self.storage.account_update(after);
-        self.remember(Undo::AccountUpdated { before: *before });
-        if after.flags.contains(AccountFlags::HISTORY) {
-            let balance = after.balance(timestamp);
-            self.storage.account_balance_insert(after.id, &balance);
-            self.remember(Undo::BalanceInserted { account_id: after.id, balance });
-        }
-    }
-
-    pub(crate) fn write_transfer_insert(&mut self, transfer: &Transfer) {
-        self.storage.transfer_insert(transfer);
-        self.remember(Undo::TransferInserted(*transfer));
-    }
-
-    pub(crate) fn write_pending_status(&mut self, pending_id: u128, status: PendingStatus) {
-        let before = if self.chain_open { self.storage.pending_status_get(pending_id) } else { None };
-        self.storage.pending_status_put(pending_id, status);
-        self.remember(Undo::PendingStatusPut { pending_id, before });
-    }
-
-    pub(crate) fn write_expiry_insert(&mut self, expires_at: u64, pending_id: u128) {
-        self.storage.expiry_insert(expires_at, pending_id);
-        self.remember(Undo::ExpiryInserted { expires_at, pending_id });
-    }
-
-    pub(crate) fn write_expiry_remove(&mut self, expires_at: u64, pending_id: u128) {
-        self.storage.expiry_remove(expires_at, pending_id);
-        self.remember(Undo::ExpiryRemoved { expires_at, pending_id });
-    }
-
-    pub(crate) fn assert_not_in_chain(&self) {
-        assert!(!self.chain_open, "this write cannot be undone and must not happen inside a chain");
+        self.writer.assert_no_chain();
     }
 }

@@ -7,8 +7,8 @@ use crate::flags::AccountFlags;
 use crate::model::{Account, NewAccount};
 use crate::result::ResultCode::{self, *};
 // The glob above brings in `ResultCode::Ok`; this explicit import keeps `Ok` meaning `Result::Ok`.
-use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+use crate::writer::LedgerWriter;
 use std::result::Result::Ok;
 
 impl Event for NewAccount {
@@ -20,8 +20,8 @@ impl Event for NewAccount {
         put_new_account(out, self);
     }
 
-    fn apply<S: Storage>(&self, state: &mut StateMachine<S>, timestamp: u64) -> ResultCode {
-        into_code(state.create_account(self, timestamp))
+    fn apply<S: Storage>(&self, ledger: &mut LedgerWriter<S>, timestamp: u64) -> ResultCode {
+        into_code(ledger.create_account(self, timestamp))
     }
 }
 
@@ -46,7 +46,7 @@ fn check_account_fields(account: &NewAccount) -> Result<(), ResultCode> {
     Ok(())
 }
 
-impl<S: Storage> StateMachine<S> {
+impl<S: Storage> LedgerWriter<S> {
     fn create_account(&mut self, account: &NewAccount, timestamp: u64) -> Result<(), ResultCode> {
         check_account_fields(account)?;
         if let Some(existing) = self.storage.account_get(account.id) {

@@ -9,10 +9,10 @@ use std::ops::ControlFlow;
 use super::transfers::release_pending;
 use crate::constants::EXPIRIES_PER_BATCH_MAX;
 use crate::model::PendingStatus;
-use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+use crate::writer::LedgerWriter;
 
-impl<S: Storage> StateMachine<S> {
+impl<S: Storage> LedgerWriter<S> {
     pub(crate) fn expire_pending_transfers(&mut self, timestamp: u64) -> Vec<u128> {
         let mut due = std::mem::take(&mut self.expiry_candidates);
         due.clear();

@@ -6,8 +6,8 @@ use crate::constants::LEDGER_SCALE_MAX;
 use crate::model::{Ledger, NewLedger};
 use crate::result::ResultCode::{self, *};
 // The glob above brings in `ResultCode::Ok`; this explicit import keeps `Ok` meaning `Result::Ok`.
-use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+use crate::writer::LedgerWriter;
 use std::result::Result::Ok;
 
 impl Event for NewLedger {
@@ -19,12 +19,12 @@ impl Event for NewLedger {
         put_new_ledger(out, self);
     }
 
-    fn apply<S: Storage>(&self, state: &mut StateMachine<S>, timestamp: u64) -> ResultCode {
-        into_code(state.create_ledger(self, timestamp))
+    fn apply<S: Storage>(&self, ledger: &mut LedgerWriter<S>, timestamp: u64) -> ResultCode {
+        into_code(ledger.create_ledger(self, timestamp))
     }
 }
 
-impl<S: Storage> StateMachine<S> {
+impl<S: Storage> LedgerWriter<S> {
     fn create_ledger(&mut self, ledger: &NewLedger, timestamp: u64) -> Result<(), ResultCode> {
         if ledger.id == 0 {
             return Err(IdMustNotBeZero);

@@ -11,18 +11,18 @@ mod ledgers;
 mod transfers;
 
 use crate::result::ResultCode;
-use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+use crate::writer::LedgerWriter;
 
 /// An event kind that can be applied in a batch.
 pub(crate) trait Event {
     fn linked(&self) -> bool;
     /// Appends the event's canonical encoding (for the digest).
     fn put(&self, out: &mut Vec<u8>);
-    fn apply<S: Storage>(&self, state: &mut StateMachine<S>, timestamp: u64) -> ResultCode;
+    fn apply<S: Storage>(&self, ledger: &mut LedgerWriter<S>, timestamp: u64) -> ResultCode;
     /// Called when the event's failure is final and its code is transient (see
     /// [`ResultCode::is_transient`]).
-    fn record_failure<S: Storage>(&self, _state: &mut StateMachine<S>, _code: ResultCode, _timestamp: u64) {}
+    fn record_failure<S: Storage>(&self, _ledger: &mut LedgerWriter<S>, _code: ResultCode, _timestamp: u64) {}
 }
 
 /// Folds the `Result` style of the `create_*` functions into a code: `Err` carries every code

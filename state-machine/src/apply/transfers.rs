@@ -7,8 +7,8 @@ use crate::flags::{AccountFlags, TransferFlags};
 use crate::model::{Account, NewTransfer, PendingStatus, Transfer, TransferFailure, deadline};
 use crate::result::ResultCode::{self, *};
 // The glob above brings in `ResultCode::Ok`; this explicit import keeps `Ok` meaning `Result::Ok`.
-use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+use crate::writer::LedgerWriter;
 use std::result::Result::Ok;
 
 impl Event for NewTransfer {
@@ -20,14 +20,14 @@ impl Event for NewTransfer {
         put_new_transfer(out, self);
     }
 
-    fn apply<S: Storage>(&self, state: &mut StateMachine<S>, timestamp: u64) -> ResultCode {
-        into_code(state.create_transfer(self, timestamp))
+    fn apply<S: Storage>(&self, ledger: &mut LedgerWriter<S>, timestamp: u64) -> ResultCode {
+        into_code(ledger.create_transfer(self, timestamp))
     }
 
-    fn record_failure<S: Storage>(&self, state: &mut StateMachine<S>, code: ResultCode, timestamp: u64) {
+    fn record_failure<S: Storage>(&self, ledger: &mut LedgerWriter<S>, code: ResultCode, timestamp: u64) {
         // The id may already be taken: a failed chain can repeat an id that exists.
-        if state.storage.transfer_get(self.id).is_none() && state.storage.transfer_failure_get(self.id).is_none() {
-            state.storage.transfer_failure_insert(&TransferFailure { id: self.id, code, timestamp });
+        if ledger.storage.transfer_get(self.id).is_none() && ledger.storage.transfer_failure_get(self.id).is_none() {
+            ledger.storage.transfer_failure_insert(&TransferFailure { id: self.id, code, timestamp });
         }
     }
 }
@@ -121,7 +121,7 @@ fn inherited<T: PartialEq + Default>(submitted: T, stored: T) -> T {
     if submitted == T::default() { stored } else { submitted }
 }
 
-impl<S: Storage> StateMachine<S> {
+impl<S: Storage> LedgerWriter<S> {
     fn create_transfer(&mut self, transfer: &NewTransfer, timestamp: u64) -> Result<(), ResultCode> {
         check_transfer_fields(transfer)?;
         if let Some(existing) = self.storage.transfer_get(transfer.id) {
