@@ -1,5 +1,5 @@
-//! A two-phase card payment: an authorisation reserves funds, the capture posts less than was
-//! reserved (the rest is released), and a second authorisation is voided.
+//! A two-phase card payment: an authorisation makes a pending transfer, the capture posts less than
+//! it (the rest is released), and a second authorisation is voided.
 //!
 //!     cargo run -p tally-client --example card_authorisation
 
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let captured = client.create_transfer(NewTransfer::post(new_id(), fuel).amount(euros("47.85"))).await?;
     println!("captured 47.85: {}", captured.name());
 
-    // A hotel authorisation that is cancelled: voiding releases the whole reservation.
+    // A hotel authorisation that is cancelled: voiding releases the whole pending amount.
     let hotel = new_id();
     client.create_transfer(NewTransfer::new(hotel, card, merchant, euros("30.00"), 978, 2).pending(0)).await?;
     let voided = client.create_transfer(NewTransfer::void(new_id(), hotel)).await?;

@@ -32,11 +32,11 @@ bitflags::bitflags! {
     pub struct TransferFlags: u32 {
         /// Links this event to the next in the same request: all of them apply or none does.
         const LINKED = 1;
-        /// Reserves the amount (two-phase): post or void it later.
+        /// Makes the transfer pending (two-phase): post or void it later.
         const PENDING = 2;
         /// Posts a pending transfer (all of it, or less).
         const POST_PENDING_TRANSFER = 4;
-        /// Voids a pending transfer, releasing the reservation.
+        /// Voids a pending transfer, releasing its pending amount.
         const VOID_PENDING_TRANSFER = 8;
         /// Moves at most the amount, as much as the debit account's balance allows.
         const BALANCING_DEBIT = 16;
@@ -149,7 +149,7 @@ pub struct NewTransfer {
     pub code: u16,
     /// The transfer's flags.
     pub flags: TransferFlags,
-    /// Pending transfers only: seconds until the reservation expires; 0 never expires.
+    /// Pending transfers only: seconds until the pending transfer expires; 0 never expires.
     pub timeout_seconds: u32,
     /// Free for the bank: a reference to an external record (0 for none). Indexed for queries.
     pub user_data_128: u128,
@@ -190,7 +190,7 @@ impl NewTransfer {
         NewTransfer { id, pending_id, flags: TransferFlags::VOID_PENDING_TRANSFER, ..NewTransfer::default() }
     }
 
-    /// Reserves the amount instead of moving it (two-phase); `timeout_seconds` 0 never expires.
+    /// Makes the amount pending instead of moving it (two-phase); `timeout_seconds` 0 never expires.
     pub fn pending(mut self, timeout_seconds: u32) -> NewTransfer {
         self.flags |= TransferFlags::PENDING;
         self.timeout_seconds = timeout_seconds;
@@ -300,14 +300,14 @@ impl Account {
     }
 }
 
-/// Where a pending transfer's reservation stands.
+/// Where a pending transfer stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PendingStatus {
     /// Still reserved.
     Pending,
     /// Posted (all of it or less).
     Posted,
-    /// Voided: the reservation was released.
+    /// Voided: its pending amount was released.
     Voided,
     /// Expired: its timeout passed before a post or void.
     Expired,
@@ -354,7 +354,7 @@ pub struct Transfer {
     pub user_data_32: u32,
     /// Cluster time when the ledger applied it, nanoseconds since the Unix epoch (unique per record).
     pub timestamp: u64,
-    /// For pending transfers: where the reservation stands.
+    /// For pending transfers: where the pending transfer stands.
     pub pending_status: Option<PendingStatus>,
     /// For resolved pending transfers: when (cluster time).
     pub pending_resolved_at: Option<u64>,
@@ -662,7 +662,7 @@ mod tests {
         let wire = capture.to_wire();
         assert_eq!((wire.flags, from_uint128(wire.pending_id), wire.amount.as_str()), (4, 1, "10.00"));
         assert_eq!(wire.debit_account_id, None, "a post leaves the accounts to the pending transfer");
-        assert_eq!(NewTransfer::void(5, 1).to_wire().amount, "", "a void releases the whole reservation");
+        assert_eq!(NewTransfer::void(5, 1).to_wire().amount, "", "a void releases the whole pending amount");
         assert_eq!(NewTransfer::new(6, 2, 3, amount, 7, 10).linked().balancing_debit().to_wire().flags, 1 | 16);
         assert_eq!(NewTransfer::new(6, 2, 3, amount, 7, 10).closing_debit().closing_credit().flags.bits(), 64 | 128);
         let account = NewAccount::new(9, 7, 100).debits_must_not_exceed_credits().history().linked();

@@ -4,6 +4,12 @@
 //! forwards, but the leader saves a hop), otherwise to the next endpoint whose breaker is closed.
 //! A retryable failure waits a jittered, exponentially growing backoff and tries again, until the
 //! deadline: never past it.
+//!
+//! Why not a retry crate (`backon`, `tokio-retry`): they give the delays and the loop, but every
+//! attempt here also picks its endpoint by leader hint and breaker, learns the leader from the
+//! answer or the error, counts the breaker's failures and keeps each endpoint's last error for the
+//! caller; and the wait must stop at the call's deadline. That leaves the crate three lines of
+//! arithmetic (full jitter, doubling, a cap) to own, behind an adapter longer than they are.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};

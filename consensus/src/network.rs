@@ -17,6 +17,13 @@
 //! most [`RAFT_MESSAGE_BYTES_MAX`]; snapshots travel as openraft's chunks, each at most the
 //! configured chunk size.
 //!
+//! Why not tokio-util's `LengthDelimitedCodec`: it would carry these frames (its header offset
+//! and length adjustment fit the method byte and the wall time), but it reserves the whole length a
+//! header claims as soon as it reads it, where a peer's word must not make this replica allocate
+//! 64 MiB before a byte of it arrives ([`FRAME_GROWTH_BYTES`]), and its encoder copies every body
+//! into its write buffer, where a 1 MiB batch here goes to the socket as it is, in one vectored
+//! write. A call writes one frame and reads one back, so a `Framed` stream buys nothing else.
+//!
 //! Connections: each peer address has a pool of idle connections. A call takes one (or dials) and
 //! gives it back only once it has read the whole response, so no two calls share a connection and a
 //! call that timed out takes its connection down with it. A call that fails on a pooled connection is

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{Leader, Replica, forwarded};
+use crate::replica::{Leader, Replica, forwarded};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -82,32 +82,24 @@ impl Admin {
         Ok(AdminServiceClient::new(self.replica.channel(address)?))
     }
 
-    /// Runs `local` on the leader when this replica leads, or forwards the call there once, with
-    /// the request's deadline, like ledger calls. A replica sent a forwarded call that it cannot
-    /// run itself (leadership moved meanwhile) answers UNAVAILABLE naming the leader rather than
-    /// forwarding again, so that two replicas with stale views never bounce a call between them.
-    async fn on_leader<Req, T, F, Fut>(
+    /// Runs a membership change on the leader, or forwards it there once
+    /// ([`Replica::on_leader`]); changes run one at a time (openraft refuses a second while one is
+    /// under way).
+    async fn change_on_leader<Req, F, Fut>(
         &self,
-        request: &Request<Req>,
-        local: impl AsyncFnOnce() -> Result<T, Status>,
+        request: Request<Req>,
+        change: impl AsyncFnOnce(Req) -> Result<wire::MembershipResponse, Status>,
         forward: F,
-    ) -> Result<T, Status>
+    ) -> Result<Response<wire::MembershipResponse>, Status>
     where
-        Req: Clone,
         F: FnOnce(AdminServiceClient<tonic::transport::Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        Fut: Future<Output = Result<Response<wire::MembershipResponse>, Status>>,
     {
-        let deadline = Instant::now() + self.replica.request_timeout;
-        match self.replica.known_leader(deadline).await? {
-            Leader::Me => local().await,
-            Leader::Other { id, address } if forwarded(request) => Err(Replica::not_leader(id, &address)),
-            Leader::Other { address, .. } => {
-                let client = self.client(&address)?;
-                let message = request.get_ref().clone();
-                Ok(self.replica.forward_once(&address, client, message, deadline, forward).await?.into_inner())
-            }
-            Leader::Unknown => unreachable!("known_leader returns a known leader"),
-        }
+        let local = async |request: Request<Req>, _deadline| {
+            let _serialised = self.membership_changes.lock().await;
+            change(request.into_inner()).await.map(Response::new)
+        };
+        self.replica.on_leader(request, |address| self.client(address), forward, local).await
     }
 
     fn membership_response(&self, log_index: u64) -> wire::MembershipResponse {
@@ -212,20 +204,13 @@ impl AdminService for Admin {
         if message.node_id == 0 || message.address.is_empty() {
             return Err(Status::invalid_argument("node_id must not be 0 and address must be set"));
         }
-        let response = self
-            .on_leader(
-                &request,
-                async || {
-                    let _serialised = self.membership_changes.lock().await;
-                    let node = PeerNode { address: message.address.clone(), site: message.site.clone() };
-                    let written =
-                        self.replica.raft.add_learner(message.node_id, node, false).await.map_err(raft_error)?;
-                    Ok(self.membership_response(written.log_id.index))
-                },
-                |mut client, request| async move { client.add_learner(request).await },
-            )
-            .await?;
-        Ok(Response::new(response))
+        let change = async |message: wire::AddLearnerRequest| {
+            let node = PeerNode { address: message.address.clone(), site: message.site.clone() };
+            let written = self.replica.raft.add_learner(message.node_id, node, false).await.map_err(raft_error)?;
+            Ok(self.membership_response(written.log_id.index))
+        };
+        let forward = |mut client: AdminServiceClient<_>, request| async move { client.add_learner(request).await };
+        self.change_on_leader(request, change, forward).await
     }
 
     async fn change_membership(
@@ -237,39 +222,30 @@ impl AdminService for Admin {
         if voters.is_empty() || voters.contains(&0) {
             return Err(Status::invalid_argument("voters must name at least one member and not 0"));
         }
-        let response = self
-            .on_leader(
-                &request,
-                async || {
-                    let _serialised = self.membership_changes.lock().await;
-                    let known: BTreeSet<u64> = self
-                        .replica
-                        .raft
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .nodes()
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
-                        return Err(Status::invalid_argument(format!(
-                            "node {unknown} is not a member: add it as a learner first"
-                        )));
-                    }
-                    let changes = ChangeMembers::ReplaceAllVoters(voters.clone());
-                    let written = self
-                        .replica
-                        .raft
-                        .change_membership(changes, message.retain_as_learners)
-                        .await
-                        .map_err(raft_error)?;
-                    Ok(self.membership_response(written.log_id.index))
-                },
-                |mut client, request| async move { client.change_membership(request).await },
-            )
-            .await?;
-        Ok(Response::new(response))
+        let change = async |message: wire::ChangeMembershipRequest| {
+            let known: BTreeSet<u64> = self
+                .replica
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
+                return Err(Status::invalid_argument(format!(
+                    "node {unknown} is not a member: add it as a learner first"
+                )));
+            }
+            let changes = ChangeMembers::ReplaceAllVoters(voters.clone());
+            let written =
+                self.replica.raft.change_membership(changes, message.retain_as_learners).await.map_err(raft_error)?;
+            Ok(self.membership_response(written.log_id.index))
+        };
+        let forward =
+            |mut client: AdminServiceClient<_>, request| async move { client.change_membership(request).await };
+        self.change_on_leader(request, change, forward).await
     }
 
     async fn transfer_leader(

@@ -8,221 +8,24 @@
 //! `x-tally-leader-address`). Requests in flight are bounded; a request that cannot reach a quorum
 //! fails with `UNAVAILABLE` when its deadline passes.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use openraft::Raft;
 use tally_consensus::LedgerReadView;
-use tally_consensus::peer_identity::PeerIdentity;
-use tally_consensus::raft_state_machine::{LedgerViews, consensus_record};
-use tally_consensus::type_config::TypeConfig;
 use tally_proto::v1 as wire;
 use tally_proto::v1::ledger_service_client::LedgerServiceClient;
 use tally_proto::v1::ledger_service_server::LedgerService;
 use tally_state_machine::constants::EVENTS_PER_BATCH_MAX;
-use tally_state_machine::{LedgerQueries, QueryError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
-use crate::clock::ClockCheck;
-use crate::convert::{self, FieldError, Renderer};
+use crate::convert::{self, FieldError};
 use crate::disk::DiskSpace;
 use crate::group_commit::{Events, GroupCommit, WriteError};
-
-/// Metadata a replica adds to a request it forwards, so that it is never forwarded twice.
-pub(crate) const FORWARDED: &str = "x-tally-forwarded";
-const LEADER_ID: &str = "x-tally-leader-id";
-const LEADER_ADDRESS: &str = "x-tally-leader-address";
-
-/// Who leads, as this replica knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Leader {
-    Me,
-    Other { id: u64, address: String },
-    Unknown,
-}
-
-/// Shared by the gateway and the admin service.
-pub struct Replica {
-    pub node_id: u64,
-    pub raft: Raft<TypeConfig>,
-    pub views: LedgerViews,
-    pub request_timeout: Duration,
-    channels: Mutex<HashMap<String, Channel>>,
-    message_bytes_max: usize,
-    /// This replica on the peer protocol: what says it must stop after losing its data.
-    pub identity: Arc<PeerIdentity>,
-    /// Its clock against its peers': a leader whose clock disagrees with a majority's proposes nothing.
-    pub clock: ClockCheck,
-}
-
-impl std::fmt::Debug for Replica {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "Replica({})", self.node_id)
-    }
-}
-
-impl Replica {
-    pub fn new(
-        node_id: u64,
-        raft: Raft<TypeConfig>,
-        views: LedgerViews,
-        request_timeout: Duration,
-        message_bytes_max: usize,
-        identity: Arc<PeerIdentity>,
-        clock: ClockCheck,
-    ) -> Replica {
-        let channels = Mutex::new(HashMap::new());
-        Replica { node_id, raft, views, request_timeout, channels, message_bytes_max, identity, clock }
-    }
-
-    pub fn leader(&self) -> Leader {
-        let metrics = self.raft.metrics().borrow().clone();
-        match metrics.current_leader {
-            Some(id) if id == self.node_id => Leader::Me,
-            Some(id) => match metrics.membership_config.membership().get_node(&id) {
-                Some(node) => Leader::Other { id, address: node.address.clone() },
-                None => Leader::Unknown,
-            },
-            None => Leader::Unknown,
-        }
-    }
-
-    /// Waits (until `deadline`) for a leader to be known.
-    pub async fn known_leader(&self, deadline: Instant) -> Result<Leader, Status> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            let leader = self.leader();
-            if leader != Leader::Unknown {
-                return Ok(leader);
-            }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(Status::unavailable(format!(
-                    "no leader within {} ms: fewer than a majority of replicas can be reached",
-                    self.request_timeout.as_millis()
-                )));
-            }
-        }
-    }
-
-    /// A channel to a peer, opened once and reused.
-    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("the channel cache lock is never poisoned");
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|error| Status::internal(format!("leader address {address:?} is invalid: {error}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
-        Ok(channel)
-    }
-
-    /// Asks voter `successor` to run an election now (it wins if its log is as long as a
-    /// majority's), as `tallyctl cluster transfer-leader` does; waits at most the request timeout.
-    pub async fn hand_leadership_to(&self, successor: u64) -> Result<(), Status> {
-        let address = {
-            let metrics = self.raft.metrics().borrow().clone();
-            let membership = metrics.membership_config.membership();
-            let node = membership
-                .get_node(&successor)
-                .ok_or_else(|| Status::failed_precondition(format!("node {successor} is not a member")))?;
-            node.address.clone()
-        };
-        let mut admin = tally_proto::v1::admin_service_client::AdminServiceClient::new(self.channel(&address)?);
-        let mut request = Request::new(wire::TransferLeaderRequest { node_id: successor });
-        request.set_timeout(self.request_timeout);
-        admin.transfer_leader(request).await.map(|_| ())
-    }
-
-    pub fn ledger_client(&self, address: &str) -> Result<LedgerServiceClient<Channel>, Status> {
-        Ok(LedgerServiceClient::new(self.channel(address)?)
-            .max_decoding_message_size(self.message_bytes_max)
-            .max_encoding_message_size(self.message_bytes_max))
-    }
-
-    /// Sends a request on to the leader once, marked as forwarded (so that the leader, if it
-    /// lost leadership meanwhile, answers instead of forwarding again), with what remains of the
-    /// deadline. Shared by ledger and admin calls.
-    pub(crate) async fn forward_once<Client, Req, Resp, Call, Fut>(
-        &self,
-        address: &str,
-        client: Client,
-        message: Req,
-        deadline: Instant,
-        call: Call,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Call: FnOnce(Client, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let answer = tokio::time::timeout_at(deadline, call(client, request)).await;
-        match answer {
-            Err(_) => Err(Status::unavailable(format!("the leader at {address} did not answer in time; retry"))),
-            // Replicas never answer `Unknown` or `Cancelled` themselves: it is the connection to the
-            // leader that failed (it may have just died), which the client should retry.
-            Ok(Err(status)) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
-                Err(Status::unavailable(format!(
-                    "the leader at {address} could not be reached ({}); retry, the write may have been applied",
-                    status.message()
-                )))
-            }
-            Ok(answer) => answer,
-        }
-    }
-
-    /// The answer of a replica that was sent a forwarded request but is not the leader.
-    pub(crate) fn not_leader(id: u64, address: &str) -> Status {
-        Status::unavailable(format!("not the leader; the leader is {id} at {address}"))
-    }
-
-    pub fn header(&self, view: Option<&LedgerReadView>) -> wire::ResponseHeader {
-        let (leader_id, leader_address) = match self.leader() {
-            Leader::Me => (self.node_id, String::new()),
-            Leader::Other { id, address } => (id, address),
-            Leader::Unknown => (0, String::new()),
-        };
-        let leader_address = if leader_id == self.node_id {
-            self.raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&self.node_id)
-                .map(|node| node.address.clone())
-                .unwrap_or_default()
-        } else {
-            leader_address
-        };
-        let applied_index = view
-            .map(|view| consensus_record(view).applied.map_or(0, |log_id| log_id.index))
-            .unwrap_or_else(|| self.raft.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index));
-        wire::ResponseHeader { served_by: self.node_id, leader_id, leader_address, applied_index }
-    }
-
-    /// Adds the leader to an error, so that a client can go there directly.
-    pub fn with_leader(&self, mut status: Status) -> Status {
-        if let Leader::Other { id, address } = self.leader() {
-            if let Ok(value) = MetadataValue::try_from(id.to_string()) {
-                status.metadata_mut().insert(LEADER_ID, value);
-            }
-            if let Ok(value) = MetadataValue::try_from(address) {
-                status.metadata_mut().insert(LEADER_ADDRESS, value);
-            }
-        }
-        status
-    }
-}
+use crate::reads::{Answer, Answers};
+use crate::replica::Replica;
 
 /// The gateway's service.
 #[derive(Clone, Debug)]
@@ -302,10 +105,6 @@ fn invalid(error: FieldError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-fn query_error(error: QueryError) -> Status {
-    Status::invalid_argument(error.to_string())
-}
-
 fn check_count(field: &str, count: usize, max: usize) -> Result<(), Status> {
     if count == 0 {
         return Err(Status::invalid_argument(format!("{field}: the request has no events")));
@@ -327,11 +126,6 @@ fn convert_events<W, E>(
 ) -> Result<Vec<E>, Status> {
     check_count(field, events.len(), events_max)?;
     events.iter().enumerate().map(|(index, event)| convert(event, index)).collect::<Result<_, _>>().map_err(invalid)
-}
-
-/// Whether another replica forwarded this request (it must then not be forwarded again).
-pub(crate) fn forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED)
 }
 
 impl Gateway {
@@ -356,7 +150,7 @@ impl Gateway {
         self.in_flight.admit(request.encoded_len())
     }
 
-    /// Writes through group commit on the leader, or forwards to it.
+    /// Writes through group commit on the leader, or forwards to it ([`Replica::on_leader`]).
     async fn write<Req, Call, Fut>(
         &self,
         request: Request<Req>,
@@ -367,21 +161,12 @@ impl Gateway {
         Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<wire::CreateResponse>, Status>>,
     {
-        let deadline = Instant::now() + self.replica.request_timeout;
-        let was_forwarded = forwarded(&request);
         let started = std::time::Instant::now();
-        let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
-        let result = match leader {
-            Leader::Other { address, .. } if !was_forwarded => {
-                let client = self.replica.ledger_client(&address)?;
-                self.replica.forward_once(&address, client, request.into_inner(), deadline, call).await
-            }
-            Leader::Other { id, address } => Err(Replica::not_leader(id, &address)),
-            Leader::Unknown => unreachable!("known_leader returns a known leader"),
-            Leader::Me => self.commit(events, deadline).await,
-        };
+        let client = |address: &str| self.replica.ledger_client(address);
+        let local = async |_request, deadline| self.commit(events, deadline).await;
+        let result = self.replica.on_leader(request, client, call, local).await;
         metrics::histogram!("tally_write_seconds").record(started.elapsed().as_secs_f64());
-        result.map_err(|status| self.replica.with_leader(status))
+        result
     }
 
     async fn commit(&self, events: Events, deadline: Instant) -> Result<Response<wire::CreateResponse>, Status> {
@@ -416,277 +201,104 @@ impl Gateway {
         Ok(Response::new(wire::CreateResponse { header: Some(header), results }))
     }
 
-    /// Answers a read on the leader after a read-index barrier, or forwards it there.
-    async fn read<Req, Resp, Local, Call, Fut>(
+    /// The one read path: every read call is admitted, then answered by the leader
+    /// ([`Replica::on_leader`]) with `answer`, after a read-index barrier, from a read view that
+    /// holds everything committed before the request.
+    async fn read<Req, Resp, Call, Fut>(
         &self,
         request: Request<Req>,
-        local: Local,
+        answer: Answer<Req, Resp>,
         call: Call,
     ) -> Result<Response<Resp>, Status>
     where
         Req: prost::Message,
-        Local: FnOnce(&Req, &LedgerReadView, wire::ResponseHeader) -> Result<Resp, Status>,
         Call: FnOnce(LedgerServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let _permit = self.admit(request.get_ref())?;
-        let deadline = Instant::now() + self.replica.request_timeout;
-        let was_forwarded = forwarded(&request);
-        let leader = self.replica.known_leader(deadline).await.map_err(|status| self.replica.with_leader(status))?;
-        let result = match leader {
-            Leader::Other { address, .. } if !was_forwarded => {
-                let client = self.replica.ledger_client(&address)?;
-                self.replica.forward_once(&address, client, request.into_inner(), deadline, call).await
-            }
-            Leader::Other { id, address } => Err(Replica::not_leader(id, &address)),
-            Leader::Unknown => unreachable!("known_leader returns a known leader"),
-            Leader::Me => {
-                let read_log_id = match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await
-                {
-                    Ok(Ok(read_log_id)) => read_log_id,
-                    Ok(Err(error)) => {
-                        return Err(self
-                            .replica
-                            .with_leader(Status::unavailable(format!("read not confirmed: {error}"))));
-                    }
-                    Err(_) => return Err(Status::unavailable("no quorum confirmed leadership for this read in time")),
-                };
-                // Applied is not yet visible: a busy replica commits its store a little later.
-                let visible = self.replica.views.wait_committed(read_log_id.map(|log_id| log_id.index));
-                if tokio::time::timeout_at(deadline, visible).await.is_err() {
-                    return Err(Status::unavailable("the ledger did not reach the read's log index in time"));
-                }
-                let view = self.replica.views.view();
-                let header = self.replica.header(Some(&view));
-                local(request.get_ref(), &view, header).map(Response::new)
-            }
+        let client = |address: &str| self.replica.ledger_client(address);
+        let local = async |request: Request<Req>, deadline| {
+            let view = self.linearizable_view(deadline).await?;
+            let header = self.replica.header(Some(&view));
+            answer(Answers::new(&view, header), request.get_ref()).map(Response::new)
         };
-        result.map_err(|status| self.replica.with_leader(status))
+        self.replica.on_leader(request, client, call, local).await
+    }
+
+    /// A read view that holds everything committed before now: the leader confirms with a quorum
+    /// that it still leads (read index), then waits until its store has committed that far.
+    async fn linearizable_view(&self, deadline: Instant) -> Result<LedgerReadView, Status> {
+        let read_log_id = match tokio::time::timeout_at(deadline, self.replica.raft.ensure_linearizable()).await {
+            Ok(Ok(read_log_id)) => read_log_id,
+            Ok(Err(error)) => return Err(Status::unavailable(format!("read not confirmed: {error}"))),
+            Err(_) => return Err(Status::unavailable("no quorum confirmed leadership for this read in time")),
+        };
+        // Applied is not yet visible: a busy replica commits its store a little later.
+        let visible = self.replica.views.wait_committed(read_log_id.map(|log_id| log_id.index));
+        if tokio::time::timeout_at(deadline, visible).await.is_err() {
+            return Err(Status::unavailable("the ledger did not reach the read's log index in time"));
+        }
+        Ok(self.replica.views.view())
     }
 }
 
-#[tonic::async_trait]
-impl LedgerService for Gateway {
-    async fn create_ledgers(
-        &self,
-        request: Request<wire::CreateLedgersRequest>,
-    ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit(request.get_ref())?;
-        let events = convert_events(
-            "ledgers",
-            &request.get_ref().ledgers,
-            self.limits.events_per_request_max,
-            convert::new_ledger,
-        )?;
-        self.write(request, Events::Ledgers(events), |mut client, request| async move {
-            client.create_ledgers(request).await
-        })
-        .await
-    }
+/// The ledger service's calls, one line each: a write names its events, its conversion and its
+/// kind; a read names its answer ([`Answers`]). Each forwards with the call of its own name.
+macro_rules! ledger_service {
+    (
+        writes { $($write:ident($write_request:ty) => $field:ident, $convert:path, $kind:ident;)* }
+        reads { $($read:ident($read_request:ty) -> $read_response:ty;)* }
+    ) => {
+        #[tonic::async_trait]
+        impl LedgerService for Gateway {
+            $(
+                async fn $write(
+                    &self,
+                    request: Request<$write_request>,
+                ) -> Result<Response<wire::CreateResponse>, Status> {
+                    let forward = |mut client: LedgerServiceClient<Channel>, request| async move {
+                        client.$write(request).await
+                    };
+                    let _permit = self.admit(request.get_ref())?;
+                    let limit = self.limits.events_per_request_max;
+                    let events = convert_events(stringify!($field), &request.get_ref().$field, limit, $convert)?;
+                    self.write(request, Events::$kind(events), forward).await
+                }
+            )*
+            $(
+                async fn $read(&self, request: Request<$read_request>) -> Result<Response<$read_response>, Status> {
+                    let forward = |mut client: LedgerServiceClient<Channel>, request| async move {
+                        client.$read(request).await
+                    };
+                    self.read(request, |answers: Answers<'_>, message| answers.$read(message), forward).await
+                }
+            )*
+        }
+    };
+}
 
-    async fn create_accounts(
-        &self,
-        request: Request<wire::CreateAccountsRequest>,
-    ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit(request.get_ref())?;
-        let events = convert_events(
-            "accounts",
-            &request.get_ref().accounts,
-            self.limits.events_per_request_max,
-            convert::new_account,
-        )?;
-        self.write(request, Events::Accounts(events), |mut client, request| async move {
-            client.create_accounts(request).await
-        })
-        .await
+ledger_service! {
+    writes {
+        create_ledgers(wire::CreateLedgersRequest) => ledgers, convert::new_ledger, Ledgers;
+        create_accounts(wire::CreateAccountsRequest) => accounts, convert::new_account, Accounts;
+        create_transfers(wire::CreateTransfersRequest) => transfers, convert::new_transfer, Transfers;
     }
-
-    async fn create_transfers(
-        &self,
-        request: Request<wire::CreateTransfersRequest>,
-    ) -> Result<Response<wire::CreateResponse>, Status> {
-        let _permit = self.admit(request.get_ref())?;
-        let events = convert_events(
-            "transfers",
-            &request.get_ref().transfers,
-            self.limits.events_per_request_max,
-            convert::new_transfer,
-        )?;
-        self.write(request, Events::Transfers(events), |mut client, request| async move {
-            client.create_transfers(request).await
-        })
-        .await
-    }
-
-    async fn lookup_ledgers(
-        &self,
-        request: Request<wire::LookupLedgersRequest>,
-    ) -> Result<Response<wire::LookupLedgersResponse>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let found = view.lookup_ledgers(&message.ids).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let ledgers = found
-                    .iter()
-                    .map(|ledger| wire::LedgerLookup {
-                        found: ledger.is_some(),
-                        ledger: ledger.as_ref().map(|ledger| render.ledger(ledger)),
-                    })
-                    .collect();
-                Ok(wire::LookupLedgersResponse { header: Some(header), ledgers })
-            },
-            |mut client, request| async move { client.lookup_ledgers(request).await },
-        )
-        .await
-    }
-
-    async fn lookup_accounts(
-        &self,
-        request: Request<wire::LookupRequest>,
-    ) -> Result<Response<wire::LookupAccountsResponse>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let ids: Vec<u128> = message.ids.iter().map(|id| convert::u128_from(Some(id))).collect();
-                let found = view.lookup_accounts(&ids).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let accounts = found
-                    .iter()
-                    .map(|account| wire::AccountLookup {
-                        found: account.is_some(),
-                        account: account.as_ref().map(|account| render.account(account)),
-                    })
-                    .collect();
-                Ok(wire::LookupAccountsResponse { header: Some(header), accounts })
-            },
-            |mut client, request| async move { client.lookup_accounts(request).await },
-        )
-        .await
-    }
-
-    async fn lookup_transfers(
-        &self,
-        request: Request<wire::LookupRequest>,
-    ) -> Result<Response<wire::LookupTransfersResponse>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let ids: Vec<u128> = message.ids.iter().map(|id| convert::u128_from(Some(id))).collect();
-                let found = view.lookup_transfers(&ids).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let transfers = found
-                    .iter()
-                    .map(|transfer| wire::TransferLookup {
-                        found: transfer.is_some(),
-                        transfer: transfer.as_ref().map(|transfer| render.transfer(transfer)),
-                    })
-                    .collect();
-                Ok(wire::LookupTransfersResponse { header: Some(header), transfers })
-            },
-            |mut client, request| async move { client.lookup_transfers(request).await },
-        )
-        .await
-    }
-
-    async fn get_account_transfers(
-        &self,
-        request: Request<wire::AccountTransfersRequest>,
-    ) -> Result<Response<wire::TransfersPage>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let filter = convert::account_transfers_filter(message).map_err(invalid)?;
-                let page = view.get_account_transfers(filter).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let transfers = page.items.iter().map(|transfer| render.transfer(transfer)).collect();
-                Ok(wire::TransfersPage { header: Some(header), transfers, cursor: page.cursor })
-            },
-            |mut client, request| async move { client.get_account_transfers(request).await },
-        )
-        .await
-    }
-
-    async fn get_account_balances(
-        &self,
-        request: Request<wire::AccountBalancesRequest>,
-    ) -> Result<Response<wire::AccountBalancesPage>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let account_id = convert::u128_from(message.account_id.as_ref());
-                let page = view
-                    .get_account_balances(account_id, convert::window(message.window.as_ref()))
-                    .map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let scale = render.account_scale(account_id);
-                let balances = page.items.iter().map(|balance| render.balance(balance, scale)).collect();
-                Ok(wire::AccountBalancesPage { header: Some(header), balances, cursor: page.cursor })
-            },
-            |mut client, request| async move { client.get_account_balances(request).await },
-        )
-        .await
-    }
-
-    async fn query_ledgers(
-        &self,
-        request: Request<wire::QueryLedgersRequest>,
-    ) -> Result<Response<wire::LedgersPage>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let page = view.query_ledgers(convert::window(message.window.as_ref())).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let ledgers = page.items.iter().map(|ledger| render.ledger(ledger)).collect();
-                Ok(wire::LedgersPage { header: Some(header), ledgers, cursor: page.cursor })
-            },
-            |mut client, request| async move { client.query_ledgers(request).await },
-        )
-        .await
-    }
-
-    async fn query_accounts(
-        &self,
-        request: Request<wire::QueryRequest>,
-    ) -> Result<Response<wire::AccountsPage>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let filter = convert::field_filter(message).map_err(invalid)?;
-                let page =
-                    view.query_accounts(filter, convert::window(message.window.as_ref())).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let accounts = page.items.iter().map(|account| render.account(account)).collect();
-                Ok(wire::AccountsPage { header: Some(header), accounts, cursor: page.cursor })
-            },
-            |mut client, request| async move { client.query_accounts(request).await },
-        )
-        .await
-    }
-
-    async fn query_transfers(
-        &self,
-        request: Request<wire::QueryRequest>,
-    ) -> Result<Response<wire::TransfersPage>, Status> {
-        self.read(
-            request,
-            |message, view, header| {
-                let filter = convert::field_filter(message).map_err(invalid)?;
-                let page =
-                    view.query_transfers(filter, convert::window(message.window.as_ref())).map_err(query_error)?;
-                let render = Renderer { storage: view };
-                let transfers = page.items.iter().map(|transfer| render.transfer(transfer)).collect();
-                Ok(wire::TransfersPage { header: Some(header), transfers, cursor: page.cursor })
-            },
-            |mut client, request| async move { client.query_transfers(request).await },
-        )
-        .await
+    reads {
+        lookup_ledgers(wire::LookupLedgersRequest) -> wire::LookupLedgersResponse;
+        lookup_accounts(wire::LookupRequest) -> wire::LookupAccountsResponse;
+        lookup_transfers(wire::LookupRequest) -> wire::LookupTransfersResponse;
+        get_account_transfers(wire::AccountTransfersRequest) -> wire::TransfersPage;
+        get_account_balances(wire::AccountBalancesRequest) -> wire::AccountBalancesPage;
+        query_ledgers(wire::QueryLedgersRequest) -> wire::LedgersPage;
+        query_accounts(wire::QueryRequest) -> wire::AccountsPage;
+        query_transfers(wire::QueryRequest) -> wire::TransfersPage;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn requests_in_flight_are_bounded_by_bytes_as_well_as_by_count() {

@@ -10,8 +10,11 @@
 //!   idle clients closed.
 //! - [`convert`]: wire types to ledger types and back, with field-naming errors.
 //! - [`disk`]: the data directory's free space and its floor.
-//! - [`gateway`]: the `LedgerService` any replica serves: writes forwarded to the leader and group
-//!   committed there, linearizable reads.
+//! - [`gateway`]: the `LedgerService` any replica serves: limits, field checks, writes group
+//!   committed on the leader, the one read path (read index, then a read view).
+//! - `reads`: the answer to each read call from one read view.
+//! - [`replica`]: who leads, and [`replica::Replica::on_leader`], which every leader-only ledger and
+//!   admin call passes through (forwarded once, with its deadline).
 //! - [`group_commit`]: the leader's batcher: concurrent requests into one log entry.
 //! - [`memory`]: pretouching the replica's memory budget at startup.
 //! - [`observe`]: Prometheus metrics, `/health` and `/ready`.
@@ -28,6 +31,8 @@ pub mod gateway;
 pub mod group_commit;
 pub mod memory;
 pub mod observe;
+mod reads;
+pub mod replica;
 pub mod scheduling;
 pub mod server;
 

@@ -15,7 +15,7 @@ use openraft::ServerState;
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, DEFERRED_AGE_MAX_FOLLOWER};
 use tokio::net::TcpListener;
 
-use crate::gateway::{Leader, Replica};
+use crate::replica::{Leader, Replica};
 
 /// Latency buckets in seconds, for every `*_seconds` histogram: from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] =

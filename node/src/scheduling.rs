@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
-use crate::gateway::Replica;
+use crate::replica::Replica;
 
 const AUTOGROUP: &str = "/proc/self/autogroup";
 /// Linux refuses a second change within 100 ms to unprivileged processes (`EAGAIN`).

@@ -26,9 +26,10 @@ use crate::admin::Admin;
 use crate::clock::{Clock, ClockCheck, ClockOffsets, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
 use crate::disk::{DiskSpace, watch_free_space};
-use crate::gateway::{Gateway, GatewayLimits, Leader, Replica};
+use crate::gateway::{Gateway, GatewayLimits};
 use crate::group_commit::{Events, GroupCommit};
 use crate::observe;
+use crate::replica::{Leader, Replica};
 
 /// How often the leader checks whether pending transfers are due to expire.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -140,6 +141,10 @@ pub async fn run(
     let clock: Arc<dyn Clock> = config.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
     let offsets = Arc::new(ClockOffsets::default());
     state_machine.defer_commits();
+    // Replicas apply the same transfers and would merge their account indexes at the same moment;
+    // on a shared host (the local cluster, the benchmarks) every follower merging at once held the
+    // leader's quorum back (BENCHMARKS.md, issue 5). Apart, each merges at a phase of its own id;
+    // on hosts of their own the stagger changes nothing but when the first merge comes.
     state_machine.stagger_index_merges(config.node_id);
     let views = state_machine.views();
     let openraft_config = Arc::new(config.openraft()?);

@@ -341,7 +341,7 @@ async fn the_leader_expires_a_pending_transfer_when_its_timeout_passes() {
         assert_eq!(account.debits_pending, "5.00");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(released, "the reservation was not released within 6 s of a 1 s timeout");
+    assert!(released, "the pending transfer was not expired within 6 s of a 1 s timeout");
     let metrics = reqwest_like_get(&cluster.metrics_addresses[0], "/metrics").await;
     assert!(metrics.contains("tally_pending_transfers_expired_total 1"), "{metrics}");
     cluster.stop().await;

@@ -61,7 +61,7 @@ pub struct Account {
     pub timestamp: u64,
 }
 
-/// A request to move money, reserve it, or post or void a reservation.
+/// A request to move money, to make a pending transfer, or to post or void one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewTransfer {
     pub id: u128,
@@ -79,7 +79,7 @@ pub struct NewTransfer {
     /// For a post or void, 0 means "the pending transfer's"; otherwise it must match it.
     pub code: u16,
     pub flags: TransferFlags,
-    /// Pending transfers only: seconds after which the reservation expires; 0 never expires.
+    /// Pending transfers only: seconds after which the pending transfer expires; 0 never expires.
     pub timeout_seconds: u32,
     /// For a post or void, 0 means "the pending transfer's".
     pub user_data_128: u128,

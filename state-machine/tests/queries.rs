@@ -147,7 +147,7 @@ fn malformed_queries_are_refused_with_the_reason() {
 }
 
 #[test]
-fn pending_status_follows_a_reservation() {
+fn pending_status_follows_a_pending_transfer() {
     let mut harness = Harness::new();
     assert_eq!(harness.ledger.storage().pending_status(1), None);
     harness

@@ -461,7 +461,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     // ---------------------------------------------------------------- pending transfers
     Scenario {
-        name: "pending: a reservation moves money into the pending balances",
+        name: "pending: a pending transfer moves money into the pending balances",
         run: |h| {
             let codes = h.transfers(vec![pending(1, ALICE, BOB, "30")]);
             assert_eq!(h.balances(ALICE), [3_000, 0, 0, 10_000]);
@@ -503,7 +503,7 @@ const SCENARIOS: &[Scenario] = &[
         expected: &[Ok],
     },
     Scenario {
-        name: "pending: a void releases the reservation",
+        name: "pending: a void releases the pending amount",
         run: |h| {
             assert_eq!(h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "10")]), [Ok, Ok]);
             let codes = h.transfers(vec![
@@ -526,7 +526,7 @@ const SCENARIOS: &[Scenario] = &[
         expected: &[ExceedsPendingTransferAmount, AmountMustBePositive],
     },
     Scenario {
-        name: "pending: a reservation resolves once",
+        name: "pending: a pending transfer resolves once",
         run: |h| {
             assert_eq!(h.transfers(vec![pending(1, ALICE, BOB, "30"), pending(2, ALICE, BOB, "30")]), [Ok, Ok]);
             assert_eq!(h.transfers(vec![post(3, 1, None), void(4, 2)]), [Ok, Ok]);
@@ -588,7 +588,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     // ---------------------------------------------------------------- expiry
     Scenario {
-        name: "expiry: a timed-out reservation is released and cannot be posted",
+        name: "expiry: a timed-out pending transfer is released and cannot be posted",
         run: |h| {
             let authorisation = NewTransfer { timeout_seconds: 1, ..pending(1, ALICE, BOB, "30") };
             assert_eq!(h.transfers(vec![authorisation]), [Ok]);
@@ -609,7 +609,7 @@ const SCENARIOS: &[Scenario] = &[
         expected: &[PendingTransferExpired, PendingTransferExpired],
     },
     Scenario {
-        name: "expiry: past its deadline a reservation cannot be posted even before the sweep",
+        name: "expiry: past its deadline a pending transfer cannot be posted even before the sweep",
         run: |h| {
             assert_eq!(h.transfers(vec![NewTransfer { timeout_seconds: 1, ..pending(1, ALICE, BOB, "30") }]), [Ok]);
             h.advance_seconds(2);
@@ -622,7 +622,7 @@ const SCENARIOS: &[Scenario] = &[
         expected: &[PendingTransferExpired],
     },
     Scenario {
-        name: "expiry: before its deadline a reservation stays and can be posted",
+        name: "expiry: before its deadline a pending transfer stays and can be posted",
         run: |h| {
             assert_eq!(h.transfers(vec![NewTransfer { timeout_seconds: 10, ..pending(1, ALICE, BOB, "30") }]), [Ok]);
             h.advance_seconds(5);
@@ -672,7 +672,11 @@ const SCENARIOS: &[Scenario] = &[
         run: |h| {
             let closing = with_flags(pending(1, BANK, BOB, "0.01"), TransferFlags::CLOSING_CREDIT);
             assert_eq!(h.transfers(vec![closing]), [Ok]);
-            assert_eq!(h.transfers(vec![post(2, 1, None)]), [Ok], "a reservation made before closing can be posted");
+            assert_eq!(
+                h.transfers(vec![post(2, 1, None)]),
+                [Ok],
+                "a pending transfer made before closing can be posted"
+            );
             assert!(h.account(BOB).flags.contains(AccountFlags::CLOSED));
             h.transfers(vec![transfer(3, BANK, BOB, "1")])
         },
@@ -746,7 +750,7 @@ const SCENARIOS: &[Scenario] = &[
         expected: &[LinkedEventFailed, AmountScaleExceedsLedgerScale],
     },
     Scenario {
-        name: "chain: a failed chain undoes reservations, posts and history",
+        name: "chain: a failed chain undoes pending transfers, posts and history",
         run: |h| {
             let history_before = h.ledger.storage().get_account_balances(ALICE, Window::first(100)).unwrap().items;
             let codes = h.transfers(vec![

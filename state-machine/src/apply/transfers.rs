@@ -428,7 +428,7 @@ fn check_limits(debit: &Account, credit: &Account) -> Result<(), ResultCode> {
     Ok(())
 }
 
-/// Releases a pending transfer's reservation from both accounts, posting `posted` of it when the
+/// Releases a pending transfer's amount from both accounts' pending balances, posting `posted` of it when the
 /// release is a post. Voiding (or expiring) a closing transfer reopens what it closed.
 ///
 /// Posting cannot overflow: creation kept `pending + posted` within the maximum and a post moves at
