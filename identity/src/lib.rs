@@ -11,9 +11,12 @@
 //! - [`sign`]: the [`sign::Signer`] and [`sign::Verifier`] traits, domain labels, and the aws-lc-rs
 //!   implementation.
 //! - [`request`]: the signed bytes of a write request, and the deadline rule.
+//! - [`certs`]: the cluster CA (ML-DSA-87) and the replica and principal certificates
+//!   (ML-DSA-65) it issues, each naming one identity.
 //!
 //! Each module uses only those listed before it.
 
+pub mod certs;
 pub mod keys;
 pub mod request;
 pub mod sign;
