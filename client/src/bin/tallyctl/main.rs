@@ -2,12 +2,13 @@
 //!
 //! # Layout
 //! - this file: the command line, and dispatch to a module per command family.
-//! - `cluster`, `ledger`, `account` (with `balance`), `transfer`: each family's commands, one short
-//!   handler per command.
+//! - `cluster`, `ledger`, `account` (with `balance`), `transfer`, `certs`: each family's commands,
+//!   one short handler per command.
 //! - `common`: failures and exit codes, argument parsing, paging, progress and printing.
 //! - `render`: tables for people and JSON for scripts.
 
 mod account;
+mod certs;
 mod cluster;
 mod common;
 mod ledger;
@@ -67,6 +68,9 @@ enum Command {
         /// The account id.
         account: String,
     },
+    /// The cluster's certificate authority and certificates (no cluster needed).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -95,6 +99,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         clap_complete::generate(shell, &mut Cli::command(), "tallyctl", &mut std::io::stdout());
         return Ok(());
     }
+    if let Command::Certs(command) = cli.command {
+        return certs::run(&Printer { output: cli.output }, command);
+    }
     if !(cli.timeout.is_finite() && cli.timeout > 0.0 && cli.timeout <= 3_600.0) {
         return Err(usage(format!("--timeout: {} is not a number of seconds in (0, 3600]", cli.timeout)));
     }
@@ -106,6 +113,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Account(command) => account::run(&client, &printer, command).await,
         Command::Transfer(command) => transfer::run(&client, &printer, command).await,
         Command::Balance { account } => account::balance(&client, &printer, &account).await,
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Certs(_) => unreachable!("handled above"),
     }
 }

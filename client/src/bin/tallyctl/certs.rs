@@ -1,0 +1,188 @@
+//! `tallyctl certs`: the cluster's certificate authority and the certificates it issues.
+//!
+//! Everything lives in one folder: `cluster-id` (16 bytes in hex), `ca.pem` and `ca.key` (the
+//! ML-DSA-87 CA), and `replica-<id>.pem` / `.key` or `principal-<id>.pem` / `.key` (ML-DSA-65).
+//! Keys are written readable by their owner only, and nothing is ever overwritten: a second
+//! `init` or `issue` of the same name fails and changes nothing.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+use tally_identity::ClusterId;
+use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity};
+
+use crate::common::{Failure, Printer, exit, usage};
+use crate::render;
+
+/// Days a certificate may be valid for at most (a CA's ten years).
+const VALIDITY_DAYS_MAX: u32 = 3_650;
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Makes a cluster id and the cluster's CA (ML-DSA-87) in --dir.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster id, 32 hex digits (default: a new random one).
+        #[arg(long)]
+        cluster_id: Option<String>,
+    },
+    /// Issues a replica's or a principal's certificate (ML-DSA-65) with the CA in --dir.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        identity: IssueIdentity,
+        /// Days the certificate is valid for.
+        #[arg(long, default_value = "90", global = true)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssueIdentity {
+    /// A replica's certificate: server and client, naming the addresses it serves on.
+    Replica {
+        id: u64,
+        /// A DNS name or IP address the replica is reached at (repeatable).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+    },
+    /// A principal's client certificate.
+    Principal { id: u64 },
+}
+
+pub fn run(printer: &Printer, command: CertsCommand) -> Result<(), Failure> {
+    match command {
+        CertsCommand::Init { dir, cluster_id } => init(printer, &dir, cluster_id.as_deref()),
+        CertsCommand::Issue { dir, identity, days } => issue(printer, &dir, identity, days),
+    }
+}
+
+fn failed(what: String) -> Failure {
+    Failure { code: exit::FAILED, message: what }
+}
+
+fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), Failure> {
+    let cluster = match cluster_id {
+        Some(text) => {
+            parse_cluster_id(text).ok_or_else(|| usage(format!("--cluster-id: {text:?} is not 32 hex digits")))?
+        }
+        None => {
+            let mut bytes = [0; 16];
+            getrandom::fill(&mut bytes).map_err(|error| failed(format!("no randomness for a cluster id: {error}")))?;
+            ClusterId(bytes)
+        }
+    };
+    let files = [dir.join("cluster-id"), dir.join("ca.pem"), dir.join("ca.key")];
+    refuse_existing(&files)?;
+    let ca = ClusterCa::generate(cluster, CA_VALIDITY_DEFAULT).map_err(|error| failed(error.to_string()))?;
+    fs::create_dir_all(dir).map_err(|error| failed(format!("cannot create {}: {error}", dir.display())))?;
+    write_new(&files[0], format!("{}\n", hex(&cluster.0)).as_bytes(), false)?;
+    write_certified(&files[1], &files[2], ca.certified())?;
+    let cluster_hex = hex(&cluster.0);
+    printer.print(json!({ "cluster_id": cluster_hex, "files": paths(&files) }), || {
+        render::table(
+            &["CLUSTER", "CA CERTIFICATE", "CA KEY"],
+            vec![vec![cluster_hex.clone(), path(&files[1]), path(&files[2])]],
+        )
+    });
+    Ok(())
+}
+
+fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32) -> Result<(), Failure> {
+    if days == 0 || days > VALIDITY_DAYS_MAX {
+        return Err(usage(format!("--days: {days} is not in 1..={VALIDITY_DAYS_MAX}")));
+    }
+    let (identity, addresses, name) = match identity {
+        IssueIdentity::Replica { id, addresses } => (Identity::Replica(id), addresses, format!("replica-{id}")),
+        IssueIdentity::Principal { id } => (Identity::Principal(id), Vec::new(), format!("principal-{id}")),
+    };
+    let id = match identity {
+        Identity::Replica(id) | Identity::Principal(id) => id,
+    };
+    if id == 0 {
+        return Err(usage("an id must not be 0"));
+    }
+    let ca = load_ca(dir)?;
+    let files = [dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))];
+    refuse_existing(&files)?;
+    let validity = Duration::from_secs(u64::from(days) * 24 * 3600);
+    let issued = ca.issue(identity, &addresses, validity).map_err(|error| failed(error.to_string()))?;
+    write_certified(&files[0], &files[1], &issued)?;
+    let subject = identity.to_string();
+    printer.print(json!({ "identity": subject, "days": days, "files": paths(&files) }), || {
+        render::table(
+            &["IDENTITY", "DAYS", "CERTIFICATE", "KEY"],
+            vec![vec![subject.clone(), days.to_string(), path(&files[0]), path(&files[1])]],
+        )
+    });
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> Result<ClusterCa, Failure> {
+    let read = |name: &str| {
+        let file = dir.join(name);
+        fs::read_to_string(&file).map_err(|error| {
+            usage(format!(
+                "cannot read {} ({error}); make the CA with `tallyctl certs init --dir {}`",
+                file.display(),
+                dir.display()
+            ))
+        })
+    };
+    let cluster_text = read("cluster-id")?;
+    let cluster = parse_cluster_id(cluster_text.trim())
+        .ok_or_else(|| usage(format!("{}: not a cluster id (32 hex digits)", dir.join("cluster-id").display())))?;
+    ClusterCa::from_pem(cluster, &read("ca.pem")?, &read("ca.key")?).map_err(|error| usage(error.to_string()))
+}
+
+fn write_certified(certificate: &Path, key: &Path, certified: &CertifiedKey) -> Result<(), Failure> {
+    write_new(key, certified.private_key_pem.as_bytes(), true)?;
+    write_new(certificate, certified.certificate_pem.as_bytes(), false)
+}
+
+fn refuse_existing(files: &[PathBuf]) -> Result<(), Failure> {
+    match files.iter().find(|file| file.exists()) {
+        Some(file) => Err(usage(format!("{} exists already; nothing was written", file.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Writes a file that must not exist yet, fsynced; a key only its owner can read.
+fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
+    let failure = |error: std::io::Error| failed(format!("cannot write {}: {error}", file.display()));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
+    let mut out = options.open(file).map_err(failure)?;
+    out.write_all(bytes).map_err(failure)?;
+    out.sync_all().map_err(failure)
+}
+
+fn parse_cluster_id(text: &str) -> Option<ClusterId> {
+    if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut bytes = [0; 16];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
+    }
+    Some(ClusterId(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn path(file: &Path) -> String {
+    file.display().to_string()
+}
+
+fn paths(files: &[PathBuf]) -> Vec<String> {
+    files.iter().map(|file| path(file)).collect()
+}

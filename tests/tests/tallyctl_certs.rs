@@ -1,0 +1,116 @@
+//! `tallyctl certs init` and `issue` make a cluster CA and certificates that chain to it, name
+//! the identity asked for, keep their keys private, and never overwrite a file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::aws_lc_rs;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, client::WebPkiServerVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::Value;
+use tally_identity::ClusterId;
+use tally_identity::certs::Identity;
+use tally_tests::tallyctl_binary;
+
+fn tallyctl(arguments: &[&str]) -> (i32, String, String) {
+    let output = Command::new(tallyctl_binary()).args(["--output", "json"]).args(arguments).output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap(), text(&output.stdout), text(&output.stderr))
+}
+
+fn certificate(file: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(file).unwrap_or_else(|error| panic!("{}: {error}", file.display()))
+}
+
+#[test]
+fn init_and_issue_make_certificates_that_chain_to_the_ca_and_name_their_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let cluster_hex = "0123456789abcdef0123456789abcdef";
+    let (code, stdout, stderr) = tallyctl(&["certs", "init", "--dir", certs_arg, "--cluster-id", cluster_hex]);
+    assert_eq!(code, 0, "{stderr}");
+    let made: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(made["cluster_id"], cluster_hex);
+    let (code, _, stderr) = tallyctl(&[
+        "certs",
+        "issue",
+        "--dir",
+        certs_arg,
+        "replica",
+        "3",
+        "--address",
+        "127.0.0.1",
+        "--address",
+        "node-3",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = tallyctl(&["certs", "issue", "--dir", certs_arg, "--days", "30", "principal", "9"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let cluster =
+        ClusterId([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+    let replica = certificate(&certs.join("replica-3.pem"));
+    let principal = certificate(&certs.join("principal-9.pem"));
+    assert_eq!(Identity::of_certificate(&replica, &cluster), Ok(Identity::Replica(3)));
+    assert_eq!(Identity::of_certificate(&principal, &cluster), Ok(Identity::Principal(9)));
+
+    let mut roots = RootCertStore::empty();
+    roots.add(certificate(&certs.join("ca.pem"))).unwrap();
+    let roots = Arc::new(roots);
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let now = UnixTime::now();
+    let clients =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider)).build().unwrap();
+    assert!(clients.verify_client_cert(&principal, &[], now).is_ok(), "a principal's certificate is a client's");
+    assert!(clients.verify_client_cert(&replica, &[], now).is_ok(), "a replica is a client of its peers");
+    let servers = WebPkiServerVerifier::builder_with_provider(roots, provider).build().unwrap();
+    let verify_server = |certificate: &CertificateDer<'_>, name: &str| {
+        servers.verify_server_cert(certificate, &[], &ServerName::try_from(name.to_owned()).unwrap(), &[], now)
+    };
+    assert!(verify_server(&replica, "127.0.0.1").is_ok(), "a replica serves at its addresses");
+    assert!(verify_server(&replica, "node-3").is_ok());
+    assert!(verify_server(&replica, "node-4").is_err(), "and nowhere else");
+    assert!(verify_server(&principal, "127.0.0.1").is_err(), "a principal's certificate is no server's");
+
+    for key in ["ca.key", "replica-3.key", "principal-9.key"] {
+        let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key} is readable by its owner only");
+    }
+}
+
+#[test]
+fn nothing_is_overwritten_and_bad_arguments_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let (code, _, stderr) = tallyctl(&["certs", "issue", "--dir", certs_arg, "principal", "9"]);
+    assert_eq!(code, 2, "no CA yet: {stderr}");
+    assert!(stderr.contains("certs init"), "{stderr}");
+    assert_eq!(tallyctl(&["certs", "init", "--dir", certs_arg]).0, 0);
+    let ca_before = std::fs::read(certs.join("ca.key")).unwrap();
+    let (code, _, stderr) = tallyctl(&["certs", "init", "--dir", certs_arg]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("exists already; nothing was written"), "{stderr}");
+    assert_eq!(std::fs::read(certs.join("ca.key")).unwrap(), ca_before, "the CA key is untouched");
+
+    assert_eq!(tallyctl(&["certs", "issue", "--dir", certs_arg, "principal", "9"]).0, 0);
+    let key_before = std::fs::read(certs.join("principal-9.key")).unwrap();
+    let (code, _, stderr) = tallyctl(&["certs", "issue", "--dir", certs_arg, "principal", "9"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(std::fs::read(certs.join("principal-9.key")).unwrap(), key_before);
+
+    let (code, _, stderr) = tallyctl(&["certs", "issue", "--dir", certs_arg, "--days", "0", "principal", "8"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--days: 0"), "{stderr}");
+    let (code, _, stderr) =
+        tallyctl(&["certs", "init", "--dir", dir.path().join("other").to_str().unwrap(), "--cluster-id", "xyz"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not 32 hex digits"), "{stderr}");
+    assert!(!certs.join("principal-8.pem").exists());
+}
