@@ -11,12 +11,14 @@
 //! - [`sign`]: the [`sign::Signer`] and [`sign::Verifier`] traits, domain labels, and the aws-lc-rs
 //!   implementation.
 //! - [`request`]: the signed bytes of a write request, and the deadline rule.
+//! - [`key_file`]: private keys at rest, sealed with a passphrase.
 //! - [`certs`]: the cluster CA (ML-DSA-87) and the replica and principal certificates
 //!   (ML-DSA-65) it issues, each naming one identity.
 //!
 //! Each module uses only those listed before it.
 
 pub mod certs;
+pub mod key_file;
 pub mod keys;
 pub mod request;
 pub mod sign;
