@@ -66,6 +66,8 @@ pub enum KeyError {
     PublicKeyLength { algorithm: Algorithm, expected: usize, found: usize },
     #[error("{0} is not an ML-DSA algorithm code (65 or 87)")]
     UnknownAlgorithm(u8),
+    #[error("not a Tally public key file: {0}")]
+    NotAPublicKey(String),
     #[error("the {algorithm} private key was refused: {detail}")]
     PrivateKey { algorithm: Algorithm, detail: String },
 }
@@ -102,6 +104,32 @@ impl PublicKey {
         let mut id = [0; KeyId::BYTES];
         id.copy_from_slice(&hasher.finalize().as_bytes()[..KeyId::BYTES]);
         KeyId(id)
+    }
+}
+
+/// The PEM label of a public key file: its contents are the algorithm code, then the raw key.
+const PUBLIC_KEY_PEM_LABEL: &str = "TALLY ML-DSA PUBLIC KEY";
+
+impl PublicKey {
+    /// The key as a PEM file (label `TALLY ML-DSA PUBLIC KEY`: the algorithm code, then the raw
+    /// key), as operators hand it over to register it.
+    pub fn to_pem(&self) -> String {
+        let mut contents = Vec::with_capacity(1 + self.bytes.len());
+        contents.push(self.algorithm.code());
+        contents.extend_from_slice(&self.bytes);
+        pem::encode(&pem::Pem::new(PUBLIC_KEY_PEM_LABEL, contents))
+    }
+
+    /// A key from its PEM file ([`PublicKey::to_pem`]).
+    pub fn from_pem(text: &str) -> Result<PublicKey, KeyError> {
+        let parsed = pem::parse(text).map_err(|error| KeyError::NotAPublicKey(error.to_string()))?;
+        if parsed.tag() != PUBLIC_KEY_PEM_LABEL {
+            return Err(KeyError::NotAPublicKey(format!("its PEM label is {:?}", parsed.tag())));
+        }
+        let (code, bytes) =
+            parsed.contents().split_first().ok_or_else(|| KeyError::NotAPublicKey("it is empty".to_owned()))?;
+        let algorithm = Algorithm::from_code(*code).ok_or(KeyError::UnknownAlgorithm(*code))?;
+        PublicKey::new(algorithm, bytes.to_vec())
     }
 }
 

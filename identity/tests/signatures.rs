@@ -143,3 +143,19 @@ fn a_deadline_must_not_have_passed_nor_lie_beyond_the_validity_limit() {
         Err(DeadlineError::TooFar { ahead_nanoseconds: REQUEST_VALIDITY_MAX_NANOSECONDS + 1 })
     );
 }
+
+#[test]
+fn a_public_key_file_reads_back_as_the_same_key_and_nothing_else_passes_for_one() {
+    for algorithm in Algorithm::ALL {
+        let public_key = key(algorithm, 11).public_key().clone();
+        let file = public_key.to_pem();
+        assert!(file.starts_with("-----BEGIN TALLY ML-DSA PUBLIC KEY-----"), "{file}");
+        assert_eq!(PublicKey::from_pem(&file), Ok(public_key.clone()), "{algorithm}");
+    }
+    let certificate = pem::encode(&pem::Pem::new("CERTIFICATE", vec![65; 1953]));
+    assert!(matches!(PublicKey::from_pem(&certificate), Err(KeyError::NotAPublicKey(_))));
+    let short = pem::encode(&pem::Pem::new("TALLY ML-DSA PUBLIC KEY", vec![65; 100]));
+    assert!(matches!(PublicKey::from_pem(&short), Err(KeyError::PublicKeyLength { found: 99, .. })));
+    let unknown = pem::encode(&pem::Pem::new("TALLY ML-DSA PUBLIC KEY", vec![44; 1313]));
+    assert_eq!(PublicKey::from_pem(&unknown), Err(KeyError::UnknownAlgorithm(44)));
+}

@@ -114,3 +114,47 @@ fn nothing_is_overwritten_and_bad_arguments_are_refused_with_their_reason() {
     assert!(stderr.contains("not 32 hex digits"), "{stderr}");
     assert!(!certs.join("principal-8.pem").exists());
 }
+
+#[test]
+fn keys_generate_writes_a_sealed_key_and_its_public_key_and_show_reads_the_id_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("principal-9");
+    let key_arg = key.to_str().unwrap();
+    let run = |arguments: &[&str], passphrase: Option<&str>| {
+        let mut command = Command::new(tallyctl_binary());
+        command.args(["--output", "json"]).args(arguments).env_remove("TALLY_KEY_PASSPHRASE");
+        if let Some(passphrase) = passphrase {
+            command.env("TALLY_KEY_PASSPHRASE", passphrase);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = run(&["keys", "generate", "--out", key_arg], None);
+    assert_eq!(code, 2, "no passphrase, no key");
+    assert!(stderr.contains("TALLY_KEY_PASSPHRASE"), "{stderr}");
+    assert!(!key.exists());
+    let (code, stdout, stderr) = run(&["keys", "generate", "--out", key_arg], Some("a long enough passphrase"));
+    assert_eq!(code, 0, "{stderr}");
+    let made: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(made["algorithm"], "ML-DSA-65");
+    let sealed = std::fs::read_to_string(&key).unwrap();
+    let opened = tally_identity::key_file::open(&sealed, "a long enough passphrase").unwrap();
+    use tally_identity::Signer;
+    assert_eq!(made["key_id"], opened.public_key().key_id().to_string(), "the id printed is the sealed key's");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, stdout, _) = run(&["keys", "show", &format!("{key_arg}.pub")], None);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["key_id"], made["key_id"], "the public key file names the same key");
+    let (code, _, stderr) = run(&["keys", "generate", "--out", key_arg], Some("a long enough passphrase"));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exists already"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), sealed, "the key file is untouched");
+    let (code, _, stderr) = run(&["keys", "show", key_arg], None);
+    assert_eq!(code, 2, "a sealed private key is no public key file");
+    assert!(stderr.contains("not a Tally public key file"), "{stderr}");
+}

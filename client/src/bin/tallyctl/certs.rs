@@ -155,7 +155,7 @@ fn refuse_existing(files: &[PathBuf]) -> Result<(), Failure> {
 }
 
 /// Writes a file that must not exist yet, fsynced; a key only its owner can read.
-fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
+pub fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
     let failure = |error: std::io::Error| failed(format!("cannot write {}: {error}", file.display()));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
