@@ -12,12 +12,14 @@
 //!   implementation.
 //! - [`request`]: the signed bytes of a write request, and the deadline rule.
 //! - [`key_file`]: private keys at rest, sealed with a passphrase.
+//! - [`genesis`]: the cluster id, the operators' keys and their signature threshold.
 //! - [`certs`]: the cluster CA (ML-DSA-87) and the replica and principal certificates
 //!   (ML-DSA-65) it issues, each naming one identity.
 //!
 //! Each module uses only those listed before it.
 
 pub mod certs;
+pub mod genesis;
 pub mod key_file;
 pub mod keys;
 pub mod request;
