@@ -49,7 +49,7 @@ step "Alice is paid 500.00 EUR, then pays Bob 25.00 EUR"
 tallyctl transfer create --id $FUNDING --debit $BANK_EUR --credit $ALICE_EUR --amount 500.00 --ledger $EUR --code 1
 tallyctl transfer create --id $PAYMENT --debit $ALICE_EUR --credit $BOB_EUR --amount 25.00 --ledger $EUR --code 1
 
-step "A card authorisation reserves 80.00 EUR for a shop; the shop captures 64.30 and the rest is released"
+step "A card authorisation makes 80.00 EUR pending for a shop; the shop captures 64.30 and the rest is released"
 tallyctl transfer create --id $AUTHORISATION --debit $ALICE_EUR --credit $SHOP_EUR --amount 80.00 --ledger $EUR --code 2 \
   --pending --timeout-seconds 3600
 tallyctl balance $ALICE_EUR
