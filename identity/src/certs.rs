@@ -43,7 +43,7 @@ impl Identity {
             Identity::Replica(id) => ("replica", id),
             Identity::Principal(id) => ("principal", id),
         };
-        format!("tally://{}/{kind}/{id}", hex(&cluster.0))
+        format!("tally://{}/{kind}/{id}", cluster)
     }
 
     /// The identity a certificate of `cluster` names (its one `tally://` URI). A certificate of
@@ -78,8 +78,8 @@ impl Identity {
         else {
             return Err(unknown());
         };
-        if named_cluster != hex(&cluster.0) {
-            return Err(CertError::OtherCluster { named: named_cluster.to_owned(), expected: hex(&cluster.0) });
+        if named_cluster != cluster.to_string() {
+            return Err(CertError::OtherCluster { named: named_cluster.to_owned(), expected: cluster.to_string() });
         }
         let id: u64 = id.parse().ok().filter(|id| *id != 0).ok_or_else(unknown)?;
         match kind {
@@ -97,10 +97,6 @@ impl fmt::Display for Identity {
             Identity::Principal(id) => write!(formatter, "principal {id}"),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Why a certificate could not be made or read.
@@ -184,7 +180,7 @@ pub struct ClusterCa {
 
 impl fmt::Debug for ClusterCa {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "ClusterCa({})", hex(&self.cluster.0))
+        write!(formatter, "ClusterCa({})", self.cluster)
     }
 }
 
@@ -194,7 +190,7 @@ fn ca_params(cluster: &ClusterId, validity: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "Tally");
-    name.push(DnType::CommonName, format!("Tally cluster {} CA", hex(&cluster.0)));
+    name.push(DnType::CommonName, format!("Tally cluster {} CA", cluster));
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];

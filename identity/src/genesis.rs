@@ -80,21 +80,6 @@ struct FileOperator {
     public_key: String,
 }
 
-fn parse_cluster_id(text: &str) -> Option<ClusterId> {
-    if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut bytes = [0; 16];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
-    }
-    Some(ClusterId(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 impl Genesis {
     /// A genesis from its parts, checked as a file is.
     pub fn new(cluster: ClusterId, operators: Vec<Operator>, required: usize) -> Result<Genesis, GenesisError> {
@@ -123,7 +108,7 @@ impl Genesis {
     /// Reads and checks a genesis file.
     pub fn from_toml(text: &str) -> Result<Genesis, GenesisError> {
         let file: File = toml::from_str(text).map_err(|error| GenesisError::Syntax(error.to_string()))?;
-        let cluster = parse_cluster_id(&file.cluster_id).ok_or(GenesisError::ClusterId(file.cluster_id.clone()))?;
+        let cluster = ClusterId::from_hex(&file.cluster_id).ok_or(GenesisError::ClusterId(file.cluster_id.clone()))?;
         let operators = file
             .operators
             .iter()
@@ -141,8 +126,7 @@ impl Genesis {
         let mut text = format!(
             "# Tally genesis: fixed at bootstrap; every replica of the cluster holds the same one.\n\
              cluster_id = \"{}\"\noperator_signatures_required = {}\n",
-            hex(&self.cluster.0),
-            self.operator_signatures_required
+            self.cluster, self.operator_signatures_required
         );
         for operator in &self.operators {
             text.push_str(&format!(

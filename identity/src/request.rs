@@ -34,6 +34,26 @@ pub const SIGNED_PAYLOAD_BYTES: usize = 16 + 8 + KeyId::BYTES + 16 + 8 + 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClusterId(pub [u8; 16]);
 
+impl ClusterId {
+    /// The id from its 32 hex digits (as in the genesis and `certs/cluster-id`).
+    pub fn from_hex(text: &str) -> Option<ClusterId> {
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0; 16];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
+        }
+        Some(ClusterId(bytes))
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(formatter, "{byte:02x}"))
+    }
+}
+
 /// Who signed a request, with which key, and until when it is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestSigner {

@@ -158,3 +158,56 @@ fn keys_generate_writes_a_sealed_key_and_its_public_key_and_show_reads_the_id_ba
     assert_eq!(code, 2, "a sealed private key is no public key file");
     assert!(stderr.contains("not a Tally public key file"), "{stderr}");
 }
+
+#[test]
+fn genesis_init_names_the_cluster_and_its_operators_and_show_gives_the_same_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |arguments: &[&str]| {
+        let output = Command::new(tallyctl_binary())
+            .args(["--output", "json"])
+            .args(arguments)
+            .env("TALLY_KEY_PASSPHRASE", "operators keep this one safe")
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap(), text(&output.stdout), text(&output.stderr))
+    };
+    assert_eq!(run(&["certs", "init", "--dir", &path("certs"), "--cluster-id", &"ab".repeat(16)]).0, 0);
+    for (name, algorithm) in [("operator-1", "ml-dsa-87"), ("operator-2", "ml-dsa-87"), ("principal-9", "ml-dsa-65")] {
+        let (code, _, stderr) = run(&["keys", "generate", "--out", &path(name), "--algorithm", algorithm]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let cluster_file = path("certs/cluster-id");
+    let operator = |id: u64, name: &str| format!("{id}={}.pub", path(name));
+    let init = |out: &str, operators: &[String], required: &str| {
+        let mut arguments =
+            vec!["genesis", "init", "--out", out, "--cluster-id-file", &cluster_file, "--required", required];
+        for operator in operators {
+            arguments.extend(["--operator", operator.as_str()]);
+        }
+        run(&arguments)
+    };
+    let two = [operator(1, "operator-1"), operator(2, "operator-2")];
+    let (code, stdout, stderr) = init(&path("genesis.toml"), &two, "2");
+    assert_eq!(code, 0, "{stderr}");
+    let made: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(made["cluster_id"], "ab".repeat(16));
+    assert_eq!(made["operator_signatures_required"], 2);
+    assert_eq!(made["operators"].as_array().unwrap().len(), 2);
+    let (code, stdout, _) = run(&["genesis", "show", &path("genesis.toml")]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["fingerprint"], made["fingerprint"], "the file holds what init made");
+
+    let (code, _, stderr) = init(&path("genesis.toml"), &two, "2");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exists already"), "{stderr}");
+    let (code, _, stderr) = init(&path("other.toml"), &two, "3");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("operator_signatures_required must be between 1 and the 2 operators, not 3"), "{stderr}");
+    let (code, _, stderr) = init(&path("other.toml"), &[operator(1, "operator-1"), operator(9, "principal-9")], "1");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("operator 9's key is ML-DSA-65; operators sign with ML-DSA-87"), "{stderr}");
+    assert!(!dir.path().join("other.toml").exists(), "a refused genesis writes nothing");
+}

@@ -71,7 +71,7 @@ fn failed(what: String) -> Failure {
 fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), Failure> {
     let cluster = match cluster_id {
         Some(text) => {
-            parse_cluster_id(text).ok_or_else(|| usage(format!("--cluster-id: {text:?} is not 32 hex digits")))?
+            ClusterId::from_hex(text).ok_or_else(|| usage(format!("--cluster-id: {text:?} is not 32 hex digits")))?
         }
         None => {
             let mut bytes = [0; 16];
@@ -83,9 +83,9 @@ fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), F
     refuse_existing(&files)?;
     let ca = ClusterCa::generate(cluster, CA_VALIDITY_DEFAULT).map_err(|error| failed(error.to_string()))?;
     fs::create_dir_all(dir).map_err(|error| failed(format!("cannot create {}: {error}", dir.display())))?;
-    write_new(&files[0], format!("{}\n", hex(&cluster.0)).as_bytes(), false)?;
+    write_new(&files[0], format!("{cluster}\n").as_bytes(), false)?;
     write_certified(&files[1], &files[2], ca.certified())?;
-    let cluster_hex = hex(&cluster.0);
+    let cluster_hex = cluster.to_string();
     printer.print(json!({ "cluster_id": cluster_hex, "files": paths(&files) }), || {
         render::table(
             &["CLUSTER", "CA CERTIFICATE", "CA KEY"],
@@ -137,7 +137,7 @@ fn load_ca(dir: &Path) -> Result<ClusterCa, Failure> {
         })
     };
     let cluster_text = read("cluster-id")?;
-    let cluster = parse_cluster_id(cluster_text.trim())
+    let cluster = ClusterId::from_hex(cluster_text.trim())
         .ok_or_else(|| usage(format!("{}: not a cluster id (32 hex digits)", dir.join("cluster-id").display())))?;
     ClusterCa::from_pem(cluster, &read("ca.pem")?, &read("ca.key")?).map_err(|error| usage(error.to_string()))
 }
@@ -162,21 +162,6 @@ pub fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure>
     let mut out = options.open(file).map_err(failure)?;
     out.write_all(bytes).map_err(failure)?;
     out.sync_all().map_err(failure)
-}
-
-fn parse_cluster_id(text: &str) -> Option<ClusterId> {
-    if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut bytes = [0; 16];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
-    }
-    Some(ClusterId(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn path(file: &Path) -> String {

@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - this file: the command line, and dispatch to a module per command family.
-//! - `cluster`, `ledger`, `account` (with `balance`), `transfer`, `certs`, `keys`: each family's
-//!   commands, one short handler per command.
+//! - `cluster`, `ledger`, `account` (with `balance`), `transfer`, `certs`, `keys`, `genesis`: each
+//!   family's commands, one short handler per command.
 //! - `common`: failures and exit codes, argument parsing, paging, progress and printing.
 //! - `render`: tables for people and JSON for scripts.
 
@@ -11,6 +11,7 @@ mod account;
 mod certs;
 mod cluster;
 mod common;
+mod genesis;
 mod keys;
 mod ledger;
 mod render;
@@ -72,6 +73,9 @@ enum Command {
     /// The cluster's certificate authority and certificates (no cluster needed).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// The cluster's genesis file: its id and its operators' keys (no cluster needed).
+    #[command(subcommand)]
+    Genesis(genesis::GenesisCommand),
     /// ML-DSA signing keys for principals and operators (no cluster needed).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -106,6 +110,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Certs(command) => return certs::run(&Printer { output: cli.output }, command),
         Command::Keys(command) => return keys::run(&Printer { output: cli.output }, command),
+        Command::Genesis(command) => return genesis::run(&Printer { output: cli.output }, command),
         _ => {}
     }
     if !(cli.timeout.is_finite() && cli.timeout > 0.0 && cli.timeout <= 3_600.0) {
@@ -119,6 +124,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Account(command) => account::run(&client, &printer, command).await,
         Command::Transfer(command) => transfer::run(&client, &printer, command).await,
         Command::Balance { account } => account::balance(&client, &printer, &account).await,
-        Command::Completions { .. } | Command::Certs(_) | Command::Keys(_) => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Certs(_) | Command::Keys(_) | Command::Genesis(_) => {
+            unreachable!("handled above")
+        }
     }
 }
