@@ -92,6 +92,9 @@ impl<'de> Deserialize<'de> for Incarnation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub cluster_name: String,
+    /// The fingerprint of the sender's genesis file, if the cluster has one: replicas of one
+    /// cluster hold the same genesis.
+    pub genesis: Option<[u8; 32]>,
     pub node_id: NodeId,
     pub incarnation: Incarnation,
     /// The node the sender means to talk to.
@@ -109,6 +112,8 @@ pub struct Hello {
 pub enum Refusal {
     #[error("replica of cluster {ours:?} refused a peer of cluster {theirs:?}")]
     OtherCluster { ours: String, theirs: String },
+    #[error("replica with genesis {ours} refused a peer with genesis {theirs}: they are not one cluster")]
+    OtherGenesis { ours: String, theirs: String },
     #[error("node {ours} was addressed as node {addressed}: the address configured for node {addressed} is wrong")]
     OtherNode { ours: NodeId, addressed: NodeId },
     #[error(
@@ -129,6 +134,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct PeerIdentity {
     cluster_name: String,
+    /// The fingerprint of the cluster's genesis file ([`PeerIdentity::with_genesis`]).
+    genesis: Option<[u8; 32]>,
     node_id: NodeId,
     incarnation: Incarnation,
     known_path: PathBuf,
@@ -194,6 +201,7 @@ impl PeerIdentity {
         };
         Ok(PeerIdentity {
             cluster_name: cluster_name.to_owned(),
+            genesis: None,
             node_id,
             incarnation,
             known_path,
@@ -254,11 +262,18 @@ impl PeerIdentity {
         self.stop_reason.get().map(String::as_str)
     }
 
+    /// This replica's cluster has the genesis of this fingerprint: a peer must present the same.
+    pub fn with_genesis(mut self, fingerprint: [u8; 32]) -> PeerIdentity {
+        self.genesis = Some(fingerprint);
+        self
+    }
+
     /// The hello this replica sends to (or answers) node `to`.
     pub fn hello(&self, to: NodeId) -> Hello {
         let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         Hello {
             cluster_name: self.cluster_name.clone(),
+            genesis: self.genesis,
             node_id: self.node_id,
             incarnation: self.incarnation,
             to_node_id: to,
@@ -276,6 +291,13 @@ impl PeerIdentity {
         }
         if hello.cluster_name != self.cluster_name {
             return Err(Refusal::OtherCluster { ours: self.cluster_name.clone(), theirs: hello.cluster_name.clone() });
+        }
+        if hello.genesis != self.genesis {
+            let name = |genesis: Option<[u8; 32]>| match genesis {
+                Some(bytes) => bytes[..8].iter().map(|byte| format!("{byte:02x}")).collect(),
+                None => "none".to_owned(),
+            };
+            return Err(Refusal::OtherGenesis { ours: name(self.genesis), theirs: name(hello.genesis) });
         }
         if hello.to_node_id != self.node_id {
             return Err(Refusal::OtherNode { ours: self.node_id, addressed: hello.to_node_id });
@@ -470,5 +492,26 @@ mod tests {
         assert_eq!(two.check(&one.hello(2), Some(4)), Err(Refusal::OtherNode { ours: 1, addressed: 4 }));
         assert_eq!(one.remembered(2), None);
         assert_eq!(one.stop_reason(), None);
+    }
+
+    #[test]
+    fn replicas_of_other_geneses_refuse_each_other_and_those_of_one_genesis_meet() {
+        let directories: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let one = identity(directories[0].path(), 1, 10).with_genesis([1; 32]);
+        let same = identity(directories[1].path(), 2, 20).with_genesis([1; 32]);
+        let other = identity(directories[2].path(), 3, 30).with_genesis([2; 32]);
+        let none = identity(directories[3].path(), 4, 40);
+        assert_eq!(one.check(&same.hello(1), None), Ok(()));
+        assert_eq!(
+            one.check(&other.hello(1), None),
+            Err(Refusal::OtherGenesis { ours: "0101010101010101".into(), theirs: "0202020202020202".into() })
+        );
+        assert_eq!(
+            one.check(&none.hello(1), None),
+            Err(Refusal::OtherGenesis { ours: "0101010101010101".into(), theirs: "none".into() }),
+            "a replica without a genesis is not of a cluster with one"
+        );
+        assert!(matches!(none.check(&one.hello(4), None), Err(Refusal::OtherGenesis { .. })));
+        assert_eq!(one.remembered(3), None, "a refused peer is not remembered");
     }
 }

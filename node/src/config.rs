@@ -26,6 +26,11 @@ pub struct NodeConfig {
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
     pub data_directory: PathBuf,
+    /// The cluster's genesis file (`tallyctl genesis init`): read and checked at start, recorded in
+    /// the data directory on first start (a directory of another genesis is refused), and named in
+    /// every peer hello (a peer of another genesis is refused). None: a cluster without one.
+    #[serde(default)]
+    pub genesis_file: Option<PathBuf>,
     /// The voters a new cluster starts with, once one of them is started with `--bootstrap`;
     /// afterwards membership changes only through the admin API.
     #[serde(default)]

@@ -41,6 +41,8 @@ pub enum NodeError {
     Config(#[from] crate::config::ConfigError),
     #[error("data directory {path}: {detail}")]
     DataDirectory { path: String, detail: String },
+    #[error("genesis file {path}: {detail}")]
+    Genesis { path: String, detail: String },
     #[error("storage: {0}")]
     Storage(String),
     #[error("cannot listen on {address}: {source}")]
@@ -63,10 +65,27 @@ struct Identity {
     node_id: u64,
     /// Absent in directories made before incarnations existed; added on their next start.
     incarnation: Option<Incarnation>,
+    /// The fingerprint of the genesis the directory was made under, in hex; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    genesis: Option<String>,
+}
+
+/// Reads and checks the configured genesis file: its fingerprint, `None` without one.
+fn load_genesis(config: &NodeConfig) -> Result<Option<[u8; 32]>, NodeError> {
+    let Some(path) = &config.genesis_file else { return Ok(None) };
+    let refuse = |detail: String| NodeError::Genesis { path: path.display().to_string(), detail };
+    let text = std::fs::read_to_string(path).map_err(|error| refuse(error.to_string()))?;
+    let genesis = tally_identity::genesis::Genesis::from_toml(&text).map_err(|error| refuse(error.to_string()))?;
+    Ok(Some(genesis.fingerprint()))
+}
+
+fn fingerprint_hex(fingerprint: Option<[u8; 32]>) -> Option<String> {
+    fingerprint.map(|bytes| bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// Checks (or, on first start, writes) the data directory's identity and returns its incarnation.
-fn check_identity(directory: &Path, config: &NodeConfig) -> Result<Incarnation, NodeError> {
+fn check_identity(directory: &Path, config: &NodeConfig, genesis: Option<[u8; 32]>) -> Result<Incarnation, NodeError> {
+    let genesis = fingerprint_hex(genesis);
     let error = |detail: String| NodeError::DataDirectory { path: directory.display().to_string(), detail };
     std::fs::create_dir_all(directory).map_err(|source| error(source.to_string()))?;
     let path = directory.join(IDENTITY_FILE);
@@ -80,6 +99,14 @@ fn check_identity(directory: &Path, config: &NodeConfig) -> Result<Incarnation, 
                     found.node_id, found.cluster_name, config.node_id, config.cluster_name
                 )));
             }
+            if found.genesis != genesis {
+                let name = |genesis: &Option<String>| genesis.clone().unwrap_or_else(|| "none".to_owned());
+                return Err(error(format!(
+                    "was made under genesis {}, but the configuration names genesis {}; refusing to start",
+                    name(&found.genesis),
+                    name(&genesis)
+                )));
+            }
             found.incarnation
         }
         Err(source) if source.kind() == std::io::ErrorKind::NotFound => None,
@@ -89,8 +116,12 @@ fn check_identity(directory: &Path, config: &NodeConfig) -> Result<Incarnation, 
         return Ok(incarnation);
     }
     let incarnation = Incarnation::random().map_err(|source| error(source.to_string()))?;
-    let identity =
-        Identity { cluster_name: config.cluster_name.clone(), node_id: config.node_id, incarnation: Some(incarnation) };
+    let identity = Identity {
+        cluster_name: config.cluster_name.clone(),
+        node_id: config.node_id,
+        incarnation: Some(incarnation),
+        genesis,
+    };
     let text = toml::to_string(&identity).expect("an identity serialises");
     write_durably(&path, text.as_bytes()).map_err(|source| error(source.to_string()))?;
     tracing::info!(node = config.node_id, %incarnation, "data directory created");
@@ -122,7 +153,8 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     config.validate()?;
     observe::recorder();
-    let incarnation = check_identity(&config.data_directory, &config)?;
+    let genesis = load_genesis(&config)?;
+    let incarnation = check_identity(&config.data_directory, &config, genesis)?;
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
         .map_err(NodeError::Storage)?;
     let appended = log.appended_bytes();
@@ -137,7 +169,10 @@ pub async fn run(
             path: config.data_directory.display().to_string(),
             detail: source.to_string(),
         })?;
-    let identity = Arc::new(identity);
+    let identity = Arc::new(match genesis {
+        Some(fingerprint) => identity.with_genesis(fingerprint),
+        None => identity,
+    });
     let clock: Arc<dyn Clock> = config.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
     let offsets = Arc::new(ClockOffsets::default());
     state_machine.defer_commits();
@@ -503,6 +538,62 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    fn config_with_genesis(directory: &Path, genesis_file: Option<&Path>) -> NodeConfig {
+        let text = format!(
+            "cluster_name = \"test\"\nnode_id = 1\nsite = \"a\"\nlisten_address = \"127.0.0.1:7001\"\n\
+             advertise_address = \"127.0.0.1:7001\"\ndata_directory = {:?}\n{}",
+            directory.display().to_string(),
+            genesis_file.map_or(String::new(), |file| format!("genesis_file = {:?}\n", file.display().to_string()))
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    fn genesis_file(directory: &Path, name: &str, seed: u8) -> std::path::PathBuf {
+        use tally_identity::Signer;
+        let key = tally_identity::MlDsaKeyPair::from_seed(tally_identity::Algorithm::MlDsa87, &[seed; 32]).unwrap();
+        let operator = tally_identity::genesis::Operator { id: 1, key: key.public_key().clone() };
+        let cluster = tally_identity::ClusterId([seed; 16]);
+        let genesis = tally_identity::genesis::Genesis::new(cluster, vec![operator], 1).unwrap();
+        let path = directory.join(name);
+        std::fs::write(&path, genesis.to_toml()).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_data_directory_keeps_the_genesis_it_was_made_under_and_refuses_another() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = scratch.path().join("data");
+        let first = genesis_file(scratch.path(), "first.toml", 1);
+        let second = genesis_file(scratch.path(), "second.toml", 2);
+        let config = config_with_genesis(&data, Some(&first));
+        let genesis = load_genesis(&config).unwrap();
+        assert!(genesis.is_some());
+        let incarnation = check_identity(&data, &config, genesis).unwrap();
+        assert_eq!(check_identity(&data, &config, genesis).unwrap(), incarnation, "the same genesis starts again");
+        let other = load_genesis(&config_with_genesis(&data, Some(&second))).unwrap();
+        let refused = check_identity(&data, &config, other).unwrap_err().to_string();
+        assert!(refused.contains("was made under genesis") && refused.contains("refusing to start"), "{refused}");
+        let refused = check_identity(&data, &config, None).unwrap_err().to_string();
+        assert!(refused.contains("names genesis none"), "a genesis cannot be dropped: {refused}");
+        let plain = scratch.path().join("plain");
+        check_identity(&plain, &config_with_genesis(&plain, None), None).unwrap();
+        let refused = check_identity(&plain, &config, genesis).unwrap_err().to_string();
+        assert!(refused.contains("was made under genesis none"), "nor added to a running cluster: {refused}");
+    }
+
+    #[test]
+    fn a_malformed_genesis_file_stops_the_replica_before_it_starts() {
+        let scratch = tempfile::tempdir().unwrap();
+        let broken = scratch.path().join("genesis.toml");
+        std::fs::write(&broken, "cluster_id = \"not hex\"\noperator_signatures_required = 1\noperators = []\n")
+            .unwrap();
+        let refused = load_genesis(&config_with_genesis(scratch.path(), Some(&broken))).unwrap_err().to_string();
+        assert!(refused.starts_with(&format!("genesis file {}", broken.display())), "{refused}");
+        assert!(refused.contains("is not 32 hex digits"), "{refused}");
+        let missing = scratch.path().join("missing.toml");
+        assert!(load_genesis(&config_with_genesis(scratch.path(), Some(&missing))).is_err());
+    }
 
     fn settings() -> RaftSettings {
         RaftSettings { snapshot_after_entries: 1_000, snapshot_after_log_bytes: 64 * MIB, ..RaftSettings::default() }

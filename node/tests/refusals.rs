@@ -20,6 +20,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         advertise_address: address.to_string(),
         metrics_address: None,
         data_directory: directory.to_owned(),
+        genesis_file: None,
         initial_members: vec![Member { id: 1, address: address.to_string(), site: "a".into() }],
         bootstrap: true,
         clock: None,
