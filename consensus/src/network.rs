@@ -58,7 +58,11 @@ use crate::types::{NodeId, PeerNode, decode, encode};
 
 /// The first bytes of every peer connection. A gRPC client's first bytes are HTTP/2's preface
 /// (`PRI * HTTP/2.0`), so the two never look alike.
-pub const PEER_PROTOCOL_MAGIC: [u8; 8] = *b"TALLYRP1";
+///
+/// Its last byte is the peer protocol's version. Version 2 added the genesis fingerprint to the
+/// hello; a replica of another version is refused by name ([`Opening::OtherPeerVersion`]) rather
+/// than with a hello it cannot decode.
+pub const PEER_PROTOCOL_MAGIC: [u8; 8] = *b"TALLYRP2";
 
 /// The largest message body between replicas, either way. It bounds what one AppendEntries may carry
 /// (openraft's `max_payload_entries` keeps batches of ~1 MiB well below it) and one snapshot chunk.
@@ -441,6 +445,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub enum Opening {
     /// Another replica's Raft RPCs: [`serve_peer_connection`].
     Peer,
+    /// A replica speaking another version of the peer protocol (the byte after `TALLYRP`).
+    OtherPeerVersion(u8),
     /// Anything else (gRPC from clients and operators).
     Other,
     /// Too few bytes yet to tell.
@@ -450,7 +456,13 @@ pub enum Opening {
 /// Tells a peer connection from any other by the bytes it opened with.
 pub fn classify_opening(prefix: &[u8]) -> Opening {
     let compared = prefix.len().min(PEER_PROTOCOL_MAGIC.len());
-    if prefix[..compared] != PEER_PROTOCOL_MAGIC[..compared] {
+    let family = PEER_PROTOCOL_MAGIC.len() - 1;
+    if prefix.len() >= PEER_PROTOCOL_MAGIC.len()
+        && prefix[..family] == PEER_PROTOCOL_MAGIC[..family]
+        && prefix[family] != PEER_PROTOCOL_MAGIC[family]
+    {
+        Opening::OtherPeerVersion(prefix[family])
+    } else if prefix[..compared] != PEER_PROTOCOL_MAGIC[..compared] {
         Opening::Other
     } else if compared == PEER_PROTOCOL_MAGIC.len() {
         Opening::Peer
@@ -878,13 +890,13 @@ mod tests {
         client.write_all(b"TALL").await.unwrap();
         let reading = tokio::spawn(async move { (read_opening(&mut server).await, server) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        client.write_all(b"YRP1\x02rest").await.unwrap();
+        client.write_all(b"YRP2\x02rest").await.unwrap();
         let ((opening, prefix), server) = reading.await.unwrap();
         assert_eq!(opening, Opening::Peer);
         let mut replayed = Replayed::new(prefix, server);
         let mut first = [0u8; 13];
         replayed.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"TALLYRP1\x02rest");
+        assert_eq!(&first, b"TALLYRP2\x02rest");
 
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
@@ -1042,12 +1054,14 @@ mod tests {
 
     #[test]
     fn peer_connections_are_told_from_grpc_by_their_first_bytes() {
-        assert_eq!(classify_opening(b"TALLYRP1"), Opening::Peer);
-        assert_eq!(classify_opening(b"TALLYRP1\x01\x00"), Opening::Peer);
+        assert_eq!(classify_opening(b"TALLYRP2"), Opening::Peer);
+        assert_eq!(classify_opening(b"TALLYRP2\x01\x00"), Opening::Peer);
+        assert_eq!(classify_opening(b"TALLYRP1"), Opening::OtherPeerVersion(b'1'), "the previous version, by name");
+        assert_eq!(classify_opening(b"TALLYRP3\x00"), Opening::OtherPeerVersion(b'3'));
         assert_eq!(classify_opening(b"TALL"), Opening::Undecided);
         assert_eq!(classify_opening(b""), Opening::Undecided);
         assert_eq!(classify_opening(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Opening::Other);
-        assert_eq!(classify_opening(b"TALLYRP2"), Opening::Other);
+        assert_eq!(classify_opening(b"TALLYRQ2"), Opening::Other);
         assert_eq!(classify_opening(&[0x16, 0x03, 0x01]), Opening::Other, "a TLS client hello");
     }
 }

@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use openraft::Raft;
-use tally_consensus::network::{Opening, PeerServerLimits, Replayed, read_opening, serve_peer_connection};
+use tally_consensus::network::{
+    Opening, PEER_PROTOCOL_MAGIC, PeerServerLimits, Replayed, read_opening, serve_peer_connection,
+};
 use tally_consensus::peer_identity::PeerIdentity;
 
 use crate::clock::Clock;
@@ -95,6 +97,14 @@ pub fn accept(
                         }
                         Err(_) => refused("client"),
                     },
+                    Opening::OtherPeerVersion(version) => {
+                        metrics::counter!("tally_peer_connections_refused_total", "reason" => "version").increment(1);
+                        tracing::warn!(
+                            theirs = %char::from(version),
+                            ours = %char::from(PEER_PROTOCOL_MAGIC[PEER_PROTOCOL_MAGIC.len() - 1]),
+                            "refused a replica of another peer protocol version: upgrade a cluster's replicas together"
+                        );
+                    }
                     Opening::Undecided => metrics::counter!("tally_connections_silent_total").increment(1),
                 }
             });
