@@ -1052,6 +1052,34 @@ mod tests {
         assert_eq!(one.stop_reason(), None);
     }
 
+    /// Replicas of different geneses never exchange a message, whichever side dials, and neither
+    /// stops: each is healthy, just not of the other's cluster.
+    #[tokio::test]
+    async fn replicas_of_different_geneses_do_not_talk_over_the_peer_protocol() {
+        let directories: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let open = |index: usize, id: NodeId, genesis: [u8; 32]| {
+            let identity = PeerIdentity::open(
+                directories[index].path(),
+                "test",
+                id,
+                Incarnation::random().unwrap(),
+                HeldIndex::default(),
+            )
+            .unwrap();
+            Arc::new(identity.with_genesis(genesis))
+        };
+        let one = open(0, 1, [1; 32]);
+        let two = open(1, 2, [2; 32]);
+        let (address, _) = reversing_peer(1, Arc::clone(&two)).await;
+        let error = ConnectionPool::new(2, address, Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap_err();
+        assert!(format!("{error:?}").contains("genesis"), "{error:?}");
+        let (address, _) = reversing_peer(2, Arc::clone(&one)).await;
+        let error = ConnectionPool::new(1, address, Arc::clone(&two)).exchange(Method::Vote, b"x").await.unwrap_err();
+        assert!(format!("{error:?}").contains("genesis"), "{error:?}");
+        assert_eq!((one.remembered(2), two.remembered(1)), (None, None), "neither remembers the other");
+        assert_eq!((one.stop_reason(), two.stop_reason()), (None, None));
+    }
+
     #[test]
     fn peer_connections_are_told_from_grpc_by_their_first_bytes() {
         assert_eq!(classify_opening(b"TALLYRP2"), Opening::Peer);
