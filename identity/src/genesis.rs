@@ -138,6 +138,11 @@ impl Genesis {
         text
     }
 
+    /// [`Genesis::fingerprint`] in hex, as files, logs and `tallyctl` show it.
+    pub fn fingerprint_hex(&self) -> String {
+        self.fingerprint().iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     /// A hash of the genesis's canonical encoding: two replicas hold the same genesis exactly when
     /// their fingerprints are equal.
     pub fn fingerprint(&self) -> [u8; 32] {

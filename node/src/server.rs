@@ -80,7 +80,7 @@ fn load_genesis(config: &NodeConfig) -> Result<Option<[u8; 32]>, NodeError> {
 }
 
 fn fingerprint_hex(fingerprint: Option<[u8; 32]>) -> Option<String> {
-    fingerprint.map(|bytes| bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    fingerprint.as_ref().map(tally_state_machine::digest::digest_hex)
 }
 
 /// Checks (or, on first start, writes) the data directory's identity and returns its incarnation.

@@ -6,8 +6,6 @@
 //! `init` or `issue` of the same name fails and changes nothing.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +14,7 @@ use serde_json::json;
 use tally_identity::ClusterId;
 use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity};
 
-use crate::common::{Failure, Printer, exit, usage};
+use crate::common::{Failure, Printer, failed, refuse_existing, usage, write_new};
 use crate::render;
 
 /// Days a certificate may be valid for at most (a CA's ten years).
@@ -62,10 +60,6 @@ pub fn run(printer: &Printer, command: CertsCommand) -> Result<(), Failure> {
         CertsCommand::Init { dir, cluster_id } => init(printer, &dir, cluster_id.as_deref()),
         CertsCommand::Issue { dir, identity, days } => issue(printer, &dir, identity, days),
     }
-}
-
-fn failed(what: String) -> Failure {
-    Failure { code: exit::FAILED, message: what }
 }
 
 fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), Failure> {
@@ -145,23 +139,6 @@ fn load_ca(dir: &Path) -> Result<ClusterCa, Failure> {
 fn write_certified(certificate: &Path, key: &Path, certified: &CertifiedKey) -> Result<(), Failure> {
     write_new(key, certified.private_key_pem.as_bytes(), true)?;
     write_new(certificate, certified.certificate_pem.as_bytes(), false)
-}
-
-fn refuse_existing(files: &[PathBuf]) -> Result<(), Failure> {
-    match files.iter().find(|file| file.exists()) {
-        Some(file) => Err(usage(format!("{} exists already; nothing was written", file.display()))),
-        None => Ok(()),
-    }
-}
-
-/// Writes a file that must not exist yet, fsynced; a key only its owner can read.
-pub fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
-    let failure = |error: std::io::Error| failed(format!("cannot write {}: {error}", file.display()));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
-    let mut out = options.open(file).map_err(failure)?;
-    out.write_all(bytes).map_err(failure)?;
-    out.sync_all().map_err(failure)
 }
 
 fn path(file: &Path) -> String {

@@ -1,8 +1,12 @@
 //! What every command family shares: failures and exit codes, argument parsing, paging, progress
 //! and printing.
 
+use std::fs;
 use std::future::Future;
 use std::io::IsTerminal;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -144,4 +148,27 @@ impl Printer {
             Err(Failure { code: exit::REJECTED, message: format!("rejected: {}", refused.join("; ")) })
         }
     }
+}
+
+pub fn failed(what: String) -> Failure {
+    Failure { code: exit::FAILED, message: what }
+}
+
+/// Refuses, before anything is written, when any of `files` exists: tallyctl never overwrites a
+/// key, a certificate or a genesis.
+pub fn refuse_existing(files: &[PathBuf]) -> Result<(), Failure> {
+    match files.iter().find(|file| file.exists()) {
+        Some(file) => Err(usage(format!("{} exists already; nothing was written", file.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Writes a file that must not exist yet, fsynced; a key only its owner can read.
+pub fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
+    let failure = |error: std::io::Error| failed(format!("cannot write {}: {error}", file.display()));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 });
+    let mut out = options.open(file).map_err(failure)?;
+    out.write_all(bytes).map_err(failure)?;
+    out.sync_all().map_err(failure)
 }

@@ -8,8 +8,7 @@ use serde_json::json;
 use tally_identity::genesis::{Genesis, Operator};
 use tally_identity::{ClusterId, PublicKey};
 
-use crate::certs::write_new;
-use crate::common::{Failure, Printer, usage};
+use crate::common::{Failure, Printer, refuse_existing, usage, write_new};
 use crate::render;
 
 #[derive(Debug, Subcommand)]
@@ -35,9 +34,7 @@ pub enum GenesisCommand {
 pub fn run(printer: &Printer, command: GenesisCommand) -> Result<(), Failure> {
     match command {
         GenesisCommand::Init { out, cluster_id_file, operators, required } => {
-            if out.exists() {
-                return Err(usage(format!("{} exists already; nothing was written", out.display())));
-            }
+            refuse_existing(std::slice::from_ref(&out))?;
             let cluster = read_cluster_id(&cluster_id_file)?;
             let operators = operators.iter().map(|operator| read_operator(operator)).collect::<Result<Vec<_>, _>>()?;
             let genesis = Genesis::new(cluster, operators, required).map_err(|error| usage(error.to_string()))?;
@@ -77,7 +74,7 @@ fn read_operator(argument: &str) -> Result<Operator, Failure> {
 
 fn show(printer: &Printer, genesis: &Genesis) {
     let cluster = genesis.cluster.to_string();
-    let fingerprint: String = genesis.fingerprint().iter().map(|byte| format!("{byte:02x}")).collect();
+    let fingerprint = genesis.fingerprint_hex();
     let operators: Vec<_> = genesis
         .operators
         .iter()

@@ -12,8 +12,7 @@ use serde_json::json;
 use tally_identity::key_file;
 use tally_identity::{Algorithm, PublicKey, Signer};
 
-use crate::certs::write_new;
-use crate::common::{Failure, Printer, usage};
+use crate::common::{Failure, Printer, refuse_existing, usage, write_new};
 use crate::render;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,9 +81,7 @@ fn generate(
 ) -> Result<(), Failure> {
     let passphrase = passphrase(passphrase_file)?;
     let public_file = PathBuf::from(format!("{}.pub", out.display()));
-    if let Some(existing) = [out, public_file.as_path()].into_iter().find(|file| file.exists()) {
-        return Err(usage(format!("{} exists already; nothing was written", existing.display())));
-    }
+    refuse_existing(&[out.to_owned(), public_file.clone()])?;
     let (key, sealed) = key_file::generate(algorithm, &passphrase).map_err(|error| usage(error.to_string()))?;
     write_new(out, sealed.as_bytes(), true)?;
     write_new(&public_file, key.public_key().to_pem().as_bytes(), false)?;
