@@ -17,6 +17,7 @@ use crate::model::{
     Account, AccountBalance, AccountFlags, AccountTransfersFilter, Ledger, NewAccount, NewLedger, NewTransfer, Page,
     QueryFilter, Transfer, TransferFlags, Window, uint128,
 };
+use crate::security::Security;
 use crate::transport::{MESSAGE_BYTES_MAX, Transport};
 
 /// Events per request, at most (the ledger's batch limit).
@@ -285,10 +286,11 @@ fn take_queued<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
 impl Client {
     /// Connects to a cluster through `endpoints` (`host:port`; a name that resolves to several
     /// addresses counts as several). Connections open lazily: this fails only on endpoints that
-    /// cannot be parsed or resolved.
-    pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+    /// cannot be parsed or resolved. `security`: TLS with a principal's certificate
+    /// ([`Security::from_env`], [`Security::principal_in`]), or plaintext for a development cluster.
+    pub async fn connect<S: AsRef<str>>(endpoints: &[S], security: Security) -> Result<Client, Error> {
         let addresses: Vec<String> = endpoints.iter().map(|endpoint| endpoint.as_ref().to_owned()).collect();
-        let transport = Arc::new(Transport::new(&addresses).await?);
+        let transport = Arc::new(Transport::new(&addresses, security).await?);
         let stats = Arc::new(Counters::default());
         let (transfers, transfer_queue) = mpsc::channel(BATCH_QUEUE_MAX);
         let (accounts, account_queue) = mpsc::channel(BATCH_QUEUE_MAX);

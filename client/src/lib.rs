@@ -5,12 +5,14 @@
 //! endpoint, and packs concurrent single calls into batches.
 //!
 //! ```no_run
-//! use tally_client::{Client, NewAccount, NewLedger, NewTransfer, ResultCode, new_id};
+//! use tally_client::{Client, NewAccount, NewLedger, NewTransfer, ResultCode, Security, new_id};
 //! use rust_decimal::Decimal;
 //! use std::str::FromStr;
 //!
 //! # async fn example() -> Result<(), tally_client::Error> {
-//! let client = Client::connect(&["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]).await?
+//! // TALLY_CA, TALLY_CERT and TALLY_KEY name the CA and a principal's certificate and key.
+//! let security = Security::from_env()?;
+//! let client = Client::connect(&["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"], security).await?
 //!     .with_deadline(std::time::Duration::from_secs(5));
 //! client.create_ledgers(&[NewLedger::new(978, "EUR", 2)]).await?;
 //! let (alice, bob) = (new_id(), new_id());
@@ -20,6 +22,12 @@
 //! assert!(code.is_success(), "{}", code.description());
 //! # Ok(()) }
 //! ```
+//!
+//! ## Security
+//! Replicas serve TLS 1.3 only, with hybrid post-quantum key exchange (X25519MLKEM768), and
+//! want a principal's certificate from the cluster's CA ([`Security`]). The client checks that
+//! every replica it reaches presents a replica's certificate of the cluster its own certificate
+//! names.
 //!
 //! ## Ids and retries
 //! Every event carries an id you choose; make them with [`new_id`] (time-ordered, 128-bit). A
@@ -42,6 +50,7 @@ mod client;
 mod error;
 mod id;
 mod model;
+mod security;
 mod transport;
 
 pub use client::{
@@ -56,6 +65,9 @@ pub use model::{
 };
 /// The decimal type of amounts, re-exported so callers use the same version.
 pub use rust_decimal::Decimal;
+pub use security::{ClientTls, ENV_CA, ENV_CERTIFICATE, ENV_INSECURE_PLAINTEXT, ENV_KEY, Security};
+/// The files a TLS identity is loaded from.
+pub use tally_identity::tls::TlsFiles;
 /// Amounts in the wire's grammar, parsed exactly (no sign, exponent or rounding).
 pub use tally_proto::amount::{AmountSyntaxError, parse_amount};
 /// The outcome of one event (see `ledger.proto`).

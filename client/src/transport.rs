@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
+use crate::security::Security;
+
 use crate::error::{Attempt, Error, classify};
 
 /// Consecutive failures that open an endpoint's breaker.
@@ -71,9 +73,10 @@ pub(crate) struct Transport {
     /// The endpoint believed to be the leader.
     leader: RwLock<Option<String>>,
     next: Mutex<usize>,
+    security: Security,
 }
 
-fn channel(address: &str) -> Result<Channel, Error> {
+fn channel(address: &str, security: &Security) -> Result<Channel, Error> {
     let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
     let endpoint = TonicEndpoint::from_shared(uri)
         .map_err(|error| Error::Usage(format!("endpoint {address:?} is not a valid address: {error}")))?
@@ -81,12 +84,15 @@ fn channel(address: &str) -> Result<Channel, Error> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    Ok(endpoint.connect_lazy())
+    Ok(match security {
+        Security::Tls(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        Security::InsecurePlaintext => endpoint.connect_lazy(),
+    })
 }
 
 impl Transport {
     /// Endpoints as `host:port`; a host that resolves to several addresses gives one endpoint each.
-    pub async fn new(addresses: &[String]) -> Result<Transport, Error> {
+    pub async fn new(addresses: &[String], security: Security) -> Result<Transport, Error> {
         if addresses.is_empty() {
             return Err(Error::Usage("no endpoints: give at least one host:port".into()));
         }
@@ -104,7 +110,7 @@ impl Transport {
             for name in names {
                 if !endpoints.iter().any(|endpoint: &Arc<Endpoint>| endpoint.address == name) {
                     endpoints.push(Arc::new(Endpoint {
-                        channel: channel(&name)?,
+                        channel: channel(&name, &security)?,
                         address: name,
                         breaker: Mutex::default(),
                     }));
@@ -112,7 +118,13 @@ impl Transport {
             }
         }
         let configured = endpoints.len();
-        Ok(Transport { endpoints: RwLock::new(endpoints), configured, leader: RwLock::new(None), next: Mutex::new(0) })
+        Ok(Transport {
+            endpoints: RwLock::new(endpoints),
+            configured,
+            leader: RwLock::new(None),
+            next: Mutex::new(0),
+            security,
+        })
     }
 
     pub fn addresses(&self) -> Vec<String> {
@@ -126,8 +138,11 @@ impl Transport {
         {
             return Ok(Arc::clone(found));
         }
-        let endpoint =
-            Arc::new(Endpoint { channel: channel(address)?, address: address.to_owned(), breaker: Mutex::default() });
+        let endpoint = Arc::new(Endpoint {
+            channel: channel(address, &self.security)?,
+            address: address.to_owned(),
+            breaker: Mutex::default(),
+        });
         let mut endpoints = self.endpoints.write().expect("endpoints lock");
         if endpoints.len() < self.configured + LEARNED_ENDPOINTS_MAX {
             endpoints.push(Arc::clone(&endpoint));
@@ -269,7 +284,7 @@ mod tests {
         let ports: Vec<u16> =
             (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
         let addresses: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
-        let transport = Transport::new(&addresses).await.unwrap();
+        let transport = Transport::new(&addresses, Security::InsecurePlaintext).await.unwrap();
         let started = std::time::Instant::now();
         let deadline = Duration::from_millis(700);
         let result: Result<(), Error> = transport
@@ -299,7 +314,10 @@ mod tests {
         let mut resolved: Vec<String> =
             "localhost:7101".to_socket_addrs().unwrap().map(|address| address.to_string()).collect();
         resolved.dedup();
-        let transport = Transport::new(&["localhost:7101".into(), "127.0.0.1:7102".into()]).await.unwrap();
+        let transport =
+            Transport::new(&["localhost:7101".into(), "127.0.0.1:7102".into()], Security::InsecurePlaintext)
+                .await
+                .unwrap();
         let addresses = transport.addresses();
         if resolved.len() > 1 {
             assert_eq!(&addresses[..resolved.len()], &resolved[..]);
@@ -312,8 +330,8 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_that_do_not_parse_or_resolve_are_refused_up_front() {
-        assert!(matches!(Transport::new(&[]).await, Err(Error::Usage(_))));
-        let error = Transport::new(&["no-port-here".into()]).await.unwrap_err();
+        assert!(matches!(Transport::new(&[], Security::InsecurePlaintext).await, Err(Error::Usage(_))));
+        let error = Transport::new(&["no-port-here".into()], Security::InsecurePlaintext).await.unwrap_err();
         assert!(error.to_string().contains("no-port-here"), "{error}");
     }
 }

@@ -48,6 +48,9 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tally_identity::ClusterId;
+use tally_identity::certs::Identity;
+use tally_identity::tls::{Current, KeyExchange, Stream, connect_tls, split_address};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -139,13 +142,56 @@ impl Method {
 pub struct PeerNetwork {
     identity: Arc<PeerIdentity>,
     offsets: Arc<ClockOffsets>,
+    transport: PeerTransport,
     pools: HashMap<(NodeId, String), Arc<ConnectionPool>>,
 }
 
 impl PeerNetwork {
-    /// Calls peers as `identity`, recording their clocks' offsets from each response in `offsets`.
-    pub fn new(identity: Arc<PeerIdentity>, offsets: Arc<ClockOffsets>) -> PeerNetwork {
-        PeerNetwork { identity, offsets, pools: HashMap::new() }
+    /// Calls peers as `identity` over `transport`, recording their clocks' offsets from each
+    /// response in `offsets`.
+    pub fn new(identity: Arc<PeerIdentity>, offsets: Arc<ClockOffsets>, transport: PeerTransport) -> PeerNetwork {
+        PeerNetwork { identity, offsets, transport, pools: HashMap::new() }
+    }
+}
+
+/// How replicas reach each other.
+#[derive(Clone, Debug)]
+pub enum PeerTransport {
+    /// TLS 1.3 with this replica's certificate; the peer dialled must present the certificate of
+    /// the replica it was dialled as. The configuration is read at each dial, so a reloaded
+    /// certificate is used from the next connection on.
+    Tls { config: Arc<Current<rustls::ClientConfig>>, cluster: ClusterId, key_exchange: KeyExchange },
+    /// A development cluster started with `insecure_plaintext`: anyone who reaches the port is a peer.
+    Plaintext,
+}
+
+impl PeerTransport {
+    /// Opens a connection to `target` at `address`.
+    async fn dial(&self, address: &str, target: NodeId) -> io::Result<Stream> {
+        match self {
+            PeerTransport::Plaintext => {
+                let stream = TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Plain(stream))
+            }
+            PeerTransport::Tls { config, cluster, key_exchange } => {
+                let (host, port) = split_address(address)?;
+                let stream = connect_tls(host, port, config.get()).await?;
+                let denied = |detail: String| io::Error::new(io::ErrorKind::PermissionDenied, detail);
+                let presented = Identity::of_certificate_in(stream.get_ref().1, cluster)
+                    .map_err(|error| denied(format!("{address}: {error}")))?;
+                if presented != Identity::Replica(target) {
+                    return Err(denied(format!(
+                        "{address} presented the certificate of {presented}, not of replica {target}"
+                    )));
+                }
+                let group = stream.get_ref().1.negotiated_key_exchange_group().map(|group| group.name());
+                if !key_exchange.negotiated(group) {
+                    return Err(denied(format!("{address} did not negotiate {}", key_exchange.name())));
+                }
+                Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
+            }
+        }
     }
 }
 
@@ -153,12 +199,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
-        let (identity, offsets) = (&self.identity, &self.offsets);
+        let (identity, offsets, transport) = (&self.identity, &self.offsets, &self.transport);
         let pool = self
             .pools
             .entry((target, node.address.clone()))
             .or_insert_with(|| {
-                let pool = ConnectionPool::new(target, node.address.clone(), Arc::clone(identity));
+                let pool = ConnectionPool::new(target, node.address.clone(), Arc::clone(identity), transport.clone());
                 Arc::new(pool.recording_offsets(Arc::clone(offsets)))
             })
             .clone();
@@ -242,13 +288,14 @@ struct ConnectionPool {
     target: NodeId,
     address: String,
     identity: Arc<PeerIdentity>,
+    transport: PeerTransport,
     offsets: Option<Arc<ClockOffsets>>,
     idle: Mutex<Vec<PeerConnection>>,
 }
 
 impl ConnectionPool {
-    fn new(target: NodeId, address: String, identity: Arc<PeerIdentity>) -> ConnectionPool {
-        ConnectionPool { target, address, identity, offsets: None, idle: Mutex::new(Vec::new()) }
+    fn new(target: NodeId, address: String, identity: Arc<PeerIdentity>, transport: PeerTransport) -> ConnectionPool {
+        ConnectionPool { target, address, identity, transport, offsets: None, idle: Mutex::new(Vec::new()) }
     }
 
     fn recording_offsets(self, offsets: Arc<ClockOffsets>) -> ConnectionPool {
@@ -265,8 +312,9 @@ impl ConnectionPool {
             self.record_offset(wall, sent);
             return Ok(response);
         }
-        let mut connection =
-            PeerConnection::connect(&self.address, self.target, &self.identity).await.map_err(CallError::Connect)?;
+        let mut connection = PeerConnection::connect(&self.address, self.target, &self.identity, &self.transport)
+            .await
+            .map_err(CallError::Connect)?;
         metrics::counter!("tally_peer_connections_opened_total").increment(1);
         let sent = std::time::Instant::now();
         let (wall, response) = connection.exchange(method, body).await.map_err(CallError::Exchange)?;
@@ -292,16 +340,20 @@ impl ConnectionPool {
 /// One connection to a peer, between calls or held by one.
 #[derive(Debug)]
 struct PeerConnection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Stream>,
 }
 
 impl PeerConnection {
     /// Dials `target` at `address` and exchanges hellos ([`crate::peer_identity`]) within
     /// [`CONNECT_TIMEOUT`]; a refused hello fails the connection.
-    async fn connect(address: &str, target: NodeId, identity: &PeerIdentity) -> io::Result<PeerConnection> {
+    async fn connect(
+        address: &str,
+        target: NodeId,
+        identity: &PeerIdentity,
+        transport: &PeerTransport,
+    ) -> io::Result<PeerConnection> {
         let opened = async {
-            let stream = TcpStream::connect(address).await?;
-            stream.set_nodelay(true)?;
+            let stream = transport.dial(address, target).await?;
             let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
             let hello = encode(&identity.hello(target));
             let mut opening = PEER_PROTOCOL_MAGIC.to_vec();
@@ -311,7 +363,7 @@ impl PeerConnection {
             let answer: Result<Hello, Refusal> =
                 decode(&answer, "a peer's hello").map_err(|error| refuse(error.to_string()))?;
             answer
-                .and_then(|hello| identity.check(&hello, Some(target)))
+                .and_then(|hello| identity.check(&hello, Some(target), None))
                 .inspect_err(|refusal| identity.refused(refusal, target))
                 .map_err(|refusal| io::Error::new(io::ErrorKind::PermissionDenied, refusal.to_string()))?;
             Ok(PeerConnection { stream })
@@ -579,8 +631,12 @@ pub struct PeerServerLimits {
 
 /// Serves one peer connection, from its magic on, until the peer closes it, sends something that is
 /// not a request, or stays idle for [`PEER_CONNECTION_IDLE_MAX`].
+///
+/// `certified`: the replica whose certificate the connection presented (none in plaintext); a
+/// hello from any other node is refused.
 pub async fn serve_peer_connection<S>(
     stream: S,
+    certified: Option<NodeId>,
     raft: openraft::Raft<TypeConfig>,
     identity: &PeerIdentity,
     clock: &dyn Clock,
@@ -589,7 +645,7 @@ pub async fn serve_peer_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_frames(stream, identity, clock, |method, body| {
+    serve_frames(stream, certified, identity, clock, |method, body| {
         let raft = raft.clone();
         async move { answer(&raft, method, &body, limits).await }
     })
@@ -713,7 +769,13 @@ fn reply<T: Serialize, E: Serialize>(result: &Result<T, RaftError<NodeId, E>>) -
 
 /// The server's framing: checks the magic and the dialer's hello (answering with this replica's, or
 /// with the refusal), then answers requests one after another with `handle`.
-async fn serve_frames<S, H, F>(stream: S, identity: &PeerIdentity, clock: &dyn Clock, mut handle: H) -> io::Result<()>
+async fn serve_frames<S, H, F>(
+    stream: S,
+    certified: Option<NodeId>,
+    identity: &PeerIdentity,
+    clock: &dyn Clock,
+    mut handle: H,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Method, Vec<u8>) -> F,
@@ -731,7 +793,7 @@ where
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no hello within {OPENING_TIMEOUT:?}")))??;
-    let answer = identity.check(&hello, None).map(|()| identity.hello(hello.node_id));
+    let answer = identity.check(&hello, None, certified).map(|()| identity.hello(hello.node_id));
     let encoded = encode(&answer);
     write_frame(stream.get_mut(), &body_length(encoded.len())?.to_le_bytes(), &encoded).await?;
     if let Err(refusal) = answer {
@@ -799,7 +861,7 @@ mod tests {
                 let identity = Arc::clone(&identity);
                 tokio::spawn(async move {
                     let mut answered = 0;
-                    let _ = serve_frames(stream, &identity, &SystemClock, |_, mut body| {
+                    let _ = serve_frames(stream, None, &identity, &SystemClock, |_, mut body| {
                         answered += 1;
                         let last = answered > answers_per_connection;
                         body.reverse();
@@ -819,7 +881,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let (dialer, server) = identities(&directory);
         let (address, accepted) = reversing_peer(2, server).await;
-        let pool = ConnectionPool::new(2, address, dialer);
+        let pool = ConnectionPool::new(2, address, dialer, PeerTransport::Plaintext);
         for round in 0..5u8 {
             let answer = pool.exchange(Method::Vote, &[round, 1, 2]).await.unwrap();
             assert_eq!(answer, [2, 1, round]);
@@ -836,12 +898,17 @@ mod tests {
         drop(listener);
         let directory = tempfile::tempdir().unwrap();
         let (dialer, server) = identities(&directory);
-        let refused =
-            ConnectionPool::new(2, address, Arc::clone(&dialer)).exchange(Method::Vote, b"x").await.unwrap_err();
+        let refused = ConnectionPool::new(2, address, Arc::clone(&dialer), PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
         assert!(matches!(refused.into_rpc_error::<RaftError<NodeId>>(), RPCError::Unreachable(_)));
 
         let (address, _) = reversing_peer(0, server).await;
-        let broken = ConnectionPool::new(2, address, dialer).exchange(Method::Vote, b"x").await.unwrap_err();
+        let broken = ConnectionPool::new(2, address, dialer, PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
         assert!(matches!(broken.into_rpc_error::<RaftError<NodeId>>(), RPCError::Network(_)));
     }
 
@@ -855,7 +922,7 @@ mod tests {
         let (dialer, server) = identities(&directory);
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let _ = serve_frames(stream, &server, &SystemClock, |_, body| async move {
+            let _ = serve_frames(stream, None, &server, &SystemClock, |_, body| async move {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(body)
             })
@@ -864,7 +931,7 @@ mod tests {
         let mut client = PeerClient {
             target: 2,
             node: PeerNode { address: address.clone(), site: "a".into() },
-            pool: Arc::new(ConnectionPool::new(2, address, dialer)),
+            pool: Arc::new(ConnectionPool::new(2, address, dialer, PeerTransport::Plaintext)),
         };
         let request = VoteRequest { vote: openraft::Vote::new(1, 1), last_log_id: None };
         let started = std::time::Instant::now();
@@ -984,9 +1051,9 @@ mod tests {
         let (dialer, server) = identities(&directory);
         let serve = |stream| {
             let server = Arc::clone(&server);
-            tokio::spawn(
-                async move { serve_frames(stream, &server, &SystemClock, |_, body| async move { Ok(body) }).await },
-            )
+            tokio::spawn(async move {
+                serve_frames(stream, None, &server, &SystemClock, |_, body| async move { Ok(body) }).await
+            })
         };
         let (mut client, stream) = tokio::io::duplex(1024);
         let serving = serve(stream);
@@ -1020,7 +1087,10 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let (one, two) = identities(&directory);
         let (address, _) = reversing_peer(1, Arc::clone(&two)).await;
-        ConnectionPool::new(2, address.clone(), Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap();
+        ConnectionPool::new(2, address.clone(), Arc::clone(&one), PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap();
         assert_eq!(one.remembered(2), Some(two.incarnation()));
         assert_eq!(two.remembered(1), Some(one.incarnation()));
 
@@ -1029,7 +1099,7 @@ mod tests {
         let one_wiped = Arc::new(
             PeerIdentity::open(wiped.path(), "test", 1, Incarnation::random().unwrap(), HeldIndex::default()).unwrap(),
         );
-        let error = ConnectionPool::new(2, address.clone(), Arc::clone(&one_wiped))
+        let error = ConnectionPool::new(2, address.clone(), Arc::clone(&one_wiped), PeerTransport::Plaintext)
             .exchange(Method::Vote, b"x")
             .await
             .unwrap_err();
@@ -1046,7 +1116,10 @@ mod tests {
             PeerIdentity::open(wiped.path(), "test", 2, Incarnation::random().unwrap(), HeldIndex::default()).unwrap(),
         );
         let (address, _) = reversing_peer(1, Arc::clone(&two_wiped)).await;
-        let error = ConnectionPool::new(2, address, Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap_err();
+        let error = ConnectionPool::new(2, address, Arc::clone(&one), PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
         assert!(format!("{error:?}").contains("incarnation"), "{error:?}");
         assert!(two_wiped.stop_reason().is_some());
         assert_eq!(one.stop_reason(), None);
@@ -1071,10 +1144,16 @@ mod tests {
         let one = open(0, 1, [1; 32]);
         let two = open(1, 2, [2; 32]);
         let (address, _) = reversing_peer(1, Arc::clone(&two)).await;
-        let error = ConnectionPool::new(2, address, Arc::clone(&one)).exchange(Method::Vote, b"x").await.unwrap_err();
+        let error = ConnectionPool::new(2, address, Arc::clone(&one), PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
         assert!(format!("{error:?}").contains("genesis"), "{error:?}");
         let (address, _) = reversing_peer(2, Arc::clone(&one)).await;
-        let error = ConnectionPool::new(1, address, Arc::clone(&two)).exchange(Method::Vote, b"x").await.unwrap_err();
+        let error = ConnectionPool::new(1, address, Arc::clone(&two), PeerTransport::Plaintext)
+            .exchange(Method::Vote, b"x")
+            .await
+            .unwrap_err();
         assert!(format!("{error:?}").contains("genesis"), "{error:?}");
         assert_eq!((one.remembered(2), two.remembered(1)), (None, None), "neither remembers the other");
         assert_eq!((one.stop_reason(), two.stop_reason()), (None, None));

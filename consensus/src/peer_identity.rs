@@ -116,6 +116,8 @@ pub enum Refusal {
     OtherGenesis { ours: String, theirs: String },
     #[error("node {ours} was addressed as node {addressed}: the address configured for node {addressed} is wrong")]
     OtherNode { ours: NodeId, addressed: NodeId },
+    #[error("a peer presenting replica {certified}'s certificate said it is node {claimed}")]
+    NotCertified { certified: NodeId, claimed: NodeId },
     #[error(
         "node {node} was known as incarnation {remembered} and presented incarnation {presented}: \
          its data directory is not the one it acknowledged entries from"
@@ -285,9 +287,16 @@ impl PeerIdentity {
 
     /// Checks a peer's hello: as the server of a connection (`dialed: None`), or as the dialer of
     /// node `dialed`. A member met for the first time is remembered (on disk) before this returns.
-    pub fn check(&self, hello: &Hello, dialed: Option<NodeId>) -> Result<(), Refusal> {
+    ///
+    /// `certified`: the replica the connection's certificate names, which the hello must be from.
+    pub fn check(&self, hello: &Hello, dialed: Option<NodeId>, certified: Option<NodeId>) -> Result<(), Refusal> {
         if let Some(reason) = self.stop_reason() {
             return Err(Refusal::Stopped { node: self.node_id, reason: reason.to_owned() });
+        }
+        if let Some(certified) = certified
+            && hello.node_id != certified
+        {
+            return Err(Refusal::NotCertified { certified, claimed: hello.node_id });
         }
         if hello.cluster_name != self.cluster_name {
             return Err(Refusal::OtherCluster { ours: self.cluster_name.clone(), theirs: hello.cluster_name.clone() });
@@ -412,7 +421,7 @@ mod tests {
         let (leader_directory, follower_directory) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let leader = identity(leader_directory.path(), 1, 10);
         let follower = holding(follower_directory.path(), 2, 20, 500);
-        assert_eq!(leader.check(&follower.hello(1), None), Ok(()));
+        assert_eq!(leader.check(&follower.hello(1), None, None), Ok(()));
         leader.record_acknowledged([(2, 400), (1, 900)]);
         assert_eq!((leader.acknowledged(2), leader.acknowledged(1)), (400, 0), "only peers are recorded");
         let leader = identity(leader_directory.path(), 1, 10);
@@ -422,17 +431,17 @@ mod tests {
 
         // An older copy of node 2's directory: the same incarnation, entries up to 350 only.
         let copy = holding(tempfile::tempdir().unwrap().path(), 2, 20, 350);
-        let refusal = leader.check(&copy.hello(1), None).unwrap_err();
+        let refusal = leader.check(&copy.hello(1), None, None).unwrap_err();
         assert_eq!(refusal, Refusal::LogBehind { node: 2, acknowledged: 400, held: 350 });
         copy.refused(&refusal, 1);
         assert!(copy.stop_reason().unwrap().contains("older copy"), "{:?}", copy.stop_reason());
         let dialed_copy = holding(tempfile::tempdir().unwrap().path(), 2, 20, 350);
-        assert!(matches!(dialed_copy.check(&leader.hello(2), Some(1)), Err(Refusal::LogBehind { node: 2, .. })));
+        assert!(matches!(dialed_copy.check(&leader.hello(2), Some(1), None), Err(Refusal::LogBehind { node: 2, .. })));
         assert!(dialed_copy.stop_reason().is_some(), "a copy told by its peer's hello stops itself");
 
         // The intact follower (it holds more than it acknowledged) is accepted both ways.
-        assert_eq!(leader.check(&follower.hello(1), None), Ok(()));
-        assert_eq!(follower.check(&leader.hello(2), Some(1)), Ok(()));
+        assert_eq!(leader.check(&follower.hello(1), None, None), Ok(()));
+        assert_eq!(follower.check(&leader.hello(2), Some(1), None), Ok(()));
         assert_eq!(leader.stop_reason(), None);
     }
 
@@ -450,14 +459,14 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let (one, two) = (identity(directory.path(), 1, 10), tempfile::tempdir().unwrap());
         let two_first = identity(two.path(), 2, 20);
-        assert_eq!(one.check(&two_first.hello(1), None), Ok(()));
+        assert_eq!(one.check(&two_first.hello(1), None, None), Ok(()));
         assert_eq!(one.remembered(2), Some(Incarnation(20)));
 
         // Reopened (a restart): still remembered; node 2 wiped comes back as incarnation 21.
         let one = identity(directory.path(), 1, 10);
         assert_eq!(one.remembered(2), Some(Incarnation(20)));
         let two_wiped = identity(tempfile::tempdir().unwrap().path(), 2, 21);
-        let refusal = one.check(&two_wiped.hello(1), None).unwrap_err();
+        let refusal = one.check(&two_wiped.hello(1), None, None).unwrap_err();
         assert_eq!(
             refusal,
             Refusal::IncarnationChanged { node: 2, remembered: Incarnation(20), presented: Incarnation(21) }
@@ -466,7 +475,7 @@ mod tests {
         two_wiped.refused(&refusal, 1);
         let reason = two_wiped.stop_reason().expect("the refused replica stops");
         assert!(reason.contains("under a new node id"), "{reason}");
-        assert!(two_wiped.check(&one.hello(2), Some(1)).is_err(), "a stopped replica accepts no hello");
+        assert!(two_wiped.check(&one.hello(2), Some(1), None).is_err(), "a stopped replica accepts no hello");
     }
 
     #[test]
@@ -474,9 +483,9 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let leader = identity(directory.path(), 1, 10);
         let old = identity(tempfile::tempdir().unwrap().path(), 3, 30);
-        assert_eq!(leader.check(&old.hello(1), None), Ok(()));
+        assert_eq!(leader.check(&old.hello(1), None, None), Ok(()));
         let wiped = identity(tempfile::tempdir().unwrap().path(), 3, 31);
-        let refusal = wiped.check(&leader.hello(3), Some(1)).unwrap_err();
+        let refusal = wiped.check(&leader.hello(3), Some(1), None).unwrap_err();
         assert!(matches!(refusal, Refusal::IncarnationChanged { node: 3, .. }), "{refusal}");
         assert!(wiped.stop_reason().is_some());
     }
@@ -486,10 +495,16 @@ mod tests {
         let one = identity(tempfile::tempdir().unwrap().path(), 1, 10);
         let other = tempfile::tempdir().unwrap();
         let stranger = PeerIdentity::open(other.path(), "other", 2, Incarnation(20), HeldIndex::default()).unwrap();
-        assert!(matches!(one.check(&stranger.hello(1), None), Err(Refusal::OtherCluster { .. })));
+        assert!(matches!(one.check(&stranger.hello(1), None, None), Err(Refusal::OtherCluster { .. })));
         let two = identity(tempfile::tempdir().unwrap().path(), 2, 20);
-        assert_eq!(one.check(&two.hello(3), None), Err(Refusal::OtherNode { ours: 1, addressed: 3 }));
-        assert_eq!(two.check(&one.hello(2), Some(4)), Err(Refusal::OtherNode { ours: 1, addressed: 4 }));
+        assert_eq!(one.check(&two.hello(3), None, None), Err(Refusal::OtherNode { ours: 1, addressed: 3 }));
+        assert_eq!(two.check(&one.hello(2), Some(4), None), Err(Refusal::OtherNode { ours: 1, addressed: 4 }));
+        assert_eq!(
+            one.check(&two.hello(1), None, Some(3)),
+            Err(Refusal::NotCertified { certified: 3, claimed: 2 }),
+            "a hello must come from the replica the connection's certificate names"
+        );
+        assert_eq!(one.check(&two.hello(1), None, Some(2)), Ok(()));
         assert_eq!(one.remembered(2), None);
         assert_eq!(one.stop_reason(), None);
     }
@@ -501,17 +516,17 @@ mod tests {
         let same = identity(directories[1].path(), 2, 20).with_genesis([1; 32]);
         let other = identity(directories[2].path(), 3, 30).with_genesis([2; 32]);
         let none = identity(directories[3].path(), 4, 40);
-        assert_eq!(one.check(&same.hello(1), None), Ok(()));
+        assert_eq!(one.check(&same.hello(1), None, None), Ok(()));
         assert_eq!(
-            one.check(&other.hello(1), None),
+            one.check(&other.hello(1), None, None),
             Err(Refusal::OtherGenesis { ours: "0101010101010101".into(), theirs: "0202020202020202".into() })
         );
         assert_eq!(
-            one.check(&none.hello(1), None),
+            one.check(&none.hello(1), None, None),
             Err(Refusal::OtherGenesis { ours: "0101010101010101".into(), theirs: "none".into() }),
             "a replica without a genesis is not of a cluster with one"
         );
-        assert!(matches!(none.check(&one.hello(4), None), Err(Refusal::OtherGenesis { .. })));
+        assert!(matches!(none.check(&one.hello(4), None, None), Err(Refusal::OtherGenesis { .. })));
         assert_eq!(one.remembered(3), None, "a refused peer is not remembered");
     }
 }

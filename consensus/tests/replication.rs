@@ -9,7 +9,7 @@ use std::time::Duration;
 use openraft::{Config, Raft, SnapshotPolicy};
 use tally_consensus::clock::SystemClock;
 use tally_consensus::log_store::{LOG_CACHE_BYTES_DEFAULT, RedbLogStore};
-use tally_consensus::network::{PeerNetwork, PeerServerLimits, serve_peer_connection};
+use tally_consensus::network::{PeerNetwork, PeerServerLimits, PeerTransport, serve_peer_connection};
 use tally_consensus::peer_identity::{Incarnation, PeerIdentity};
 use tally_consensus::raft_state_machine::{LedgerStateMachine, LedgerViews, consensus_record};
 use tally_consensus::type_config::TypeConfig;
@@ -60,9 +60,15 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
     let incarnation = Incarnation::random().unwrap();
     let identity =
         Arc::new(PeerIdentity::open(directory.path(), "replication", id, incarnation, log.held_index()).unwrap());
-    let raft = Raft::new(id, config, PeerNetwork::new(Arc::clone(&identity), Default::default()), log, state_machine)
-        .await
-        .unwrap();
+    let raft = Raft::new(
+        id,
+        config,
+        PeerNetwork::new(Arc::clone(&identity), Default::default(), PeerTransport::Plaintext),
+        log,
+        state_machine,
+    )
+    .await
+    .unwrap();
     let (stop_server, mut stopped) = oneshot::channel::<()>();
     let serving = raft.clone();
     tokio::spawn(async move {
@@ -72,7 +78,7 @@ async fn start(id: u64, listener: TcpListener, config: Arc<Config>) -> Replica {
                     let (stream, _) = accepted.unwrap();
                     let limits = PeerServerLimits { snapshot_bytes_max: u64::MAX };
                     let (serving, identity) = (serving.clone(), Arc::clone(&identity));
-                    tokio::spawn(async move { serve_peer_connection(stream, serving, &identity, &SystemClock, limits).await });
+                    tokio::spawn(async move { serve_peer_connection(stream, None, serving, &identity, &SystemClock, limits).await });
                 }
                 _ = &mut stopped => return,
             }

@@ -49,6 +49,19 @@ impl Identity {
     /// The identity a certificate of `cluster` names (its one `tally://` URI). A certificate of
     /// another cluster, or with no such URI or two, names none.
     pub fn of_certificate(certificate: &CertificateDer<'_>, cluster: &ClusterId) -> Result<Identity, CertError> {
+        Identity::parse(&Identity::tally_uri(certificate)?, cluster)
+    }
+
+    /// The cluster a certificate's identity belongs to: a client learns it from its own
+    /// certificate, and then accepts only replicas of that cluster.
+    pub fn cluster_of_certificate(certificate: &CertificateDer<'_>) -> Result<ClusterId, CertError> {
+        let uri = Identity::tally_uri(certificate)?;
+        let named = uri.strip_prefix("tally://").and_then(|rest| rest.split('/').next()).unwrap_or_default();
+        ClusterId::from_hex(named).ok_or_else(|| CertError::NoIdentity { uris: vec![uri.clone()] })
+    }
+
+    /// A certificate's one `tally://` URI.
+    fn tally_uri(certificate: &CertificateDer<'_>) -> Result<String, CertError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
             .map_err(|error| CertError::Unreadable(error.to_string()))?;
         let names = parsed
@@ -66,7 +79,7 @@ impl Identity {
         let [uri] = uris.as_slice() else {
             return Err(CertError::NoIdentity { uris: uris.iter().map(|uri| uri.to_string()).collect() });
         };
-        Identity::parse(uri, cluster)
+        Ok((*uri).to_owned())
     }
 
     fn parse(uri: &str, cluster: &ClusterId) -> Result<Identity, CertError> {
@@ -259,6 +272,19 @@ impl ClusterCa {
         addresses: &[String],
         validity: Duration,
     ) -> Result<CertifiedKey, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        // A minute back, so that a peer whose clock is a little behind accepts it at once.
+        self.issue_valid_between(identity, addresses, now - time::Duration::minutes(1), now + validity)
+    }
+
+    /// [`ClusterCa::issue`] with an explicit validity window (tests make expired certificates).
+    pub fn issue_valid_between(
+        &self,
+        identity: Identity,
+        addresses: &[String],
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> Result<CertifiedKey, CertError> {
         let key = KeyPair::generate_for(&PKCS_ML_DSA_65).map_err(issue_error)?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -281,7 +307,8 @@ impl ClusterCa {
             Identity::Principal(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, validity);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let certificate = params.signed_by(&key, &issuer).map_err(issue_error)?;
         Ok(CertifiedKey {
@@ -290,5 +317,51 @@ impl ClusterCa {
             certificate: certificate.der().clone(),
             private_key_pkcs8: key.serialize_der(),
         })
+    }
+}
+
+/// A revoked certificate, as the CA's revocation list names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// The certificate's serial number, big-endian ([`serial_of`]).
+    pub serial: Vec<u8>,
+    /// When the CA revoked it.
+    pub revoked_at: time::OffsetDateTime,
+}
+
+/// How long a revocation list is said to hold before the next (replicas read every new one on
+/// reload; the date is for other verifiers).
+pub const REVOCATION_LIST_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A certificate's serial number, big-endian, as a revocation list names it.
+pub fn serial_of(certificate: &CertificateDer<'_>) -> Result<Vec<u8>, CertError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(certificate).map_err(|error| CertError::Unreadable(error.to_string()))?;
+    Ok(parsed.raw_serial().to_vec())
+}
+
+impl ClusterCa {
+    /// The CA's revocation list, number `number` (each new list takes a higher one), naming
+    /// `revoked`: PEM, for `ca.crl`.
+    pub fn revocation_list(&self, number: u64, revoked: &[Revoked]) -> Result<String, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + REVOCATION_LIST_VALIDITY,
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|revoked| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&revoked.serial),
+                    revocation_time: revoked.revoked_at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params.signed_by(&issuer).and_then(|list| list.pem()).map_err(issue_error)
     }
 }

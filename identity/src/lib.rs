@@ -14,7 +14,9 @@
 //! - [`key_file`]: private keys at rest, sealed with a passphrase.
 //! - [`genesis`]: the cluster id, the operators' keys and their signature threshold.
 //! - [`certs`]: the cluster CA (ML-DSA-87) and the replica and principal certificates
-//!   (ML-DSA-65) it issues, each naming one identity.
+//!   (ML-DSA-65) it issues, each naming one identity, and its revocation list.
+//! - [`tls`]: TLS 1.3 configurations from those certificates, post-quantum key exchange, and
+//!   the connector the gRPC clients dial replicas with.
 //!
 //! Each module uses only those listed before it.
 
@@ -24,6 +26,7 @@ pub mod key_file;
 pub mod keys;
 pub mod request;
 pub mod sign;
+pub mod tls;
 
 pub use keys::{Algorithm, KeyError, KeyId, PublicKey};
 pub use request::{ClusterId, RequestSigner, check_deadline, sign_request, signed_payload, verify_request};

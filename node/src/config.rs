@@ -31,6 +31,14 @@ pub struct NodeConfig {
     /// every peer hello (a peer of another genesis is refused). None: a cluster without one.
     #[serde(default)]
     pub genesis_file: Option<PathBuf>,
+    /// TLS 1.3 on every listener and to every peer. Required, with `genesis_file` (whose cluster
+    /// id the certificates name), unless `insecure_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Development only: no TLS, no authentication, anyone who reaches a port may do anything.
+    /// Logged loudly at start; a replica refuses `tls` and this together.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     /// The voters a new cluster starts with, once one of them is started with `--bootstrap`;
     /// afterwards membership changes only through the admin API.
     #[serde(default)]
@@ -55,6 +63,46 @@ pub struct NodeConfig {
     pub scheduling: SchedulingSettings,
     #[serde(default)]
     pub memory: MemorySettings,
+}
+
+/// Where the replica's TLS material is, and how it is used.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The cluster CA's certificate (`tallyctl certs init`): the only root trusted.
+    pub ca_file: PathBuf,
+    /// This replica's certificate (`tallyctl certs issue replica <node_id>`).
+    pub certificate_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA's revocation list (`tallyctl certs revoke`): certificates it names are refused.
+    #[serde(default)]
+    pub revocation_list_file: Option<PathBuf>,
+    /// The key exchange replicas use with each other: `x25519-mlkem768` (hybrid, the default) or
+    /// `mlkem1024` (pure ML-KEM-1024). Clients may use any group the listener accepts.
+    #[serde(default)]
+    pub peer_key_exchange: tally_identity::tls::KeyExchange,
+    /// Principals whose certificates may read `/metrics` (a Prometheus scraper's). Kept here
+    /// rather than in the replicated registry: metrics must be readable when the cluster is not.
+    #[serde(default)]
+    pub monitoring_principals: Vec<u64>,
+    /// How often the files are checked for a change (a rotation); SIGHUP reloads at once.
+    #[serde(default = "TlsSettings::reload_check_interval_ms_default")]
+    pub reload_check_interval_ms: u64,
+}
+
+impl TlsSettings {
+    fn reload_check_interval_ms_default() -> u64 {
+        10_000
+    }
+
+    pub fn files(&self) -> tally_identity::tls::TlsFiles {
+        tally_identity::tls::TlsFiles {
+            ca: self.ca_file.clone(),
+            certificate: self.certificate_file.clone(),
+            key: self.key_file.clone(),
+            revocation_list: self.revocation_list_file.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -250,6 +298,27 @@ impl NodeConfig {
         }
         if self.cluster_name.trim().is_empty() {
             return invalid("cluster_name must not be empty".into());
+        }
+        match (&self.tls, self.insecure_plaintext) {
+            (Some(_), true) => return invalid("tls and insecure_plaintext are both set; choose one".into()),
+            (None, false) => {
+                return invalid(
+                    "no [tls] section: a replica serves TLS only (tallyctl certs init and issue make the files), \
+                     unless insecure_plaintext = true is set for development"
+                        .into(),
+                );
+            }
+            (Some(tls), false) => {
+                if self.genesis_file.is_none() {
+                    return invalid(
+                        "tls needs genesis_file: the certificates name the cluster id that the genesis fixes".into(),
+                    );
+                }
+                if tls.reload_check_interval_ms == 0 {
+                    return invalid("tls.reload_check_interval_ms must be above 0".into());
+                }
+            }
+            (None, true) => {}
         }
         let ids: BTreeSet<u64> = self.initial_members.iter().map(|member| member.id).collect();
         if ids.len() != self.initial_members.len() {

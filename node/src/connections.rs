@@ -7,9 +7,18 @@
 //! above all) can never take the connections replication needs. A client connection that carries
 //! no bytes either way for `client_idle_timeout` is closed.
 //!
-//! Metrics: `tally_connections_refused_total` by kind (`opening`, `peer`, `client`) and
-//! `tally_connections_silent_total` (closed or silent before saying what they are).
+//! With TLS (every replica not started with `insecure_plaintext`), the opening slot also covers
+//! the TLS 1.3 handshake, which requires a certificate of the cluster's CA, not revoked and not
+//! expired; the first bytes are read inside TLS. Who the certificate names decides what the
+//! connection may carry: the peer protocol only for a replica (and only as itself, with the peer
+//! key exchange), gRPC for principals and replicas, whose calls are then authorised by that
+//! identity (`authorise.rs`).
+//!
+//! Metrics: `tally_connections_refused_total` by kind (`opening`, `peer`, `client`,
+//! `peer_identity`), `tally_connections_silent_total` (closed or silent before saying what they
+//! are), and `tally_tls_handshakes_failed_total` by `reason`.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,8 +29,11 @@ use tally_consensus::network::{
     Opening, PEER_PROTOCOL_MAGIC, PeerServerLimits, Replayed, read_opening, serve_peer_connection,
 };
 use tally_consensus::peer_identity::PeerIdentity;
+use tally_identity::certs::Identity;
+use tally_identity::tls::{HANDSHAKE_TIMEOUT, Stream};
 
 use crate::clock::Clock;
+use crate::tls::ReplicaTls;
 use tally_consensus::type_config::TypeConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,12 +57,14 @@ pub struct ConnectionLimits {
 
 /// Accepts connections until the gRPC server drops the stream (shutdown). Peer connections are
 /// served here, each on a task of its own; client connections go on to the gRPC server.
+/// `tls`: none on a development cluster started with `insecure_plaintext`.
 pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
     raft: Raft<TypeConfig>,
     identity: Arc<PeerIdentity>,
     clock: Arc<dyn Clock>,
+    tls: Option<Arc<ReplicaTls>>,
 ) -> ReceiverStream<std::io::Result<ClientConnection>> {
     let (sender, receiver) = mpsc::channel(64);
     let openings = Arc::new(Semaphore::new(OPENING_CONNECTIONS_MAX));
@@ -63,8 +77,8 @@ pub fn accept(
                 accepted = listener.accept() => accepted,
                 () = sender.closed() => return,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     if sender.send(Err(error)).await.is_err() {
                         return;
@@ -79,20 +93,51 @@ pub fn accept(
             let _ = stream.set_nodelay(true);
             let (to_grpc, raft, identity, peers, clients) =
                 (sender.clone(), raft.clone(), Arc::clone(&identity), Arc::clone(&peers), Arc::clone(&clients));
-            let clock = Arc::clone(&clock);
+            let (clock, tls) = (Arc::clone(&clock), tls.clone());
             tokio::spawn(async move {
-                let mut stream = stream;
+                let Some((mut stream, presented)) = secure(stream, remote, tls.as_deref()).await else {
+                    return;
+                };
                 let (kind, prefix) = read_opening(&mut stream).await;
                 drop(opening);
+                let key_exchange =
+                    stream.tls().and_then(|tls| tls.negotiated_key_exchange_group()).map(|group| group.name());
                 let stream = Replayed::new(prefix, stream);
                 match kind {
-                    Opening::Peer => match peers.try_acquire_owned() {
-                        Ok(permit) => serve_peer(stream, raft, &identity, &*clock, limits.peer_server, permit).await,
-                        Err(_) => refused("peer"),
-                    },
+                    Opening::Peer => {
+                        let certified = match (presented, &tls) {
+                            (None, _) => None,
+                            (Some(Identity::Replica(id)), Some(tls))
+                                if tls.peer_key_exchange().negotiated(key_exchange) =>
+                            {
+                                Some(id)
+                            }
+                            (Some(Identity::Replica(id)), Some(tls)) => {
+                                refused("peer_identity");
+                                tracing::warn!(
+                                    %remote, replica = id, negotiated = ?key_exchange, required = tls.peer_key_exchange().name(),
+                                    "refused a peer connection of another key exchange than tls.peer_key_exchange"
+                                );
+                                return;
+                            }
+                            (Some(other), _) => {
+                                refused("peer_identity");
+                                tracing::warn!(%remote, "refused the peer protocol to {other}: only replicas' certificates open it");
+                                return;
+                            }
+                        };
+                        match peers.try_acquire_owned() {
+                            Ok(permit) => {
+                                serve_peer(stream, certified, raft, &identity, &*clock, limits.peer_server, permit)
+                                    .await
+                            }
+                            Err(_) => refused("peer"),
+                        }
+                    }
                     Opening::Other => match clients.try_acquire_owned() {
                         Ok(permit) => {
-                            let connection = ClientConnection::new(stream, permit, limits.client_idle_timeout);
+                            let info = ConnectionInfo { remote, identity: presented };
+                            let connection = ClientConnection::new(stream, info, permit, limits.client_idle_timeout);
                             let _ = to_grpc.send(Ok(connection)).await;
                         }
                         Err(_) => refused("client"),
@@ -117,15 +162,72 @@ fn refused(kind: &'static str) {
     metrics::counter!("tally_connections_refused_total", "kind" => kind).increment(1);
 }
 
+/// Completes the TLS handshake and reads the identity the client's certificate names; `None`
+/// (counted and logged) when either fails. In plaintext, the connection as it is, of no identity.
+async fn secure(stream: TcpStream, remote: SocketAddr, tls: Option<&ReplicaTls>) -> Option<(Stream, Option<Identity>)> {
+    let Some(tls) = tls else {
+        return Some((Stream::Plain(stream), None));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.listener.get());
+    let failed = |reason: &'static str, detail: String| {
+        metrics::counter!("tally_tls_handshakes_failed_total", "reason" => reason).increment(1);
+        match reason {
+            // A port scan, a plaintext client, a client that gave up: nothing to act on.
+            "not_tls" | "timeout" | "closed" => tracing::debug!(%remote, reason, "TLS handshake failed: {detail}"),
+            _ => tracing::warn!(%remote, reason, "refused a TLS client: {detail}"),
+        }
+        None
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return failed(handshake_failure(&error), error.to_string()),
+        Err(_) => return failed("timeout", format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
+    };
+    match Identity::of_certificate_in(stream.get_ref().1, &tls.cluster()) {
+        Ok(identity) => Some((Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))), Some(identity))),
+        Err(error) => failed("no_identity", error.to_string()),
+    }
+}
+
+/// A label for why a handshake failed, from rustls' error.
+fn handshake_failure(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(error) = error.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return "closed";
+    };
+    match error {
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. } => {
+            "not_tls"
+        }
+        Error::NoCertificatesPresented => "no_certificate",
+        Error::InvalidCertificate(CertificateError::Revoked) => "revoked",
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "expired",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => "unknown_ca",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::PeerIncompatible(_) | Error::PeerMisbehaved(_) => "incompatible",
+        _ => "other",
+    }
+}
+
+/// Who is on the other end of a client connection: what tonic puts in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionInfo {
+    pub remote: SocketAddr,
+    /// The identity its certificate names; none in plaintext.
+    pub identity: Option<Identity>,
+}
+
+#[allow(clippy::too_many_arguments, reason = "each is what a peer connection is served with")]
 async fn serve_peer(
-    stream: Replayed<TcpStream>,
+    stream: Replayed<Stream>,
+    certified: Option<u64>,
     raft: Raft<TypeConfig>,
     identity: &PeerIdentity,
     clock: &dyn Clock,
     limits: PeerServerLimits,
     permit: OwnedSemaphorePermit,
 ) {
-    match serve_peer_connection(stream, raft, identity, clock, limits).await {
+    match serve_peer_connection(stream, certified, raft, identity, clock, limits).await {
         Ok(()) => {}
         // Something that is not the peer protocol (a bug or a stranger), or a peer whose hello
         // was refused (another cluster, a wrong address, a replica that lost its data).
@@ -144,7 +246,8 @@ async fn serve_peer(
 /// client had closed it) once no bytes have passed either way for the idle timeout.
 #[derive(Debug)]
 pub struct ClientConnection {
-    stream: Replayed<TcpStream>,
+    stream: Replayed<Stream>,
+    info: ConnectionInfo,
     _permit: OwnedSemaphorePermit,
     idle_timeout: Duration,
     last_activity: Instant,
@@ -154,10 +257,16 @@ pub struct ClientConnection {
 }
 
 impl ClientConnection {
-    fn new(stream: Replayed<TcpStream>, permit: OwnedSemaphorePermit, idle_timeout: Duration) -> ClientConnection {
+    fn new(
+        stream: Replayed<Stream>,
+        info: ConnectionInfo,
+        permit: OwnedSemaphorePermit,
+        idle_timeout: Duration,
+    ) -> ClientConnection {
         let now = Instant::now();
         ClientConnection {
             stream,
+            info,
             _permit: permit,
             idle_timeout,
             last_activity: now,
@@ -234,8 +343,8 @@ impl AsyncWrite for ClientConnection {
 }
 
 impl tonic::transport::server::Connected for ClientConnection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.get_ref().connect_info()
+        self.info
     }
 }

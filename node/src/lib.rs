@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the `AdminService`: node and cluster status, membership, leadership, snapshots.
+//! - [`authorise`]: which certificate's identity may call which gRPC service.
 //! - [`clock`]: wall-clock time behind a trait.
 //! - [`config`]: the TOML configuration and its checks.
 //! - [`connections`]: accepting connections: peers and clients told apart, each within its limit,
@@ -20,8 +21,10 @@
 //! - [`observe`]: Prometheus metrics, `/health` and `/ready`.
 //! - [`server`]: `run(config, listeners, shutdown)`: data directory checks, bootstrap, services,
 //!   the expiry proposer, clean shutdown.
+//! - [`tls`]: the replica's certificates and keys, loaded, checked and reloaded without a restart.
 
 pub mod admin;
+pub mod authorise;
 pub mod clock;
 pub mod config;
 pub mod connections;
@@ -35,6 +38,7 @@ mod reads;
 pub mod replica;
 pub mod scheduling;
 pub mod server;
+pub mod tls;
 
 pub use config::NodeConfig;
 pub use server::{NodeError, run, run_from_config};

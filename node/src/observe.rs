@@ -8,14 +8,20 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::ServerState;
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, DEFERRED_AGE_MAX_FOLLOWER};
+use tally_identity::certs::Identity;
+use tally_identity::tls::{HANDSHAKE_TIMEOUT, Stream};
 use tokio::net::TcpListener;
 
 use crate::replica::{Leader, Replica};
+use crate::tls::ReplicaTls;
 
 /// Latency buckets in seconds, for every `*_seconds` histogram: from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] =
@@ -81,23 +87,45 @@ pub fn ready(replica: &Replica) -> Result<(), String> {
 }
 
 /// Serves `/metrics`, `/health` (the replica takes part: [`health`]) and `/ready` (it can serve
-/// requests: [`ready`]).
+/// requests: [`ready`]). With TLS, `/metrics` needs the certificate of a principal named in
+/// `tls.monitoring_principals`; `/health` and `/ready` answer anyone (Kubernetes' probes present
+/// no certificate) with their status alone, and give the reason only to a certificate of the
+/// cluster.
 pub async fn serve_http(
     listener: TcpListener,
     replica: Arc<Replica>,
+    tls: Option<Arc<ReplicaTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let handle = recorder();
+    let metrics_tls = tls.clone();
     let router = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(move |ConnectInfo(client): ConnectInfo<ObservedClient>| {
+                let answer = match &metrics_tls {
+                    Some(tls) if !tls.may_read_metrics(client.identity) => match client.identity {
+                        None => {
+                            (StatusCode::UNAUTHORIZED, "/metrics needs a monitoring principal's certificate\n".into())
+                        }
+                        Some(identity) => (
+                            StatusCode::FORBIDDEN,
+                            format!("{identity} is not a monitoring principal (tls.monitoring_principals)\n"),
+                        ),
+                    },
+                    _ => (StatusCode::OK, handle.render()),
+                };
+                std::future::ready(answer)
+            }),
+        )
         .route(
             "/health",
             get({
                 let replica = Arc::clone(&replica);
-                move || {
+                move |ConnectInfo(client): ConnectInfo<ObservedClient>| {
                     let answer = match health(&replica) {
                         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}\n")),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, client.explained("failed", &reason)),
                     };
                     std::future::ready(answer)
                 }
@@ -105,16 +133,113 @@ pub async fn serve_http(
         )
         .route(
             "/ready",
-            get(move || {
+            get(move |ConnectInfo(client): ConnectInfo<ObservedClient>| {
                 let answer = match ready(&replica) {
                     Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, client.explained("not ready", &reason)),
                 };
                 std::future::ready(answer)
             }),
         );
-    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+    let listener = ObserveListener::start(listener, tls);
+    let service = router.into_make_service_with_connect_info::<ObservedClient>();
+    if let Err(error) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
         tracing::error!(%error, "the metrics endpoint stopped");
+    }
+}
+
+/// Who asked the metrics endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct ObservedClient {
+    /// The identity its certificate names: none without one, and always none in plaintext
+    /// (where everyone may read everything).
+    identity: Option<Identity>,
+    authenticated: bool,
+}
+
+impl ObservedClient {
+    /// A failure's answer: its reason only to a certificate of the cluster (or in plaintext).
+    fn explained(&self, status: &str, reason: &str) -> String {
+        if self.authenticated { format!("{status}: {reason}\n") } else { format!("{status}\n") }
+    }
+}
+
+impl Connected<IncomingStream<'_, ObserveListener>> for ObservedClient {
+    fn connect_info(stream: IncomingStream<'_, ObserveListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// Connections to the metrics endpoint, each past its TLS handshake (done on a task of its own,
+/// within [`HANDSHAKE_TIMEOUT`], so that a slow client holds up no other).
+#[derive(Debug)]
+pub struct ObserveListener {
+    accepted: tokio::sync::mpsc::Receiver<(Stream, ObservedClient)>,
+}
+
+/// Connections in their TLS handshake at once, at most; more wait to be accepted.
+const OBSERVE_HANDSHAKES_MAX: usize = 64;
+
+impl ObserveListener {
+    fn start(listener: TcpListener, tls: Option<Arc<ReplicaTls>>) -> ObserveListener {
+        let (sender, accepted) = tokio::sync::mpsc::channel(OBSERVE_HANDSHAKES_MAX);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(OBSERVE_HANDSHAKES_MAX));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            tracing::debug!(%error, "the metrics endpoint could not accept a connection");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = sender.closed() => return,
+                };
+                let (sender, tls) = (sender.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let secured = match tls {
+                        None => Some((Stream::Plain(stream), ObservedClient { identity: None, authenticated: true })),
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.observe.get());
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    let identity = Identity::of_certificate_in(stream.get_ref().1, &tls.cluster()).ok();
+                                    let client = ObservedClient { identity, authenticated: identity.is_some() };
+                                    Some((Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))), client))
+                                }
+                                _ => None,
+                            }
+                        }
+                    };
+                    drop(permit);
+                    if let Some(secured) = secured {
+                        let _ = sender.send(secured).await;
+                    }
+                });
+            }
+        });
+        ObserveListener { accepted }
+    }
+}
+
+impl axum::serve::Listener for ObserveListener {
+    type Io = Stream;
+    type Addr = ObservedClient;
+
+    async fn accept(&mut self) -> (Stream, ObservedClient) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ends only with this listener; until axum drops it, nothing comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// axum asks only to log it; the listener's address is not a client.
+    fn local_addr(&self) -> std::io::Result<ObservedClient> {
+        Ok(ObservedClient { identity: None, authenticated: false })
     }
 }
 

@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::Raft;
+use rustls::ClientConfig;
 use tally_consensus::LedgerReadView;
 use tally_consensus::peer_identity::PeerIdentity;
 use tally_consensus::raft_state_machine::{LedgerViews, consensus_record};
 use tally_consensus::type_config::TypeConfig;
+use tally_identity::ClusterId;
+use tally_identity::tls::{Current, GrpcConnector};
 use tally_proto::v1 as wire;
 use tally_proto::v1::ledger_service_client::LedgerServiceClient;
 use tokio::time::Instant;
@@ -46,6 +49,9 @@ pub struct Replica {
     pub views: LedgerViews,
     pub request_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// How channels to other replicas are secured: this replica's certificate and the cluster
+    /// whose replicas the other end must be; none in plaintext.
+    grpc_tls: Option<(Arc<Current<ClientConfig>>, ClusterId)>,
     message_bytes_max: usize,
     /// This replica on the peer protocol: what says it must stop after losing its data.
     pub identity: Arc<PeerIdentity>,
@@ -67,10 +73,11 @@ impl Replica {
         request_timeout: Duration,
         message_bytes_max: usize,
         identity: Arc<PeerIdentity>,
+        grpc_tls: Option<(Arc<Current<ClientConfig>>, ClusterId)>,
         clock: ClockCheck,
     ) -> Replica {
         let channels = Mutex::new(HashMap::new());
-        Replica { node_id, raft, views, request_timeout, channels, message_bytes_max, identity, clock }
+        Replica { node_id, raft, views, request_timeout, channels, grpc_tls, message_bytes_max, identity, clock }
     }
 
     pub fn leader(&self) -> Leader {
@@ -112,7 +119,12 @@ impl Replica {
             .map_err(|error| Status::internal(format!("leader address {address:?} is invalid: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.grpc_tls {
+            Some((config, cluster)) => {
+                endpoint.connect_with_connector_lazy(GrpcConnector::new(Arc::clone(config), *cluster))
+            }
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -130,6 +142,8 @@ impl Replica {
         };
         let mut admin = tally_proto::v1::admin_service_client::AdminServiceClient::new(self.channel(&address)?);
         let mut request = Request::new(wire::TransferLeaderRequest { node_id: successor });
+        // A replica calls the admin API only as a relay (`authorise.rs`).
+        request.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
         request.set_timeout(self.request_timeout);
         admin.transfer_leader(request).await.map(|_| ())
     }

@@ -11,7 +11,7 @@ use openraft::Raft;
 use openraft::storage::RaftStateMachine;
 use serde::{Deserialize, Serialize};
 use tally_consensus::log_store::{AppendedBytes, RedbLogStore};
-use tally_consensus::network::PeerNetwork;
+use tally_consensus::network::{PeerNetwork, PeerTransport};
 use tally_consensus::peer_identity::{Incarnation, PeerIdentity, write_durably};
 use tally_consensus::raft_state_machine::{DEFERRED_AGE_MAX, LedgerStateMachine, LedgerViews};
 use tally_consensus::type_config::TypeConfig;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::authorise::AuthoriseLayer;
 use crate::clock::{Clock, ClockCheck, ClockOffsets, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
 use crate::disk::{DiskSpace, watch_free_space};
@@ -30,6 +31,7 @@ use crate::gateway::{Gateway, GatewayLimits};
 use crate::group_commit::{Events, GroupCommit};
 use crate::observe;
 use crate::replica::{Leader, Replica};
+use crate::tls::ReplicaTls;
 
 /// How often the leader checks whether pending transfers are due to expire.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -43,6 +45,8 @@ pub enum NodeError {
     DataDirectory { path: String, detail: String },
     #[error("genesis file {path}: {detail}")]
     Genesis { path: String, detail: String },
+    #[error("tls: {0}")]
+    Tls(#[from] tally_identity::tls::TlsError),
     #[error("storage: {0}")]
     Storage(String),
     #[error("cannot listen on {address}: {source}")]
@@ -71,12 +75,37 @@ struct Identity {
 }
 
 /// Reads and checks the configured genesis file: its fingerprint, `None` without one.
-fn load_genesis(config: &NodeConfig) -> Result<Option<[u8; 32]>, NodeError> {
+fn load_genesis(config: &NodeConfig) -> Result<Option<tally_identity::genesis::Genesis>, NodeError> {
     let Some(path) = &config.genesis_file else { return Ok(None) };
     let refuse = |detail: String| NodeError::Genesis { path: path.display().to_string(), detail };
     let text = std::fs::read_to_string(path).map_err(|error| refuse(error.to_string()))?;
     let genesis = tally_identity::genesis::Genesis::from_toml(&text).map_err(|error| refuse(error.to_string()))?;
-    Ok(Some(genesis.fingerprint()))
+    Ok(Some(genesis))
+}
+
+/// Loads the TLS files (checked against the genesis' cluster id), or, with `insecure_plaintext`,
+/// says loudly that there is none.
+fn load_tls(
+    config: &NodeConfig,
+    genesis: Option<&tally_identity::genesis::Genesis>,
+) -> Result<Option<Arc<ReplicaTls>>, NodeError> {
+    let Some(settings) = &config.tls else {
+        tracing::warn!(
+            node = config.node_id,
+            "INSECURE: insecure_plaintext is set. No TLS, no authentication: anyone who reaches this \
+             replica's ports can move money, change the cluster and join it. For development only."
+        );
+        return Ok(None);
+    };
+    let genesis = genesis.expect("validate: tls comes with a genesis");
+    let tls = ReplicaTls::load(settings, genesis.cluster, config.node_id)?;
+    tracing::info!(
+        node = config.node_id,
+        cluster = %genesis.cluster,
+        peer_key_exchange = settings.peer_key_exchange.name(),
+        "TLS 1.3 on every listener"
+    );
+    Ok(Some(Arc::new(tls)))
 }
 
 fn fingerprint_hex(fingerprint: Option<[u8; 32]>) -> Option<String> {
@@ -154,6 +183,8 @@ pub async fn run(
     config.validate()?;
     observe::recorder();
     let genesis = load_genesis(&config)?;
+    let tls = load_tls(&config, genesis.as_ref())?;
+    let genesis = genesis.as_ref().map(tally_identity::genesis::Genesis::fingerprint);
     let incarnation = check_identity(&config.data_directory, &config, genesis)?;
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
         .map_err(NodeError::Storage)?;
@@ -186,7 +217,11 @@ pub async fn run(
     let raft = Raft::new(
         config.node_id,
         openraft_config,
-        PeerNetwork::new(Arc::clone(&identity), Arc::clone(&offsets)),
+        PeerNetwork::new(
+            Arc::clone(&identity),
+            Arc::clone(&offsets),
+            tls.as_ref().map_or(PeerTransport::Plaintext, |tls| tls.peer_transport()),
+        ),
         log,
         state_machine,
     )
@@ -201,6 +236,7 @@ pub async fn run(
         config.request_timeout(),
         config.limits.message_bytes_max,
         Arc::clone(&identity),
+        tls.as_ref().map(|tls| (Arc::clone(&tls.grpc_client), tls.cluster())),
         ClockCheck::new(
             config.node_id,
             raft.clone(),
@@ -243,7 +279,11 @@ pub async fn run(
     tokio::spawn(record_acknowledged(raft.clone(), Arc::clone(&replica.identity), until_stopped()));
     tokio::spawn(crate::scheduling::yield_host_while_following(Arc::clone(&replica), config.scheduling.follower_nice));
     if let Some(listener) = metrics_listener {
-        tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), until_stopped()));
+        tokio::spawn(observe::serve_http(listener, Arc::clone(&replica), tls.clone(), until_stopped()));
+    }
+    if let Some(tls) = &tls {
+        let interval = Duration::from_millis(config.tls.as_ref().map_or(10_000, |tls| tls.reload_check_interval_ms));
+        tokio::spawn(crate::tls::reload_when_told(Arc::clone(tls), interval, until_stopped()));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -269,6 +309,7 @@ pub async fn run(
     };
     let server = tonic::transport::Server::builder()
         .layer(observe::EdgeLayer { message_bytes_max: config.limits.message_bytes_max })
+        .layer(AuthoriseLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -278,7 +319,7 @@ pub async fn run(
         )
         .add_service(AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(
-            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone(), identity, clock),
+            crate::connections::accept(grpc_listener, config.connection_limits(), raft.clone(), identity, clock, tls),
             shutdown,
         );
     tracing::info!(node = config.node_id, address = %config.advertise_address, "replica serving");
@@ -567,11 +608,12 @@ mod tests {
         let first = genesis_file(scratch.path(), "first.toml", 1);
         let second = genesis_file(scratch.path(), "second.toml", 2);
         let config = config_with_genesis(&data, Some(&first));
-        let genesis = load_genesis(&config).unwrap();
+        let genesis = load_genesis(&config).unwrap().map(|genesis| genesis.fingerprint());
         assert!(genesis.is_some());
         let incarnation = check_identity(&data, &config, genesis).unwrap();
         assert_eq!(check_identity(&data, &config, genesis).unwrap(), incarnation, "the same genesis starts again");
-        let other = load_genesis(&config_with_genesis(&data, Some(&second))).unwrap();
+        let other =
+            load_genesis(&config_with_genesis(&data, Some(&second))).unwrap().map(|genesis| genesis.fingerprint());
         let refused = check_identity(&data, &config, other).unwrap_err().to_string();
         assert!(refused.contains("was made under genesis") && refused.contains("refusing to start"), "{refused}");
         let refused = check_identity(&data, &config, None).unwrap_err().to_string();

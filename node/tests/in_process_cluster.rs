@@ -86,6 +86,8 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             metrics_address: Some(metrics.local_addr().unwrap()),
             data_directory: directory.path().join(format!("node-{}", index + 1)),
             genesis_file: None,
+            tls: None,
+            insecure_plaintext: true,
             initial_members: members.clone(),
             bootstrap: index == 0,
             clock: Some(Arc::clone(&clocks[index]) as Arc<dyn Clock>),

@@ -21,6 +21,8 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         metrics_address: None,
         data_directory: directory.to_owned(),
         genesis_file: None,
+        tls: None,
+        insecure_plaintext: true,
         initial_members: vec![Member { id: 1, address: address.to_string(), site: "a".into() }],
         bootstrap: true,
         clock: None,
@@ -217,8 +219,11 @@ async fn clients_above_their_limit_are_closed_while_peers_are_still_served() {
         incarnation,
         Default::default(),
     );
-    let mut network =
-        tally_consensus::network::PeerNetwork::new(std::sync::Arc::new(identity.unwrap()), Default::default());
+    let mut network = tally_consensus::network::PeerNetwork::new(
+        std::sync::Arc::new(identity.unwrap()),
+        Default::default(),
+        tally_consensus::network::PeerTransport::Plaintext,
+    );
     let mut peer_client = network.new_client(1, &peer).await;
     let request = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 2), None);
     let answer = tokio::time::timeout(

@@ -17,6 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use tally_client::{Security, TlsFiles};
+use tally_identity::certs::{CertifiedKey, ClusterCa, Identity, LEAF_VALIDITY_DEFAULT, Revoked, serial_of};
+use tally_identity::genesis::{Genesis, Operator};
+use tally_identity::tls::{Credentials, Current, GrpcConnector};
+use tally_identity::{Algorithm, ClusterId, MlDsaKeyPair, Signer};
 use tally_proto::v1 as wire;
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::ledger_service_client::LedgerServiceClient;
@@ -113,9 +120,139 @@ struct Replica {
     child: Option<Child>,
 }
 
+/// The principal whose certificate the harness's clients present.
+pub const TEST_PRINCIPAL: u64 = 1;
+/// The principal named in every replica's `tls.monitoring_principals`.
+pub const MONITORING_PRINCIPAL: u64 = 2;
+
+/// A cluster's CA, genesis and certificates, as `tallyctl certs` and `genesis init` write them,
+/// in `dir`: `ca.pem`, `replica-<id>.pem`/`.key`, `principal-<id>.pem`/`.key`, `genesis.toml`.
+#[derive(Debug)]
+pub struct ClusterCerts {
+    pub dir: PathBuf,
+    pub ca: ClusterCa,
+}
+
+impl ClusterCerts {
+    /// A new CA and genesis (one operator) in `dir`, with certificates for the test principal
+    /// and the monitoring principal.
+    pub fn create(dir: &Path) -> ClusterCerts {
+        std::fs::create_dir_all(dir).expect("a certificates folder");
+        let mut cluster = [0u8; 16];
+        cluster[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        cluster[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        let cluster = ClusterId(cluster);
+        let ca = ClusterCa::generate(cluster, LEAF_VALIDITY_DEFAULT).expect("a CA");
+        std::fs::write(dir.join("ca.pem"), &ca.certified().certificate_pem).expect("ca.pem");
+        std::fs::write(dir.join("cluster-id"), format!("{cluster}\n")).expect("cluster-id");
+        let operator = MlDsaKeyPair::generate(Algorithm::MlDsa87).expect("an operator key");
+        let genesis =
+            Genesis::new(cluster, vec![Operator { id: 1, key: operator.public_key().clone() }], 1).expect("a genesis");
+        std::fs::write(dir.join("genesis.toml"), genesis.to_toml()).expect("genesis.toml");
+        let certs = ClusterCerts { dir: dir.to_owned(), ca };
+        certs.issue(Identity::Principal(TEST_PRINCIPAL));
+        certs.issue(Identity::Principal(MONITORING_PRINCIPAL));
+        certs
+    }
+
+    /// Issues `identity`'s certificate (a replica's for 127.0.0.1) and writes its files,
+    /// replacing any earlier ones.
+    pub fn issue(&self, identity: Identity) -> CertifiedKey {
+        let addresses = match identity {
+            Identity::Replica(_) => vec!["127.0.0.1".to_owned()],
+            Identity::Principal(_) => Vec::new(),
+        };
+        let issued = self.ca.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a certificate");
+        self.write(identity, &issued);
+        issued
+    }
+
+    /// Writes `identity`'s certificate and key files.
+    pub fn write(&self, identity: Identity, issued: &CertifiedKey) {
+        let files = TlsFiles::in_directory(&self.dir, identity);
+        std::fs::write(&files.key, &issued.private_key_pem).expect("a key file");
+        std::fs::write(&files.certificate, &issued.certificate_pem).expect("a certificate file");
+    }
+
+    pub fn genesis_file(&self) -> PathBuf {
+        self.dir.join("genesis.toml")
+    }
+
+    /// How a client connects as `principal`.
+    pub fn security(&self, principal: u64) -> Security {
+        Security::principal_in(&self.dir, principal).expect("the principal's certificate")
+    }
+
+    /// The environment tallyctl and tally-bench take `principal`'s certificate from.
+    pub fn environment(&self, principal: u64) -> Vec<(&'static str, String)> {
+        let files = TlsFiles::in_directory(&self.dir, Identity::Principal(principal));
+        vec![
+            ("TALLY_CA", files.ca.display().to_string()),
+            ("TALLY_CERT", files.certificate.display().to_string()),
+            ("TALLY_KEY", files.key.display().to_string()),
+        ]
+    }
+
+    /// A gRPC channel to `address` as `principal`.
+    pub fn channel(&self, address: &str, principal: u64) -> Channel {
+        let files = TlsFiles::in_directory(&self.dir, Identity::Principal(principal));
+        let credentials = Credentials::load(&files, None).expect("the principal's certificate");
+        let config = credentials.grpc_client_config().expect("a client configuration");
+        let connector = GrpcConnector::new(Arc::new(Current::new(config)), credentials.cluster());
+        Channel::from_shared(format!("http://{address}"))
+            .expect("a valid address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_with_connector_lazy(connector)
+    }
+
+    /// The `[tls]` section of replica `id`'s configuration.
+    fn config_section(&self, id: u64) -> String {
+        let files = TlsFiles::in_directory(&self.dir, Identity::Replica(id));
+        format!(
+            "[tls]\nca_file = \"{ca}\"\ncertificate_file = \"{certificate}\"\nkey_file = \"{key}\"\n\
+             revocation_list_file = \"{crl}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
+            ca = files.ca.display(),
+            certificate = files.certificate.display(),
+            key = files.key.display(),
+            crl = self.revocation_list_file().display(),
+        )
+    }
+
+    /// The CA's revocation list, which every replica reads (empty at first).
+    pub fn revocation_list_file(&self) -> PathBuf {
+        self.dir.join(tally_identity::tls::REVOCATION_LIST_FILE)
+    }
+
+    /// Revokes `certificates` (replacing the list); replicas refuse them once they reload.
+    pub fn revoke(&self, certificates: &[&CertifiedKey]) {
+        let revoked: Vec<Revoked> = certificates
+            .iter()
+            .map(|certified| Revoked {
+                serial: serial_of(&certified.certificate).expect("a serial"),
+                revoked_at: time::OffsetDateTime::now_utc(),
+            })
+            .collect();
+        let number = fastrand::u64(1..u64::MAX / 2);
+        let list = self.ca.revocation_list(number, &revoked).expect("a revocation list");
+        let staged = self.dir.join("ca.crl.staged");
+        std::fs::write(&staged, list).expect("a revocation list file");
+        std::fs::rename(staged, self.revocation_list_file()).expect("the list replaced");
+    }
+}
+
+/// What a command-line tool (tallyctl, tally-bench) needs to reach a cluster.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Comma-separated `host:port`.
+    pub endpoints: String,
+    /// The TLS variables (`TALLY_CA`, `TALLY_CERT`, `TALLY_KEY`).
+    pub environment: Vec<(&'static str, String)>,
+}
+
 /// Replicas of one cluster, as processes.
 #[derive(Debug)]
 pub struct LocalCluster {
+    certs: ClusterCerts,
     directory: tempfile::TempDir,
     replicas: BTreeMap<u64, Replica>,
     settings: Settings,
@@ -154,7 +291,12 @@ impl LocalCluster {
             );
         }
         initial_members.push_str("]\n");
-        let mut cluster = LocalCluster { directory, replicas, settings, initial_members };
+        let certs = ClusterCerts::create(&directory.path().join("certs"));
+        certs.revoke(&[]);
+        for id in replicas.keys() {
+            certs.issue(Identity::Replica(*id));
+        }
+        let mut cluster = LocalCluster { certs, directory, replicas, settings, initial_members };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
         for &id in &ids {
             cluster.write_config(id, true);
@@ -171,9 +313,10 @@ impl LocalCluster {
         let config = format!(
             "cluster_name = \"test\"\nnode_id = {id}\nsite = \"{site}\"\nlisten_address = \"127.0.0.1:{grpc}\"\n\
              advertise_address = \"127.0.0.1:{grpc}\"\nmetrics_address = \"127.0.0.1:{metrics}\"\ndata_directory = \"{data}\"\n\
+             genesis_file = \"{genesis}\"\n\
              {members}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n\
              snapshot_after_entries = {snapshot}\nlog_entries_kept_after_snapshot = {kept}\n\n[limits]\nrequest_timeout_ms = {timeout}\n\n\
-             [storage]\ncache_bytes = 33554432\n\n[scheduling]\nfollower_nice = {nice}\n\n[memory]\npretouch_bytes = {pretouch}\n",
+             [storage]\ncache_bytes = 33554432\n\n[scheduling]\nfollower_nice = {nice}\n\n[memory]\npretouch_bytes = {pretouch}\n\n{tls}",
             site = replica.site,
             grpc = replica.grpc_port,
             metrics = replica.metrics_port,
@@ -183,6 +326,8 @@ impl LocalCluster {
             timeout = self.settings.request_timeout_ms,
             nice = self.settings.follower_nice,
             pretouch = self.settings.pretouch_bytes,
+            tls = self.certs.config_section(id),
+            genesis = self.certs.genesis_file().display(),
         );
         std::fs::write(&replica.config_path, config).expect("the config is written");
     }
@@ -319,6 +464,7 @@ impl LocalCluster {
             child: None,
         };
         self.replicas.insert(id, replica);
+        self.certs.issue(Identity::Replica(id));
         self.write_config(id, false);
         self.launch(id, false);
         id
@@ -347,20 +493,38 @@ impl LocalCluster {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// The cluster's CA and certificates.
+    pub fn certs(&self) -> &ClusterCerts {
+        &self.certs
+    }
+
+    /// How the SDK connects to this cluster, as the test principal.
+    pub fn security(&self) -> Security {
+        self.certs.security(TEST_PRINCIPAL)
+    }
+
+    /// The environment tallyctl and tally-bench connect with, as the test principal.
+    pub fn client_environment(&self) -> Vec<(&'static str, String)> {
+        self.certs.environment(TEST_PRINCIPAL)
+    }
+
+    /// Every replica's address and the test principal's certificate, for a command-line tool.
+    pub fn target(&self) -> Target {
+        let endpoints = self.ids().iter().map(|id| self.address(*id)).collect::<Vec<_>>().join(",");
+        Target { endpoints, environment: self.client_environment() }
+    }
+
+    /// The metrics endpoint of replica `id`.
+    pub fn metrics_address(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.replicas[&id].metrics_port)
+    }
+
     pub async fn ledger(&self, id: u64) -> LedgerServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.address(id)))
-            .expect("a valid address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        LedgerServiceClient::new(channel)
+        LedgerServiceClient::new(self.certs.channel(&self.address(id), TEST_PRINCIPAL))
     }
 
     pub async fn admin(&self, id: u64) -> AdminServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.address(id)))
-            .expect("a valid address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        AdminServiceClient::new(channel)
+        AdminServiceClient::new(self.certs.channel(&self.address(id), TEST_PRINCIPAL))
     }
 
     /// This replica's own status, if it answers.

@@ -149,7 +149,7 @@ async fn concurrent_open_chains_never_touch_other_requests_or_move_money() {
 async fn a_malformed_call_fails_alone_in_the_sdks_batches(cluster: &LocalCluster) {
     use tally_client::{Client, Decimal, Error, NewTransfer, ResultCode};
     let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
-    let client = Client::connect(&endpoints).await.unwrap().with_deadline(Duration::from_secs(20));
+    let client = Client::connect(&endpoints, cluster.security()).await.unwrap().with_deadline(Duration::from_secs(20));
     let mut calls = Vec::new();
     for index in 0..64i64 {
         let client = client.clone();

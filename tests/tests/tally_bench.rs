@@ -6,16 +6,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tally_tests::{LocalCluster, Settings, bench_binary, serialised};
+use tally_tests::{LocalCluster, Settings, Target, bench_binary, serialised};
 
-fn bench(endpoints: &str, arguments: &[&str]) -> Value {
+fn bench(target: &Target, arguments: &[&str]) -> Value {
     let directory = tempfile::tempdir().unwrap();
     let json = directory.path().join("result.json");
     let plot = directory.path().join("latency.svg");
     let output = Command::new(bench_binary())
         .args([
             "--endpoints",
-            endpoints,
+            &target.endpoints,
             "--accounts",
             "50",
             "--json",
@@ -24,6 +24,7 @@ fn bench(endpoints: &str, arguments: &[&str]) -> Value {
             plot.to_str().unwrap(),
         ])
         .args(arguments)
+        .envs(target.environment.iter().map(|(name, value)| (name, value)))
         .output()
         .expect("tally-bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -39,7 +40,7 @@ async fn the_load_generator_reports_consistent_figures_closed_and_open_loop() {
     let _turn = serialised().await;
     let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     cluster.wait_for_leader(Duration::from_secs(30)).await;
-    let endpoints = cluster.ids().iter().map(|id| cluster.address(*id)).collect::<Vec<_>>().join(",");
+    let endpoints = cluster.target();
 
     let closed = bench(&endpoints, &["--clients", "2", "--batch", "100", "--duration", "2"]);
     let requests = closed["requests"].as_u64().unwrap();

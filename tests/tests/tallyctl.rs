@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_tests::{LocalCluster, Settings, serialised, tallyctl_binary};
+use tally_tests::{LocalCluster, Settings, Target, serialised, tallyctl_binary};
 
 const LEADER_WITHIN: Duration = Duration::from_secs(30);
 
@@ -22,11 +22,12 @@ impl Run {
     }
 }
 
-fn tallyctl(endpoints: &str, arguments: &[&str]) -> Run {
+fn tallyctl(target: &Target, arguments: &[&str]) -> Run {
     let output = Command::new(tallyctl_binary())
-        .args(["--endpoints", endpoints, "--timeout", "15"])
+        .args(["--endpoints", &target.endpoints, "--timeout", "15"])
         .args(arguments)
         .env_remove("TALLY_ENDPOINTS")
+        .envs(target.environment.iter().map(|(name, value)| (name, value)))
         .output()
         .expect("tallyctl runs");
     Run {
@@ -37,7 +38,7 @@ fn tallyctl(endpoints: &str, arguments: &[&str]) -> Run {
 }
 
 /// Runs a command that must succeed with JSON output, and returns its JSON.
-fn json(endpoints: &str, arguments: &[&str]) -> Value {
+fn json(endpoints: &Target, arguments: &[&str]) -> Value {
     let mut all = arguments.to_vec();
     all.extend(["--output", "json"]);
     let run = tallyctl(endpoints, &all);
@@ -54,8 +55,7 @@ async fn every_command_prints_stable_json() {
     let _turn = serialised().await;
     let mut cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     cluster.wait_for_leader(LEADER_WITHIN).await;
-    let endpoints = cluster.ids().iter().map(|id| cluster.address(*id)).collect::<Vec<_>>().join(",");
-    let endpoints = endpoints.as_str();
+    let endpoints = &cluster.target();
 
     let status = json(endpoints, &["cluster", "status"]);
     let nodes = status["nodes"].as_array().unwrap();
@@ -183,8 +183,7 @@ async fn bad_arguments_rejections_and_an_unreachable_cluster_have_their_exit_cod
     let _turn = serialised().await;
     let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     cluster.wait_for_leader(LEADER_WITHIN).await;
-    let endpoints = cluster.ids().iter().map(|id| cluster.address(*id)).collect::<Vec<_>>().join(",");
-    let endpoints = endpoints.as_str();
+    let endpoints = &cluster.target();
     json(endpoints, &["ledger", "create", "--id", "978", "--currency", "EUR", "--scale", "2"]);
     json(
         endpoints,
@@ -280,6 +279,7 @@ async fn bad_arguments_rejections_and_an_unreachable_cluster_have_their_exit_cod
     let started = Instant::now();
     let output = Command::new(tallyctl_binary())
         .args(["--endpoints", &unused.join(","), "--timeout", "1", "cluster", "status"])
+        .envs(endpoints.environment.iter().map(|(name, value)| (name, value)))
         .output()
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());

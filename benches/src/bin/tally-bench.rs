@@ -301,7 +301,16 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(arguments: Arguments) -> std::process::ExitCode {
-    let client = match Client::connect(&arguments.endpoints).await {
+    // TLS from TALLY_CA, TALLY_CERT and TALLY_KEY (a principal's certificate), as tallyctl takes it,
+    // or TALLY_INSECURE_PLAINTEXT=1 for a development cluster.
+    let security = match tally_client::Security::from_env() {
+        Ok(security) => security,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let client = match Client::connect(&arguments.endpoints, security).await {
         Ok(client) => client.with_deadline(Duration::from_secs_f64(arguments.deadline)),
         Err(error) => {
             eprintln!("tally-bench: {error}");

@@ -3,18 +3,24 @@
 //! Everything lives in one folder: `cluster-id` (16 bytes in hex), `ca.pem` and `ca.key` (the
 //! ML-DSA-87 CA), and `replica-<id>.pem` / `.key` or `principal-<id>.pem` / `.key` (ML-DSA-65).
 //! Keys are written readable by their owner only, and nothing is ever overwritten: a second
-//! `init` or `issue` of the same name fails and changes nothing.
+//! `init` or `issue` of the same name fails and changes nothing. `rotate` replaces a
+//! certificate and key in one rename each (the old ones kept beside them, suffixed with the time),
+//! and `revoke` rewrites the CA's revocation list, `ca.crl`, in one rename: replicas pick up
+//! both without a restart (SIGHUP, or within `tls.reload_check_interval_ms`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
+use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tally_identity::ClusterId;
-use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity};
+use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity, Revoked, serial_of};
+use tally_identity::tls::REVOCATION_LIST_FILE;
+use x509_parser::prelude::FromDer;
 
-use crate::common::{Failure, Printer, failed, refuse_existing, usage, write_new};
+use crate::common::{Failure, Printer, failed, refuse_existing, replace_atomically, usage, write_new};
 use crate::render;
 
 /// Days a certificate may be valid for at most (a CA's ten years).
@@ -40,6 +46,24 @@ pub enum CertsCommand {
         #[arg(long, default_value = "90", global = true)]
         days: u32,
     },
+    /// Replaces a replica's or a principal's certificate and key with new ones (the old are kept
+    /// as `<file>.<unix time>.old`); replicas and clients use the new ones once they reload.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        identity: IssueIdentity,
+        #[arg(long, default_value = "90", global = true)]
+        days: u32,
+    },
+    /// Adds a certificate to the CA's revocation list (`ca.crl` in --dir): replicas refuse it
+    /// from their next reload, on every listener and peer connection.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate file to revoke.
+        certificate: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +82,9 @@ pub enum IssueIdentity {
 pub fn run(printer: &Printer, command: CertsCommand) -> Result<(), Failure> {
     match command {
         CertsCommand::Init { dir, cluster_id } => init(printer, &dir, cluster_id.as_deref()),
-        CertsCommand::Issue { dir, identity, days } => issue(printer, &dir, identity, days),
+        CertsCommand::Issue { dir, identity, days } => issue(printer, &dir, identity, days, false),
+        CertsCommand::Rotate { dir, identity, days } => issue(printer, &dir, identity, days, true),
+        CertsCommand::Revoke { dir, certificate } => revoke(printer, &dir, &certificate),
     }
 }
 
@@ -89,7 +115,8 @@ fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), F
     Ok(())
 }
 
-fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32) -> Result<(), Failure> {
+/// `rotating`: the files must exist, and are replaced; otherwise they must not.
+fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32, rotating: bool) -> Result<(), Failure> {
     if days == 0 || days > VALIDITY_DAYS_MAX {
         return Err(usage(format!("--days: {days} is not in 1..={VALIDITY_DAYS_MAX}")));
     }
@@ -105,10 +132,28 @@ fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32) -> R
     }
     let ca = load_ca(dir)?;
     let files = [dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))];
-    refuse_existing(&files)?;
+    if rotating {
+        if let Some(missing) = files.iter().find(|file| !file.exists()) {
+            return Err(usage(format!("{} does not exist: issue it first (tallyctl certs issue)", missing.display())));
+        }
+    } else {
+        refuse_existing(&files)?;
+    }
     let validity = Duration::from_secs(u64::from(days) * 24 * 3600);
     let issued = ca.issue(identity, &addresses, validity).map_err(|error| failed(error.to_string()))?;
-    write_certified(&files[0], &files[1], &issued)?;
+    if rotating {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        for file in &files {
+            let kept = PathBuf::from(format!("{}.{now}.old", file.display()));
+            fs::copy(file, &kept).map_err(|error| failed(format!("cannot keep {}: {error}", file.display())))?;
+        }
+        // The key first: a replica that reloads between the two renames finds a key that does not
+        // match its certificate, refuses that load, and takes both at the next.
+        replace_atomically(&files[1], issued.private_key_pem.as_bytes(), true)?;
+        replace_atomically(&files[0], issued.certificate_pem.as_bytes(), false)?;
+    } else {
+        write_certified(&files[0], &files[1], &issued)?;
+    }
     let subject = identity.to_string();
     printer.print(json!({ "identity": subject, "days": days, "files": paths(&files) }), || {
         render::table(
@@ -147,4 +192,67 @@ fn path(file: &Path) -> String {
 
 fn paths(files: &[PathBuf]) -> Vec<String> {
     files.iter().map(|file| path(file)).collect()
+}
+
+/// Adds `certificate` to the revocation list in `dir`, keeping what it named before, under the
+/// next list number.
+fn revoke(printer: &Printer, dir: &Path, certificate: &Path) -> Result<(), Failure> {
+    let ca = load_ca(dir)?;
+    let text =
+        fs::read(certificate).map_err(|error| usage(format!("cannot read {}: {error}", certificate.display())))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&text)
+        .map_err(|error| usage(format!("{}: not a PEM certificate: {error}", certificate.display())))?;
+    let identity = Identity::of_certificate(&der, &ca.cluster())
+        .map_err(|error| usage(format!("{}: {error}", certificate.display())))?;
+    let serial = serial_of(&der).map_err(|error| usage(error.to_string()))?;
+    let list_file = dir.join(REVOCATION_LIST_FILE);
+    let (number, mut revoked) = match fs::read(&list_file) {
+        Ok(bytes) => read_revocation_list(&list_file, &bytes)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (0, Vec::new()),
+        Err(error) => return Err(failed(format!("cannot read {}: {error}", list_file.display()))),
+    };
+    if revoked.iter().any(|entry| entry.serial == serial) {
+        return Err(usage(format!(
+            "{} ({identity}) is already revoked in {}",
+            certificate.display(),
+            list_file.display()
+        )));
+    }
+    revoked.push(Revoked { serial: serial.clone(), revoked_at: time::OffsetDateTime::now_utc() });
+    let list = ca.revocation_list(number + 1, &revoked).map_err(|error| failed(error.to_string()))?;
+    replace_atomically(&list_file, list.as_bytes(), false)?;
+    let serial_hex: String = serial.iter().map(|byte| format!("{byte:02x}")).collect();
+    let subject = identity.to_string();
+    printer.print(
+        json!({ "revoked": subject, "serial": serial_hex, "revocation_list": path(&list_file), "entries": revoked.len() }),
+        || {
+            render::table(
+                &["REVOKED", "SERIAL", "REVOCATION LIST", "ENTRIES"],
+                vec![vec![subject.clone(), serial_hex.clone(), path(&list_file), revoked.len().to_string()]],
+            )
+        },
+    );
+    Ok(())
+}
+
+/// The number and entries of an existing revocation list.
+fn read_revocation_list(file: &Path, pem_bytes: &[u8]) -> Result<(u64, Vec<Revoked>), Failure> {
+    let damaged = |detail: String| failed(format!("{} is not a revocation list: {detail}", file.display()));
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem_bytes)
+        .map_err(|error| damaged(error.to_string()))?;
+    let (_, list) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+        .map_err(|error| damaged(error.to_string()))?;
+    let number = list
+        .crl_number()
+        .and_then(|number| u64::try_from(number.clone()).ok())
+        .ok_or_else(|| damaged("it has no list number".into()))?;
+    let revoked = list
+        .iter_revoked_certificates()
+        .map(|entry| Revoked {
+            serial: entry.raw_serial().to_vec(),
+            revoked_at: time::OffsetDateTime::from_unix_timestamp(entry.revocation_date.timestamp())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        })
+        .collect();
+    Ok((number, revoked))
 }

@@ -172,3 +172,19 @@ pub fn write_new(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure>
     out.write_all(bytes).map_err(failure)?;
     out.sync_all().map_err(failure)
 }
+
+/// Replaces `file` with `bytes` in one step (a new file beside it, fsynced, then renamed over
+/// it): a replica watching the file reads the old contents or the new, never half of them.
+pub fn replace_atomically(file: &Path, bytes: &[u8], secret: bool) -> Result<(), Failure> {
+    let failure = |error: std::io::Error| failed(format!("cannot write {}: {error}", file.display()));
+    let mut staged = file.as_os_str().to_owned();
+    staged.push(".staged");
+    let staged = std::path::PathBuf::from(staged);
+    let _ = fs::remove_file(&staged);
+    write_new(&staged, bytes, secret)?;
+    fs::rename(&staged, file).map_err(failure)?;
+    if let Some(parent) = file.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        fs::File::open(parent).and_then(|directory| directory.sync_all()).map_err(failure)?;
+    }
+    Ok(())
+}

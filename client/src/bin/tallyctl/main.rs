@@ -17,11 +17,12 @@ mod ledger;
 mod render;
 mod transfer;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use tally_client::Client;
+use tally_client::{Client, ClientTls, Security, TlsFiles};
 
 use common::{Failure, Output, Printer, exit, usage};
 
@@ -47,6 +48,18 @@ struct Cli {
     /// How long a command may take, retries included, in seconds.
     #[arg(long, default_value = "10", global = true)]
     timeout: f64,
+    /// The cluster CA's certificate (`tallyctl certs init` writes ca.pem).
+    #[arg(long, env = "TALLY_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// The principal's certificate tallyctl presents (`tallyctl certs issue principal`).
+    #[arg(long, env = "TALLY_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// The principal's private key.
+    #[arg(long, env = "TALLY_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Connect without TLS: only a development cluster started with insecure_plaintext accepts it.
+    #[arg(long, env = "TALLY_INSECURE_PLAINTEXT", global = true, value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,7 +129,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if !(cli.timeout.is_finite() && cli.timeout > 0.0 && cli.timeout <= 3_600.0) {
         return Err(usage(format!("--timeout: {} is not a number of seconds in (0, 3600]", cli.timeout)));
     }
-    let client = Client::connect(&cli.endpoints).await?.with_deadline(Duration::from_secs_f64(cli.timeout));
+    let security = match (cli.insecure_plaintext, cli.ca, cli.cert, cli.key) {
+        (true, None, None, None) => Security::InsecurePlaintext,
+        (true, ..) => return Err(usage("--insecure-plaintext and --ca/--cert/--key: choose one")),
+        (false, Some(ca), Some(certificate), Some(key)) => {
+            Security::Tls(ClientTls::load(TlsFiles { ca, certificate, key, revocation_list: None })?)
+        }
+        (false, ..) => {
+            return Err(usage(
+                "the cluster serves TLS: give --ca, --cert and --key (or TALLY_CA, TALLY_CERT, TALLY_KEY) for a \
+                 principal's certificate, or --insecure-plaintext for a development cluster",
+            ));
+        }
+    };
+    let client = Client::connect(&cli.endpoints, security).await?.with_deadline(Duration::from_secs_f64(cli.timeout));
     let printer = Printer { output: cli.output };
     match cli.command {
         Command::Cluster(command) => cluster::run(&client, &printer, command).await,
