@@ -8,7 +8,10 @@
 #   scripts/cluster.sh restart N   start replica N again and wait until it is ready
 #   scripts/cluster.sh logs N      follow replica N's log
 #
-# State (data directories, logs, pid files) lives under .tally/local in the repository.
+# State (data directories, logs, pid files) lives under .tally/local in the repository. On first
+# start it also makes the cluster's genesis and certificates there (.tally/local/certs): the CA,
+# a certificate per replica, principal 1 (for tallyctl and the examples: TALLY_CA, TALLY_CERT,
+# TALLY_KEY) and principal 2 (monitoring, for /metrics). Every listener serves TLS 1.3.
 # TALLY_NODE_BINARY runs another tally-node build instead of building one (scripts/bench-alternate.sh).
 set -euo pipefail
 
@@ -16,6 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONFIGS="$ROOT/cluster-config/local"
 STATE="$ROOT/.tally/local"
 BINARY=${TALLY_NODE_BINARY:-$ROOT/target/release/tally-node}
+TALLYCTL=$ROOT/target/release/tallyctl
+CERTS="$STATE/certs"
 NODES=(1 2 3 4 5 6 7)
 READY_TIMEOUT_SECONDS=${TALLY_READY_TIMEOUT_SECONDS:-60}
 
@@ -32,15 +37,15 @@ running_pid() {
   kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 
-# A plain HTTP GET over bash's /dev/tcp: prints "status body", or nothing when unreachable.
+# An HTTPS GET of the metrics endpoint: prints "status body", or nothing when unreachable. curl
+# (OpenSSL 3.0) cannot verify ML-DSA, so it checks the replica's ECDSA fallback chain, and presents
+# the monitoring principal's fallback certificate (which /metrics needs; /ready and /health do not).
 http_get() {
   local port=$1 path=$2 response
-  exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$path" >&3
-  response=$(timeout 2 cat <&3 || true)
-  exec 3<&- 3>&-
-  local status; status=$(head -n1 <<<"$response" | awk '{print $2}')
-  echo "$status $(sed -n '/^\r*$/,$p' <<<"$response" | tr -d '\r' | sed '/^$/d' | tr '\n' ' ')"
+  response=$(curl --silent --max-time 2 --cacert "$CERTS/ca-ecdsa.pem" \
+    --cert "$CERTS/principal-2-ecdsa.pem" --key "$CERTS/principal-2-ecdsa.key" \
+    --write-out '\n%{http_code}' "https://127.0.0.1:$port$path" 2>/dev/null) || return 1
+  echo "$(tail -n1 <<<"$response") $(sed '$d' <<<"$response" | tr '\n' ' ')"
 }
 
 metric() {
@@ -57,8 +62,33 @@ build() {
     [[ -x $BINARY ]] || die "TALLY_NODE_BINARY=$BINARY is not an executable"
     return
   fi
-  echo "Building tally-node (release)..."
-  (cd "$ROOT" && cargo build --release --locked -p tally-node --bin tally-node)
+  echo "Building tally-node and tallyctl (release)..."
+  (cd "$ROOT" && cargo build --release --locked -p tally-node -p tally-client --bin tally-node --bin tallyctl)
+}
+
+# The cluster's genesis and certificates, made once with tallyctl (nothing is ever overwritten).
+make_certs() {
+  [[ -f $CERTS/genesis.toml ]] && return
+  [[ -x $TALLYCTL ]] || (cd "$ROOT" && cargo build --release --locked -p tally-client --bin tallyctl)
+  command -v curl >/dev/null || die "curl is needed to probe the replicas' metrics endpoints"
+  echo "Making the cluster's CA, certificates and genesis in $CERTS..."
+  mkdir -p "$STATE"
+  local made="$STATE/certs.new" node
+  rm -rf "$made"
+  "$TALLYCTL" certs init --dir "$made" >/dev/null
+  for node in "${NODES[@]}"; do
+    "$TALLYCTL" certs issue --dir "$made" replica "$node" --address 127.0.0.1 >/dev/null
+  done
+  "$TALLYCTL" certs issue --dir "$made" principal 1 >/dev/null
+  "$TALLYCTL" certs issue --dir "$made" principal 2 >/dev/null
+  # The operator's signing key (ML-DSA-87), sealed with a passphrase kept beside it: a local
+  # cluster's secrets are only as safe as this folder.
+  (umask 077 && head -c 24 /dev/urandom | base64 >"$made/operator-1.passphrase")
+  "$TALLYCTL" keys generate --out "$made/operator-1.key" --algorithm ml-dsa-87 \
+    --passphrase-file "$made/operator-1.passphrase" >/dev/null
+  "$TALLYCTL" genesis init --out "$made/genesis.toml" --cluster-id-file "$made/cluster-id" \
+    --operator "1=$made/operator-1.key.pub" --required 1 >/dev/null
+  mv "$made" "$CERTS"
 }
 
 # A new cluster: no replica has a data directory yet (identity.toml is its first file).
@@ -138,6 +168,7 @@ command=${1:-}
 case $command in
   up)
     build
+    make_certs
     # Bootstrapping is explicit and happens once: replica 1 starts the cluster only when no data
     # directory exists. A replica that lost its data is never bootstrapped again; its peers refuse
     # it, and it must come back under a new id (README, "Replacing a replica").

@@ -18,6 +18,11 @@ scripts/cluster.sh up
 
 TALLYCTL="$ROOT/target/release/tallyctl"
 export TALLY_ENDPOINTS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:7104,127.0.0.1:7105,127.0.0.1:7106,127.0.0.1:7107
+# Every replica serves TLS 1.3 only (hybrid post-quantum key exchange, ML-DSA certificates):
+# tallyctl presents principal 1's certificate, which scripts/cluster.sh made.
+export TALLY_CA=$ROOT/.tally/local/certs/ca.pem
+export TALLY_CERT=$ROOT/.tally/local/certs/principal-1.pem
+export TALLY_KEY=$ROOT/.tally/local/certs/principal-1.key
 
 step() { printf '\n== %s\n' "$*"; }
 tallyctl() {

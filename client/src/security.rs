@@ -43,9 +43,13 @@ impl Security {
             return Ok(Security::InsecurePlaintext);
         }
         match (variable(ENV_CA), variable(ENV_CERTIFICATE), variable(ENV_KEY)) {
-            (Some(ca), Some(certificate), Some(key)) => {
-                Ok(Security::Tls(ClientTls::load(TlsFiles { ca, certificate, key, revocation_list: None })?))
-            }
+            (Some(ca), Some(certificate), Some(key)) => Ok(Security::Tls(ClientTls::load(TlsFiles {
+                ca,
+                certificate,
+                key,
+                revocation_list: None,
+                fallback: None,
+            })?)),
             _ => Err(Error::Usage(format!(
                 "no TLS identity: set {ENV_CA}, {ENV_CERTIFICATE} and {ENV_KEY} to the CA's certificate and a \
                  principal's certificate and key (tallyctl certs issue principal), or {ENV_INSECURE_PLAINTEXT}=1 \

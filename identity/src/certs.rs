@@ -286,38 +286,143 @@ impl ClusterCa {
         not_after: time::OffsetDateTime,
     ) -> Result<CertifiedKey, CertError> {
         let key = KeyPair::generate_for(&PKCS_ML_DSA_65).map_err(issue_error)?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "Tally");
-        name.push(DnType::CommonName, identity.to_string());
-        params.distinguished_name = name;
-        let uri = identity.uri(&self.cluster).try_into().map_err(issue_error)?;
-        params.subject_alt_names.push(SanType::URI(uri));
-        for address in addresses {
-            let name = match address.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(address.clone().try_into().map_err(issue_error)?),
-            };
-            params.subject_alt_names.push(name);
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match identity {
-            Identity::Replica(_) => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-            Identity::Principal(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        };
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before;
-        params.not_after = not_after;
+        let params = leaf_params(&self.cluster, identity, addresses, not_before, not_after)?;
         let issuer = Issuer::from_params(&self.params, &self.key);
-        let certificate = params.signed_by(&key, &issuer).map_err(issue_error)?;
-        Ok(CertifiedKey {
+        signed(&params, &key, &issuer)
+    }
+}
+
+/// A leaf certificate's parameters: one `tally://` URI naming `identity`, the addresses a replica
+/// serves on, its usages.
+fn leaf_params(
+    cluster: &ClusterId,
+    identity: Identity,
+    addresses: &[String],
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Tally");
+    name.push(DnType::CommonName, identity.to_string());
+    params.distinguished_name = name;
+    let uri = identity.uri(cluster).try_into().map_err(issue_error)?;
+    params.subject_alt_names.push(SanType::URI(uri));
+    for address in addresses {
+        let name = match address.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(address.clone().try_into().map_err(issue_error)?),
+        };
+        params.subject_alt_names.push(name);
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match identity {
+        Identity::Replica(_) => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Identity::Principal(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    Ok(params)
+}
+
+fn signed(
+    params: &CertificateParams,
+    key: &KeyPair,
+    issuer: &Issuer<'_, impl SigningKey>,
+) -> Result<CertifiedKey, CertError> {
+    let certificate = params.signed_by(key, issuer).map_err(issue_error)?;
+    Ok(CertifiedKey {
+        certificate_pem: certificate.pem(),
+        private_key_pem: key.serialize_pem(),
+        certificate: certificate.der().clone(),
+        private_key_pkcs8: key.serialize_der(),
+    })
+}
+
+/// The cluster's fallback CA: ECDSA P-256, for the clients whose TLS stacks cannot verify ML-DSA
+/// certificates yet (OpenSSL 3.0, Go's crypto/tls). Client-facing listeners present its chain to
+/// a client that offers no ML-DSA signature scheme; peers never use it (a replica refuses the peer
+/// protocol to a certificate that is not ML-DSA). Its certificates name the same identities.
+pub struct FallbackCa {
+    cluster: ClusterId,
+    params: CertificateParams,
+    key: KeyPair,
+    certified: CertifiedKey,
+}
+
+impl fmt::Debug for FallbackCa {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "FallbackCa({})", self.cluster)
+    }
+}
+
+fn fallback_ca_params(cluster: &ClusterId, validity: Duration) -> CertificateParams {
+    let mut params = ca_params(cluster, validity);
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Tally");
+    name.push(DnType::CommonName, format!("Tally cluster {} fallback CA (ECDSA)", cluster));
+    params.distinguished_name = name;
+    params
+}
+
+impl FallbackCa {
+    pub fn generate(cluster: ClusterId, validity: Duration) -> Result<FallbackCa, CertError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue_error)?;
+        let params = fallback_ca_params(&cluster, validity);
+        let certificate = params.self_signed(&key).map_err(issue_error)?;
+        let certified = CertifiedKey {
             certificate_pem: certificate.pem(),
             private_key_pem: key.serialize_pem(),
             certificate: certificate.der().clone(),
             private_key_pkcs8: key.serialize_der(),
-        })
+        };
+        Ok(FallbackCa { cluster, params, key, certified })
     }
+
+    pub fn from_pem(cluster: ClusterId, certificate_pem: &str, private_key_pem: &str) -> Result<FallbackCa, CertError> {
+        let unreadable =
+            |what: &str, error: String| CertError::Unreadable(format!("the fallback CA's {what}: {error}"));
+        let key = KeyPair::from_pem(private_key_pem).map_err(|error| unreadable("key", error.to_string()))?;
+        let certificate = rustls_pki_types::pem::PemObject::from_pem_slice(certificate_pem.as_bytes())
+            .map_err(|error| unreadable("certificate", error.to_string()))?;
+        let certified = CertifiedKey {
+            certificate_pem: certificate_pem.to_owned(),
+            private_key_pem: private_key_pem.to_owned(),
+            certificate,
+            private_key_pkcs8: key.serialize_der(),
+        };
+        Ok(FallbackCa { cluster, params: fallback_ca_params(&cluster, CA_VALIDITY_DEFAULT), key, certified })
+    }
+
+    pub fn certified(&self) -> &CertifiedKey {
+        &self.certified
+    }
+
+    /// An ECDSA P-256 certificate for `identity`, as [`ClusterCa::issue`] makes its ML-DSA one.
+    pub fn issue(
+        &self,
+        identity: Identity,
+        addresses: &[String],
+        validity: Duration,
+    ) -> Result<CertifiedKey, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue_error)?;
+        let params = leaf_params(&self.cluster, identity, addresses, now - time::Duration::minutes(1), now + validity)?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        signed(&params, &key, &issuer)
+    }
+}
+
+/// The OID of ML-DSA-65 (FIPS 204) public keys.
+const ML_DSA_65_OID: &str = "2.16.840.1.101.3.4.3.18";
+
+/// Whether a certificate's key is ML-DSA-65: what replicas present to each other.
+pub fn is_ml_dsa(certificate: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(certificate)
+        .map(|(_, parsed)| parsed.public_key().algorithm.algorithm.to_id_string() == ML_DSA_65_OID)
+        .unwrap_or(false)
 }
 
 /// A revoked certificate, as the CA's revocation list names it.

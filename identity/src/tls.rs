@@ -104,6 +104,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The CA's certificate revocation list (`tallyctl certs revoke`), if any.
     pub revocation_list: Option<PathBuf>,
+    /// An ECDSA P-256 chain a listener also presents, to clients that cannot verify ML-DSA.
+    pub fallback: Option<FallbackFiles>,
+}
+
+/// The fallback CA's certificate, and this side's ECDSA P-256 certificate and key from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FallbackFiles {
+    pub ca: PathBuf,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 impl TlsFiles {
@@ -114,17 +124,32 @@ impl TlsFiles {
             Identity::Principal(id) => format!("principal-{id}"),
         };
         let revocation_list = dir.join(REVOCATION_LIST_FILE);
+        let fallback = FallbackFiles {
+            ca: dir.join(FALLBACK_CA_FILE),
+            certificate: dir.join(format!("{stem}-ecdsa.pem")),
+            key: dir.join(format!("{stem}-ecdsa.key")),
+        };
         TlsFiles {
             ca: dir.join("ca.pem"),
             certificate: dir.join(format!("{stem}.pem")),
             key: dir.join(format!("{stem}.key")),
             revocation_list: revocation_list.exists().then_some(revocation_list),
+            fallback: (fallback.ca.exists() && fallback.certificate.exists()).then_some(fallback),
         }
     }
 
     /// The files' last modification times, to notice a change (a rotation) without a signal.
     pub fn modified(&self) -> Vec<Option<SystemTime>> {
-        let paths = [Some(&self.ca), Some(&self.certificate), Some(&self.key), self.revocation_list.as_ref()];
+        let fallback = self.fallback.as_ref();
+        let paths = [
+            Some(&self.ca),
+            Some(&self.certificate),
+            Some(&self.key),
+            self.revocation_list.as_ref(),
+            fallback.map(|files| &files.ca),
+            fallback.map(|files| &files.certificate),
+            fallback.map(|files| &files.key),
+        ];
         paths
             .into_iter()
             .map(|path| path.and_then(|path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok()))
@@ -134,6 +159,8 @@ impl TlsFiles {
 
 /// The name of the CA's revocation list in a certificates folder.
 pub const REVOCATION_LIST_FILE: &str = "ca.crl";
+/// The name of the fallback (ECDSA P-256) CA's certificate in a certificates folder.
+pub const FALLBACK_CA_FILE: &str = "ca-ecdsa.pem";
 
 /// The TLS material of one side, checked: a certificate of this cluster's CA naming one identity,
 /// its key, the CA, and the revoked certificates.
@@ -146,6 +173,14 @@ pub struct Credentials {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     revocation_lists: Vec<CertificateRevocationListDer<'static>>,
+    fallback: Option<Fallback>,
+}
+
+/// The ECDSA P-256 chain a client-facing listener presents to clients without ML-DSA.
+#[derive(Clone)]
+struct Fallback {
+    ca: CertificateDer<'static>,
+    certified: Arc<rustls::sign::CertifiedKey>,
 }
 
 impl fmt::Debug for Credentials {
@@ -201,7 +236,10 @@ impl Credentials {
                 TlsError::Invalid { detail, .. } => invalid(&files.certificate, detail),
                 other => other,
             })?;
-        Ok(credentials)
+        match &files.fallback {
+            None => Ok(credentials),
+            Some(fallback) => credentials.with_fallback(fallback),
+        }
     }
 
     /// Credentials from what is already in memory (tests, and [`Credentials::load`]).
@@ -245,7 +283,34 @@ impl Credentials {
             chain: vec![certificate],
             key: Arc::new(key),
             revocation_lists,
+            fallback: None,
         })
+    }
+
+    /// Adds the fallback chain: its certificate must name this side's identity.
+    fn with_fallback(mut self, files: &FallbackFiles) -> Result<Credentials, TlsError> {
+        let ca = CertificateDer::from_pem_slice(&read(&files.ca)?)
+            .map_err(|error| invalid(&files.ca, format!("not a PEM certificate: {error}")))?;
+        let certificate = CertificateDer::from_pem_slice(&read(&files.certificate)?)
+            .map_err(|error| invalid(&files.certificate, format!("not a PEM certificate: {error}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
+            .map_err(|error| invalid(&files.key, format!("not a PEM private key: {error}")))?;
+        let named = Identity::of_certificate(&certificate, &self.cluster)
+            .map_err(|source| TlsError::Certificate { path: files.certificate.display().to_string(), source })?;
+        if named != self.identity {
+            return Err(invalid(
+                &files.certificate,
+                format!("names {named}, and the ML-DSA certificate {}", self.identity),
+            ));
+        }
+        let key_pair = provider(&client_facing_groups())
+            .key_provider
+            .load_private_key(key)
+            .map_err(|error| invalid(&files.key, error))?;
+        let certified = rustls::sign::CertifiedKey::new(vec![certificate], key_pair);
+        certified.keys_match().map_err(|error| invalid(&files.key, format!("not the certificate's key: {error}")))?;
+        self.fallback = Some(Fallback { ca, certified: Arc::new(certified) });
+        Ok(self)
     }
 
     pub fn identity(&self) -> Identity {
@@ -274,19 +339,43 @@ impl Credentials {
             groups.insert(1, peers.group());
         }
         let provider = provider(&groups);
-        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), Arc::clone(&provider))
+        let roots = match &self.fallback {
+            None => Arc::clone(&self.roots),
+            Some(fallback) => {
+                let mut roots = (*self.roots).clone();
+                roots.add(fallback.ca.clone()).map_err(|error| TlsError::Config(error.to_string()))?;
+                Arc::new(roots)
+            }
+        };
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
             .with_crls(self.revocation_lists.iter().cloned())
             .only_check_end_entity_revocation();
         if client_certificates == ClientCertificates::Optional {
             verifier = verifier.allow_unauthenticated();
         }
         let verifier = verifier.build().map_err(|error| TlsError::Config(error.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|error| TlsError::Config(error.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|error| TlsError::Config(error.to_string()))?;
+            .with_client_cert_verifier(verifier);
+        let mut config = match &self.fallback {
+            None => builder
+                .with_single_cert(self.chain.clone(), self.key.clone_key())
+                .map_err(|error| TlsError::Config(error.to_string()))?,
+            Some(fallback) => {
+                let key_pair = provider
+                    .key_provider
+                    .load_private_key(self.key.clone_key())
+                    .map_err(|error| TlsError::Config(error.to_string()))?;
+                let ml_dsa = Arc::new(rustls::sign::CertifiedKey::new(self.chain.clone(), key_pair));
+                builder
+                    .with_cert_resolver(Arc::new(ByClientSchemes { ml_dsa, fallback: Arc::clone(&fallback.certified) }))
+            }
+        };
+        // Resumed sessions skip the certificate checks; a revoked or expired certificate must not
+        // come back on a ticket issued before, so every connection makes a full handshake.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         config.alpn_protocols = vec![ALPN_HTTP2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -538,4 +627,22 @@ pub fn split_address(address: &str) -> Result<(&str, u16), std::io::Error> {
     let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
     let port = port.parse().map_err(|_| invalid())?;
     Ok((host, port))
+}
+
+/// Presents the ML-DSA chain to a client that offers ML-DSA-65 signatures, the ECDSA fallback
+/// chain to one that does not.
+#[derive(Debug)]
+struct ByClientSchemes {
+    ml_dsa: Arc<rustls::sign::CertifiedKey>,
+    fallback: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for ByClientSchemes {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if hello.signature_schemes().contains(&rustls::SignatureScheme::ML_DSA_65) {
+            Some(Arc::clone(&self.ml_dsa))
+        } else {
+            Some(Arc::clone(&self.fallback))
+        }
+    }
 }

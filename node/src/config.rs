@@ -77,6 +77,15 @@ pub struct TlsSettings {
     /// The CA's revocation list (`tallyctl certs revoke`): certificates it names are refused.
     #[serde(default)]
     pub revocation_list_file: Option<PathBuf>,
+    /// The fallback CA (ECDSA P-256, `ca-ecdsa.pem`) and this replica's certificate and key from
+    /// it: presented to clients that offer no ML-DSA signature scheme (OpenSSL 3.0, Go), whose
+    /// fallback certificates are accepted too. Peers never use them. All three or none.
+    #[serde(default)]
+    pub fallback_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub fallback_certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub fallback_key_file: Option<PathBuf>,
     /// The key exchange replicas use with each other: `x25519-mlkem768` (hybrid, the default) or
     /// `mlkem1024` (pure ML-KEM-1024). Clients may use any group the listener accepts.
     #[serde(default)]
@@ -101,6 +110,14 @@ impl TlsSettings {
             certificate: self.certificate_file.clone(),
             key: self.key_file.clone(),
             revocation_list: self.revocation_list_file.clone(),
+            fallback: match (&self.fallback_ca_file, &self.fallback_certificate_file, &self.fallback_key_file) {
+                (Some(ca), Some(certificate), Some(key)) => Some(tally_identity::tls::FallbackFiles {
+                    ca: ca.clone(),
+                    certificate: certificate.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -312,6 +329,12 @@ impl NodeConfig {
                 if self.genesis_file.is_none() {
                     return invalid(
                         "tls needs genesis_file: the certificates name the cluster id that the genesis fixes".into(),
+                    );
+                }
+                let fallback = [&tls.fallback_ca_file, &tls.fallback_certificate_file, &tls.fallback_key_file];
+                if fallback.iter().any(|file| file.is_some()) && !fallback.iter().all(|file| file.is_some()) {
+                    return invalid(
+                        "tls: fallback_ca_file, fallback_certificate_file and fallback_key_file go together".into(),
                     );
                 }
                 if tls.reload_check_interval_ms == 0 {

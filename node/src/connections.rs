@@ -29,7 +29,7 @@ use tally_consensus::network::{
     Opening, PEER_PROTOCOL_MAGIC, PeerServerLimits, Replayed, read_opening, serve_peer_connection,
 };
 use tally_consensus::peer_identity::PeerIdentity;
-use tally_identity::certs::Identity;
+use tally_identity::certs::{Identity, is_ml_dsa};
 use tally_identity::tls::{HANDSHAKE_TIMEOUT, Stream};
 
 use crate::clock::Clock;
@@ -102,13 +102,18 @@ pub fn accept(
                 drop(opening);
                 let key_exchange =
                     stream.tls().and_then(|tls| tls.negotiated_key_exchange_group()).map(|group| group.name());
+                let ml_dsa = stream
+                    .tls()
+                    .and_then(|tls| tls.peer_certificates())
+                    .and_then(|certificates| certificates.first())
+                    .is_some_and(is_ml_dsa);
                 let stream = Replayed::new(prefix, stream);
                 match kind {
                     Opening::Peer => {
                         let certified = match (presented, &tls) {
                             (None, _) => None,
                             (Some(Identity::Replica(id)), Some(tls))
-                                if tls.peer_key_exchange().negotiated(key_exchange) =>
+                                if ml_dsa && tls.peer_key_exchange().negotiated(key_exchange) =>
                             {
                                 Some(id)
                             }
@@ -116,7 +121,9 @@ pub fn accept(
                                 refused("peer_identity");
                                 tracing::warn!(
                                     %remote, replica = id, negotiated = ?key_exchange, required = tls.peer_key_exchange().name(),
-                                    "refused a peer connection of another key exchange than tls.peer_key_exchange"
+                                    ml_dsa,
+                                    "refused a peer connection without an ML-DSA certificate or of another key exchange \
+                                     than tls.peer_key_exchange"
                                 );
                                 return;
                             }

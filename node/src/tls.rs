@@ -128,7 +128,12 @@ fn make(files: &TlsFiles, cluster: &ClusterId, node_id: u64, peers: KeyExchange)
     }
     Ok(Made {
         listener: credentials.server_config(peers, ClientCertificates::Required)?,
-        observe: credentials.server_config(peers, ClientCertificates::Optional)?,
+        observe: {
+            // HTTP/1.1 there, not the gRPC listener's HTTP/2.
+            let mut observe = (*credentials.server_config(peers, ClientCertificates::Optional)?).clone();
+            observe.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(observe)
+        },
         peer_client: credentials.peer_client_config(peers)?,
         grpc_client: credentials.grpc_client_config()?,
         credentials,

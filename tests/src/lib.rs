@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use tally_client::{Security, TlsFiles};
-use tally_identity::certs::{CertifiedKey, ClusterCa, Identity, LEAF_VALIDITY_DEFAULT, Revoked, serial_of};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tally_identity::certs::{CertifiedKey, ClusterCa, FallbackCa, Identity, LEAF_VALIDITY_DEFAULT, Revoked, serial_of};
 use tally_identity::genesis::{Genesis, Operator};
 use tally_identity::tls::{Credentials, Current, GrpcConnector};
 use tally_identity::{Algorithm, ClusterId, MlDsaKeyPair, Signer};
@@ -131,6 +133,8 @@ pub const MONITORING_PRINCIPAL: u64 = 2;
 pub struct ClusterCerts {
     pub dir: PathBuf,
     pub ca: ClusterCa,
+    /// The ECDSA P-256 CA whose chain replicas present to clients without ML-DSA.
+    pub fallback: FallbackCa,
 }
 
 impl ClusterCerts {
@@ -144,12 +148,15 @@ impl ClusterCerts {
         let cluster = ClusterId(cluster);
         let ca = ClusterCa::generate(cluster, LEAF_VALIDITY_DEFAULT).expect("a CA");
         std::fs::write(dir.join("ca.pem"), &ca.certified().certificate_pem).expect("ca.pem");
+        let fallback = FallbackCa::generate(cluster, LEAF_VALIDITY_DEFAULT).expect("a fallback CA");
+        std::fs::write(dir.join(tally_identity::tls::FALLBACK_CA_FILE), &fallback.certified().certificate_pem)
+            .expect("ca-ecdsa.pem");
         std::fs::write(dir.join("cluster-id"), format!("{cluster}\n")).expect("cluster-id");
         let operator = MlDsaKeyPair::generate(Algorithm::MlDsa87).expect("an operator key");
         let genesis =
             Genesis::new(cluster, vec![Operator { id: 1, key: operator.public_key().clone() }], 1).expect("a genesis");
         std::fs::write(dir.join("genesis.toml"), genesis.to_toml()).expect("genesis.toml");
-        let certs = ClusterCerts { dir: dir.to_owned(), ca };
+        let certs = ClusterCerts { dir: dir.to_owned(), ca, fallback };
         certs.issue(Identity::Principal(TEST_PRINCIPAL));
         certs.issue(Identity::Principal(MONITORING_PRINCIPAL));
         certs
@@ -164,6 +171,10 @@ impl ClusterCerts {
         };
         let issued = self.ca.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a certificate");
         self.write(identity, &issued);
+        let fallback = self.fallback.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a fallback certificate");
+        let stem = TlsFiles::in_directory(&self.dir, identity).certificate.with_extension("");
+        std::fs::write(format!("{}-ecdsa.key", stem.display()), &fallback.private_key_pem).expect("a key file");
+        std::fs::write(format!("{}-ecdsa.pem", stem.display()), &fallback.certificate_pem).expect("a certificate");
         issued
     }
 
@@ -205,16 +216,57 @@ impl ClusterCerts {
             .connect_with_connector_lazy(connector)
     }
 
+    /// A gRPC channel to `address` with `principal`'s files as they are, unchecked (an expired
+    /// certificate, say), for tests of what a replica refuses.
+    pub fn channel_unchecked(&self, address: &str, principal: u64) -> Channel {
+        let files = TlsFiles::in_directory(&self.dir, Identity::Principal(principal));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&files.ca).expect("the CA")).expect("a root");
+        let certificate = CertificateDer::from_pem_file(&files.certificate).expect("a certificate");
+        let key = PrivateKeyDer::from_pem_file(&files.key).expect("a key");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![certificate], key)
+        .expect("a client configuration");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = GrpcConnector::new(Arc::new(Current::new(Arc::new(config))), self.ca.cluster());
+        Channel::from_shared(format!("http://{address}"))
+            .expect("a valid address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_with_connector_lazy(connector)
+    }
+
+    /// A gRPC channel to `address` presenting replica `id`'s certificate.
+    pub fn replica_channel(&self, address: &str, id: u64) -> Channel {
+        let files = TlsFiles::in_directory(&self.dir, Identity::Replica(id));
+        let credentials = Credentials::load(&files, None).expect("the replica's certificate");
+        let config = credentials.grpc_client_config().expect("a client configuration");
+        let connector = GrpcConnector::new(Arc::new(Current::new(config)), credentials.cluster());
+        Channel::from_shared(format!("http://{address}"))
+            .expect("a valid address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_with_connector_lazy(connector)
+    }
+
     /// The `[tls]` section of replica `id`'s configuration.
     fn config_section(&self, id: u64) -> String {
         let files = TlsFiles::in_directory(&self.dir, Identity::Replica(id));
+        let fallback = files.fallback.clone().expect("every replica has a fallback chain");
         format!(
             "[tls]\nca_file = \"{ca}\"\ncertificate_file = \"{certificate}\"\nkey_file = \"{key}\"\n\
-             revocation_list_file = \"{crl}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
+             revocation_list_file = \"{crl}\"\nfallback_ca_file = \"{fallback_ca}\"\nfallback_certificate_file = \"{fallback_certificate}\"\n\
+             fallback_key_file = \"{fallback_key}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
             ca = files.ca.display(),
             certificate = files.certificate.display(),
             key = files.key.display(),
             crl = self.revocation_list_file().display(),
+            fallback_ca = fallback.ca.display(),
+            fallback_certificate = fallback.certificate.display(),
+            fallback_key = fallback.key.display(),
         )
     }
 

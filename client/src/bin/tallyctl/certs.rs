@@ -2,6 +2,8 @@
 //!
 //! Everything lives in one folder: `cluster-id` (16 bytes in hex), `ca.pem` and `ca.key` (the
 //! ML-DSA-87 CA), and `replica-<id>.pem` / `.key` or `principal-<id>.pem` / `.key` (ML-DSA-65).
+//! Beside them, a fallback CA (`ca-ecdsa.pem`, ECDSA P-256) issues `<name>-ecdsa.pem` / `.key`
+//! with every certificate, for clients whose TLS cannot verify ML-DSA yet; peers never use them.
 //! Keys are written readable by their owner only, and nothing is ever overwritten: a second
 //! `init` or `issue` of the same name fails and changes nothing. `rotate` replaces a
 //! certificate and key in one rename each (the old ones kept beside them, suffixed with the time),
@@ -16,8 +18,12 @@ use clap::Subcommand;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tally_identity::ClusterId;
+use tally_identity::certs::FallbackCa;
 use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity, Revoked, serial_of};
-use tally_identity::tls::REVOCATION_LIST_FILE;
+use tally_identity::tls::{FALLBACK_CA_FILE, REVOCATION_LIST_FILE};
+
+/// The fallback CA's key, beside its certificate.
+const FALLBACK_CA_KEY_FILE: &str = "ca-ecdsa.key";
 use x509_parser::prelude::FromDer;
 
 use crate::common::{Failure, Printer, failed, refuse_existing, replace_atomically, usage, write_new};
@@ -99,12 +105,20 @@ fn init(printer: &Printer, dir: &Path, cluster_id: Option<&str>) -> Result<(), F
             ClusterId(bytes)
         }
     };
-    let files = [dir.join("cluster-id"), dir.join("ca.pem"), dir.join("ca.key")];
+    let files = [
+        dir.join("cluster-id"),
+        dir.join("ca.pem"),
+        dir.join("ca.key"),
+        dir.join(FALLBACK_CA_FILE),
+        dir.join(FALLBACK_CA_KEY_FILE),
+    ];
     refuse_existing(&files)?;
     let ca = ClusterCa::generate(cluster, CA_VALIDITY_DEFAULT).map_err(|error| failed(error.to_string()))?;
+    let fallback = FallbackCa::generate(cluster, CA_VALIDITY_DEFAULT).map_err(|error| failed(error.to_string()))?;
     fs::create_dir_all(dir).map_err(|error| failed(format!("cannot create {}: {error}", dir.display())))?;
     write_new(&files[0], format!("{cluster}\n").as_bytes(), false)?;
     write_certified(&files[1], &files[2], ca.certified())?;
+    write_certified(&files[3], &files[4], fallback.certified())?;
     let cluster_hex = cluster.to_string();
     printer.print(json!({ "cluster_id": cluster_hex, "files": paths(&files) }), || {
         render::table(
@@ -131,7 +145,11 @@ fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32, rota
         return Err(usage("an id must not be 0"));
     }
     let ca = load_ca(dir)?;
-    let files = [dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))];
+    let fallback = load_fallback_ca(dir, ca.cluster())?;
+    let mut files = vec![dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))];
+    if fallback.is_some() {
+        files.extend([dir.join(format!("{name}-ecdsa.pem")), dir.join(format!("{name}-ecdsa.key"))]);
+    }
     if rotating {
         if let Some(missing) = files.iter().find(|file| !file.exists()) {
             return Err(usage(format!("{} does not exist: issue it first (tallyctl certs issue)", missing.display())));
@@ -140,7 +158,10 @@ fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32, rota
         refuse_existing(&files)?;
     }
     let validity = Duration::from_secs(u64::from(days) * 24 * 3600);
-    let issued = ca.issue(identity, &addresses, validity).map_err(|error| failed(error.to_string()))?;
+    let mut issued = vec![ca.issue(identity, &addresses, validity).map_err(|error| failed(error.to_string()))?];
+    if let Some(fallback) = &fallback {
+        issued.push(fallback.issue(identity, &addresses, validity).map_err(|error| failed(error.to_string()))?);
+    }
     if rotating {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
         for file in &files {
@@ -149,10 +170,14 @@ fn issue(printer: &Printer, dir: &Path, identity: IssueIdentity, days: u32, rota
         }
         // The key first: a replica that reloads between the two renames finds a key that does not
         // match its certificate, refuses that load, and takes both at the next.
-        replace_atomically(&files[1], issued.private_key_pem.as_bytes(), true)?;
-        replace_atomically(&files[0], issued.certificate_pem.as_bytes(), false)?;
+        for (pair, issued) in files.chunks(2).zip(&issued) {
+            replace_atomically(&pair[1], issued.private_key_pem.as_bytes(), true)?;
+            replace_atomically(&pair[0], issued.certificate_pem.as_bytes(), false)?;
+        }
     } else {
-        write_certified(&files[0], &files[1], &issued)?;
+        for (pair, issued) in files.chunks(2).zip(&issued) {
+            write_certified(&pair[0], &pair[1], issued)?;
+        }
     }
     let subject = identity.to_string();
     printer.print(json!({ "identity": subject, "days": days, "files": paths(&files) }), || {
@@ -179,6 +204,20 @@ fn load_ca(dir: &Path) -> Result<ClusterCa, Failure> {
     let cluster = ClusterId::from_hex(cluster_text.trim())
         .ok_or_else(|| usage(format!("{}: not a cluster id (32 hex digits)", dir.join("cluster-id").display())))?;
     ClusterCa::from_pem(cluster, &read("ca.pem")?, &read("ca.key")?).map_err(|error| usage(error.to_string()))
+}
+
+/// The fallback (ECDSA P-256) CA, when `certs init` made one (it always does since it exists).
+fn load_fallback_ca(dir: &Path, cluster: ClusterId) -> Result<Option<FallbackCa>, Failure> {
+    let (certificate, key) = (dir.join(FALLBACK_CA_FILE), dir.join(FALLBACK_CA_KEY_FILE));
+    if !certificate.exists() {
+        return Ok(None);
+    }
+    let read = |file: &Path| {
+        fs::read_to_string(file).map_err(|error| usage(format!("cannot read {}: {error}", file.display())))
+    };
+    FallbackCa::from_pem(cluster, &read(&certificate)?, &read(&key)?)
+        .map(Some)
+        .map_err(|error| usage(error.to_string()))
 }
 
 fn write_certified(certificate: &Path, key: &Path, certified: &CertifiedKey) -> Result<(), Failure> {

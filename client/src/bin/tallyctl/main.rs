@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         (true, None, None, None) => Security::InsecurePlaintext,
         (true, ..) => return Err(usage("--insecure-plaintext and --ca/--cert/--key: choose one")),
         (false, Some(ca), Some(certificate), Some(key)) => {
-            Security::Tls(ClientTls::load(TlsFiles { ca, certificate, key, revocation_list: None })?)
+            Security::Tls(ClientTls::load(TlsFiles { ca, certificate, key, revocation_list: None, fallback: None })?)
         }
         (false, ..) => {
             return Err(usage(
