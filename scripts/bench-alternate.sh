@@ -8,6 +8,8 @@
 #
 # Prints one line per run (build, workload, ledger, transfers/s, p50, p99) and writes the
 # tally-bench JSON under .tally/bench-alternate. Memory is pretouched as in BENCHMARKS.md.
+# Both builds run the shipped configs, with TLS; builds from before TLS (issue 20) cannot read
+# them. With TALLY_INSECURE_PLAINTEXT=1 both run without TLS (builds that know insecure_plaintext).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +27,9 @@ mkdir -p "$OUT"
 run() {
   local name=$1 ledger=$2 label=$3; shift 3
   local file="$OUT/$name-$label-$ledger.json"
-  "$BENCH" "$@" --json "$file" >/dev/null
+  local certs="$ROOT/.tally/local/certs"
+  TALLY_CA=$certs/ca.pem TALLY_CERT=$certs/principal-1.pem TALLY_KEY=$certs/principal-1.key \
+    "$BENCH" "$@" --json "$file" >/dev/null
   python3 - "$name" "$label" "$ledger" "$file" <<'PY'
 import json, sys
 name, label, ledger, path = sys.argv[1:]

@@ -13,6 +13,8 @@
 # a certificate per replica, principal 1 (for tallyctl and the examples: TALLY_CA, TALLY_CERT,
 # TALLY_KEY) and principal 2 (monitoring, for /metrics). Every listener serves TLS 1.3.
 # TALLY_NODE_BINARY runs another tally-node build instead of building one (scripts/bench-alternate.sh).
+# TALLY_INSECURE_PLAINTEXT=1 runs the cluster without TLS (insecure_plaintext, for benchmarks that
+# compare; scripts/bench-security.sh): the same configs without [tls], in .tally/local/plaintext.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +44,11 @@ running_pid() {
 # the monitoring principal's fallback certificate (which /metrics needs; /ready and /health do not).
 http_get() {
   local port=$1 path=$2 response
+  if [[ ${TALLY_INSECURE_PLAINTEXT:-} == 1 ]]; then
+    response=$(curl --silent --max-time 2 --write-out '\n%{http_code}' "http://127.0.0.1:$port$path" 2>/dev/null) || return 1
+    echo "$(tail -n1 <<<"$response") $(sed '$d' <<<"$response" | tr '\n' ' ')"
+    return
+  fi
   response=$(curl --silent --max-time 2 --cacert "$CERTS/ca-ecdsa.pem" \
     --cert "$CERTS/principal-2-ecdsa.pem" --key "$CERTS/principal-2-ecdsa.key" \
     --write-out '\n%{http_code}' "https://127.0.0.1:$port$path" 2>/dev/null) || return 1
@@ -66,8 +73,24 @@ build() {
   (cd "$ROOT" && cargo build --release --locked -p tally-node -p tally-client --bin tally-node --bin tallyctl)
 }
 
+# The shipped configs without TLS, for TALLY_INSECURE_PLAINTEXT=1.
+plaintext_configs() {
+  local made="$STATE/plaintext" node
+  mkdir -p "$made"
+  for node in "${NODES[@]}"; do
+    { echo "insecure_plaintext = true"; sed -e '/^\[tls\]/,$d' -e '/^genesis_file/d' "$CONFIGS/node-$node.toml"; } \
+      >"$made/node-$node.toml"
+  done
+  CONFIGS=$made
+}
+
 # The cluster's genesis and certificates, made once with tallyctl (nothing is ever overwritten).
 make_certs() {
+  if [[ ${TALLY_INSECURE_PLAINTEXT:-} == 1 ]]; then
+    echo "INSECURE: TALLY_INSECURE_PLAINTEXT=1, the cluster runs without TLS"
+    plaintext_configs
+    return
+  fi
   [[ -f $CERTS/genesis.toml ]] && return
   [[ -x $TALLYCTL ]] || (cd "$ROOT" && cargo build --release --locked -p tally-client --bin tallyctl)
   command -v curl >/dev/null || die "curl is needed to probe the replicas' metrics endpoints"
@@ -193,6 +216,7 @@ case $command in
   restart)
     node=${2:-}; check_node "$node"
     [[ -x $BINARY ]] || build
+    make_certs
     start_node "$node"
     wait_ready "$node"
     ;;

@@ -504,7 +504,6 @@ mod tests {
             Err(Refusal::NotCertified { certified: 3, claimed: 2 }),
             "a hello must come from the replica the connection's certificate names"
         );
-        assert_eq!(one.check(&two.hello(1), None, Some(2)), Ok(()));
         assert_eq!(one.remembered(2), None);
         assert_eq!(one.stop_reason(), None);
     }

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::replica::{Leader, Replica, forwarded};
+use crate::replica::{FORWARDED, Leader, Replica, forwarded};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -319,6 +319,8 @@ impl Admin {
             Err(status) => return unreachable(status.message().to_owned()),
         };
         let mut request = Request::new(wire::NodeStatusRequest {});
+        // A replica calls the admin API only as a relay for the caller (`authorise.rs`).
+        request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         request.set_timeout(MEMBER_STATUS_TIMEOUT);
         match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.node_status(request)).await {
             Ok(Ok(response)) => response.into_inner(),

@@ -460,6 +460,7 @@ site = "a"
 listen_address = "127.0.0.1:7001"
 advertise_address = "127.0.0.1:7001"
 data_directory = "/tmp/tally-test-1"
+insecure_plaintext = true
 initial_members = [
   { id = 1, address = "127.0.0.1:7001", site = "a" },
   { id = 2, address = "127.0.0.1:7002", site = "b" },
@@ -500,6 +501,26 @@ initial_members = [
         assert!(parse(&nice).unwrap_err().contains("follower_nice must be 0..=19, not 20"));
         let negative = format!("{}\n[scheduling]\nfollower_nice = -1\n", minimal());
         assert!(parse(&negative).unwrap_err().contains("follower_nice"));
+    }
+
+    #[test]
+    fn a_replica_serves_tls_unless_plaintext_is_asked_for_by_name() {
+        let tls = "\n[tls]\nca_file = \"ca.pem\"\ncertificate_file = \"replica-1.pem\"\nkey_file = \"replica-1.key\"\n";
+        let neither = minimal().replace("insecure_plaintext = true\n", "");
+        assert!(parse(&neither).unwrap_err().contains("no [tls] section"), "{}", parse(&neither).unwrap_err());
+        let both = format!("{}{tls}", minimal());
+        assert!(parse(&both).unwrap_err().contains("tls and insecure_plaintext are both set"));
+        let without_genesis = format!("{neither}{tls}");
+        assert!(parse(&without_genesis).unwrap_err().contains("tls needs genesis_file"));
+        let secure = format!("genesis_file = \"genesis.toml\"\n{neither}{tls}");
+        let config = parse(&secure).unwrap();
+        let settings = config.tls.unwrap();
+        assert_eq!(settings.peer_key_exchange, tally_identity::tls::KeyExchange::X25519Mlkem768);
+        assert!(settings.files().fallback.is_none());
+        let pure = format!("{secure}peer_key_exchange = \"mlkem1024\"\n");
+        assert_eq!(parse(&pure).unwrap().tls.unwrap().peer_key_exchange, tally_identity::tls::KeyExchange::Mlkem1024);
+        let half_fallback = format!("{secure}fallback_ca_file = \"ca-ecdsa.pem\"\n");
+        assert!(parse(&half_fallback).unwrap_err().contains("go together"));
     }
 
     #[test]

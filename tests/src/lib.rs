@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use tally_client::{Security, TlsFiles};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tally_client::{Security, TlsFiles};
 use tally_identity::certs::{CertifiedKey, ClusterCa, FallbackCa, Identity, LEAF_VALIDITY_DEFAULT, Revoked, serial_of};
 use tally_identity::genesis::{Genesis, Operator};
 use tally_identity::tls::{Credentials, Current, GrpcConnector};
@@ -171,7 +171,8 @@ impl ClusterCerts {
         };
         let issued = self.ca.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a certificate");
         self.write(identity, &issued);
-        let fallback = self.fallback.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a fallback certificate");
+        let fallback =
+            self.fallback.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a fallback certificate");
         let stem = TlsFiles::in_directory(&self.dir, identity).certificate.with_extension("");
         std::fs::write(format!("{}-ecdsa.key", stem.display()), &fallback.private_key_pem).expect("a key file");
         std::fs::write(format!("{}-ecdsa.pem", stem.display()), &fallback.certificate_pem).expect("a certificate");
@@ -224,14 +225,13 @@ impl ClusterCerts {
         roots.add(CertificateDer::from_pem_file(&files.ca).expect("the CA")).expect("a root");
         let certificate = CertificateDer::from_pem_file(&files.certificate).expect("a certificate");
         let key = PrivateKeyDer::from_pem_file(&files.key).expect("a key");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![certificate], key)
-        .expect("a client configuration");
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![certificate], key)
+                .expect("a client configuration");
         config.alpn_protocols = vec![b"h2".to_vec()];
         let connector = GrpcConnector::new(Arc::new(Current::new(Arc::new(config))), self.ca.cluster());
         Channel::from_shared(format!("http://{address}"))
