@@ -46,7 +46,9 @@ async fn setup(client: &mut LedgerServiceClient<Channel>, accounts: u64) {
 #[tokio::main]
 async fn main() {
     let arguments = Arguments::parse();
-    let channel = Channel::from_shared(format!("http://{}", arguments.endpoint)).expect("an endpoint").connect_lazy();
+    // TLS from TALLY_CA, TALLY_CERT and TALLY_KEY, or TALLY_INSECURE_PLAINTEXT=1, as tally-bench.
+    let security = tally_client::Security::from_env().expect("a TLS identity (TALLY_CA, TALLY_CERT, TALLY_KEY)");
+    let channel = security.channel(&arguments.endpoint).expect("an endpoint");
     let mut client =
         LedgerServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     setup(&mut client, arguments.accounts).await;

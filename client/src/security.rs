@@ -23,7 +23,7 @@ pub const ENV_INSECURE_PLAINTEXT: &str = "TALLY_INSECURE_PLAINTEXT";
 #[derive(Clone, Debug)]
 pub enum Security {
     /// TLS 1.3, hybrid post-quantum key exchange, this principal's certificate.
-    Tls(ClientTls),
+    Tls(Box<ClientTls>),
     /// No TLS: only a development cluster started with `insecure_plaintext` accepts it.
     InsecurePlaintext,
 }
@@ -32,7 +32,7 @@ impl Security {
     /// TLS with the certificate and key of `principal` in a `tallyctl certs` folder.
     pub fn principal_in(dir: impl Into<PathBuf>, principal: u64) -> Result<Security, Error> {
         let files = TlsFiles::in_directory(&dir.into(), Identity::Principal(principal));
-        Ok(Security::Tls(ClientTls::load(files)?))
+        Ok(Security::Tls(Box::new(ClientTls::load(files)?)))
     }
 
     /// From the environment: `TALLY_CA`, `TALLY_CERT` and `TALLY_KEY` name the files, or
@@ -43,19 +43,24 @@ impl Security {
             return Ok(Security::InsecurePlaintext);
         }
         match (variable(ENV_CA), variable(ENV_CERTIFICATE), variable(ENV_KEY)) {
-            (Some(ca), Some(certificate), Some(key)) => Ok(Security::Tls(ClientTls::load(TlsFiles {
-                ca,
-                certificate,
-                key,
-                revocation_list: None,
-                fallback: None,
-            })?)),
+            (Some(ca), Some(certificate), Some(key)) => {
+                let files = TlsFiles { ca, certificate, key, revocation_list: None, fallback: None };
+                Ok(Security::Tls(Box::new(ClientTls::load(files)?)))
+            }
             _ => Err(Error::Usage(format!(
                 "no TLS identity: set {ENV_CA}, {ENV_CERTIFICATE} and {ENV_KEY} to the CA's certificate and a \
                  principal's certificate and key (tallyctl certs issue principal), or {ENV_INSECURE_PLAINTEXT}=1 \
                  for a development cluster without TLS"
             ))),
         }
+    }
+}
+
+impl Security {
+    /// A tonic channel to one replica at `address` (`host:port`), for calling the generated gRPC
+    /// clients directly rather than through a [`crate::Client`].
+    pub fn channel(&self, address: &str) -> Result<tonic::transport::Channel, Error> {
+        crate::transport::channel(address, self)
     }
 }
 

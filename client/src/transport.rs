@@ -76,7 +76,7 @@ pub(crate) struct Transport {
     security: Security,
 }
 
-fn channel(address: &str, security: &Security) -> Result<Channel, Error> {
+pub(crate) fn channel(address: &str, security: &Security) -> Result<Channel, Error> {
     let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
     let endpoint = TonicEndpoint::from_shared(uri)
         .map_err(|error| Error::Usage(format!("endpoint {address:?} is not a valid address: {error}")))?

@@ -66,6 +66,7 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
+    #[allow(clippy::too_many_arguments, reason = "each is a part of the replica, made once by server::run")]
     pub fn new(
         node_id: u64,
         raft: Raft<TypeConfig>,

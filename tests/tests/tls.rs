@@ -150,7 +150,7 @@ async fn every_listener_refuses_what_its_certificate_does_not_allow() {
     stream.write_all(&[0; 16]).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    assert!(matches!(read, Ok(_)), "the replica closes the connection");
+    assert!(read.is_ok(), "the replica closes the connection within 5 s");
     assert!(answer.is_empty(), "no peer protocol answer to a principal: {answer:?}");
     let (status, metrics) = metrics_get(&cluster, follower, "/metrics", Some(MONITORING_PRINCIPAL)).await;
     assert_eq!(status, 200);

@@ -132,9 +132,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let security = match (cli.insecure_plaintext, cli.ca, cli.cert, cli.key) {
         (true, None, None, None) => Security::InsecurePlaintext,
         (true, ..) => return Err(usage("--insecure-plaintext and --ca/--cert/--key: choose one")),
-        (false, Some(ca), Some(certificate), Some(key)) => {
-            Security::Tls(ClientTls::load(TlsFiles { ca, certificate, key, revocation_list: None, fallback: None })?)
-        }
+        (false, Some(ca), Some(certificate), Some(key)) => Security::Tls(Box::new(ClientTls::load(TlsFiles {
+            ca,
+            certificate,
+            key,
+            revocation_list: None,
+            fallback: None,
+        })?)),
         (false, ..) => {
             return Err(usage(
                 "the cluster serves TLS: give --ca, --cert and --key (or TALLY_CA, TALLY_CERT, TALLY_KEY) for a \
