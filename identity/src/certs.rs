@@ -449,24 +449,38 @@ impl ClusterCa {
     /// The CA's revocation list, number `number` (each new list takes a higher one), naming
     /// `revoked`: PEM, for `ca.crl`.
     pub fn revocation_list(&self, number: u64, revoked: &[Revoked]) -> Result<String, CertError> {
-        let now = time::OffsetDateTime::now_utc();
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::minutes(1),
-            next_update: now + REVOCATION_LIST_VALIDITY,
-            crl_number: rcgen::SerialNumber::from(number),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|revoked| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(&revoked.serial),
-                    revocation_time: revoked.revoked_at,
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        };
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        params.signed_by(&issuer).and_then(|list| list.pem()).map_err(issue_error)
+        revocation_list(&Issuer::from_params(&self.params, &self.key), number, revoked)
     }
+}
+
+impl FallbackCa {
+    /// The fallback CA's revocation list (`ca-ecdsa.crl`), as [`ClusterCa::revocation_list`].
+    pub fn revocation_list(&self, number: u64, revoked: &[Revoked]) -> Result<String, CertError> {
+        revocation_list(&Issuer::from_params(&self.params, &self.key), number, revoked)
+    }
+}
+
+fn revocation_list(
+    issuer: &Issuer<'_, impl SigningKey>,
+    number: u64,
+    revoked: &[Revoked],
+) -> Result<String, CertError> {
+    let now = time::OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + REVOCATION_LIST_VALIDITY,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|revoked| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&revoked.serial),
+                revocation_time: revoked.revoked_at,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(issuer).and_then(|list| list.pem()).map_err(issue_error)
 }

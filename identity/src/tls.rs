@@ -114,6 +114,9 @@ pub struct FallbackFiles {
     pub ca: PathBuf,
     pub certificate: PathBuf,
     pub key: PathBuf,
+    /// The fallback CA's revocation list. Without it, while the main CA has one, fallback
+    /// client certificates are refused: their revocation could not be checked.
+    pub revocation_list: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -124,10 +127,12 @@ impl TlsFiles {
             Identity::Principal(id) => format!("principal-{id}"),
         };
         let revocation_list = dir.join(REVOCATION_LIST_FILE);
+        let fallback_list = dir.join(FALLBACK_REVOCATION_LIST_FILE);
         let fallback = FallbackFiles {
             ca: dir.join(FALLBACK_CA_FILE),
             certificate: dir.join(format!("{stem}-ecdsa.pem")),
             key: dir.join(format!("{stem}-ecdsa.key")),
+            revocation_list: fallback_list.exists().then_some(fallback_list),
         };
         TlsFiles {
             ca: dir.join("ca.pem"),
@@ -149,6 +154,7 @@ impl TlsFiles {
             fallback.map(|files| &files.ca),
             fallback.map(|files| &files.certificate),
             fallback.map(|files| &files.key),
+            fallback.and_then(|files| files.revocation_list.as_ref()),
         ];
         paths
             .into_iter()
@@ -161,6 +167,8 @@ impl TlsFiles {
 pub const REVOCATION_LIST_FILE: &str = "ca.crl";
 /// The name of the fallback (ECDSA P-256) CA's certificate in a certificates folder.
 pub const FALLBACK_CA_FILE: &str = "ca-ecdsa.pem";
+/// The name of the fallback CA's revocation list in a certificates folder.
+pub const FALLBACK_REVOCATION_LIST_FILE: &str = "ca-ecdsa.crl";
 
 /// The TLS material of one side, checked: a certificate of this cluster's CA naming one identity,
 /// its key, the CA, and the revoked certificates.
@@ -309,6 +317,12 @@ impl Credentials {
             .map_err(|error| invalid(&files.key, error))?;
         let certified = rustls::sign::CertifiedKey::new(vec![certificate], key_pair);
         certified.keys_match().map_err(|error| invalid(&files.key, format!("not the certificate's key: {error}")))?;
+        if let Some(path) = &files.revocation_list {
+            self.revocation_lists.push(
+                CertificateRevocationListDer::from_pem_slice(&read(path)?)
+                    .map_err(|error| invalid(path, format!("not a PEM revocation list: {error}")))?,
+            );
+        }
         self.fallback = Some(Fallback { ca, certified: Arc::new(certified) });
         Ok(self)
     }

@@ -86,6 +86,11 @@ pub struct TlsSettings {
     pub fallback_certificate_file: Option<PathBuf>,
     #[serde(default)]
     pub fallback_key_file: Option<PathBuf>,
+    /// The fallback CA's revocation list (`ca-ecdsa.crl`, written by `tallyctl certs revoke` with
+    /// `ca.crl`). Set it whenever `revocation_list_file` is set: without it, fallback client
+    /// certificates are refused, since their revocation cannot be checked.
+    #[serde(default)]
+    pub fallback_revocation_list_file: Option<PathBuf>,
     /// The key exchange replicas use with each other: `x25519-mlkem768` (hybrid, the default) or
     /// `mlkem1024` (pure ML-KEM-1024). Clients may use any group the listener accepts.
     #[serde(default)]
@@ -115,6 +120,7 @@ impl TlsSettings {
                     ca: ca.clone(),
                     certificate: certificate.clone(),
                     key: key.clone(),
+                    revocation_list: self.fallback_revocation_list_file.clone(),
                 }),
                 _ => None,
             },

@@ -174,16 +174,18 @@ impl ClusterCerts {
         let fallback =
             self.fallback.issue(identity, &addresses, LEAF_VALIDITY_DEFAULT).expect("a fallback certificate");
         let stem = TlsFiles::in_directory(&self.dir, identity).certificate.with_extension("");
-        std::fs::write(format!("{}-ecdsa.key", stem.display()), &fallback.private_key_pem).expect("a key file");
-        std::fs::write(format!("{}-ecdsa.pem", stem.display()), &fallback.certificate_pem).expect("a certificate");
+        replace(Path::new(&format!("{}-ecdsa.key", stem.display())), &fallback.private_key_pem);
+        replace(Path::new(&format!("{}-ecdsa.pem", stem.display())), &fallback.certificate_pem);
         issued
     }
 
-    /// Writes `identity`'s certificate and key files.
+    /// Writes `identity`'s certificate and key files, each replaced in one rename (the key
+    /// first), as `tallyctl certs rotate` does: a replica that reloads in between refuses the
+    /// mismatched pair and keeps its old one until the next check.
     pub fn write(&self, identity: Identity, issued: &CertifiedKey) {
         let files = TlsFiles::in_directory(&self.dir, identity);
-        std::fs::write(&files.key, &issued.private_key_pem).expect("a key file");
-        std::fs::write(&files.certificate, &issued.certificate_pem).expect("a certificate file");
+        replace(&files.key, &issued.private_key_pem);
+        replace(&files.certificate, &issued.certificate_pem);
     }
 
     pub fn genesis_file(&self) -> PathBuf {
@@ -259,7 +261,7 @@ impl ClusterCerts {
         format!(
             "[tls]\nca_file = \"{ca}\"\ncertificate_file = \"{certificate}\"\nkey_file = \"{key}\"\n\
              revocation_list_file = \"{crl}\"\nfallback_ca_file = \"{fallback_ca}\"\nfallback_certificate_file = \"{fallback_certificate}\"\n\
-             fallback_key_file = \"{fallback_key}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
+             fallback_key_file = \"{fallback_key}\"\nfallback_revocation_list_file = \"{fallback_crl}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
             ca = files.ca.display(),
             certificate = files.certificate.display(),
             key = files.key.display(),
@@ -267,6 +269,7 @@ impl ClusterCerts {
             fallback_ca = fallback.ca.display(),
             fallback_certificate = fallback.certificate.display(),
             fallback_key = fallback.key.display(),
+            fallback_crl = self.dir.join(tally_identity::tls::FALLBACK_REVOCATION_LIST_FILE).display(),
         )
     }
 
@@ -275,20 +278,28 @@ impl ClusterCerts {
         self.dir.join(tally_identity::tls::REVOCATION_LIST_FILE)
     }
 
-    /// Revokes `certificates` (replacing the list); replicas refuse them once they reload.
+    /// Revokes `certificates` and their fallback certificates (replacing both lists, as
+    /// `tallyctl certs revoke` does); replicas refuse them once they reload.
     pub fn revoke(&self, certificates: &[&CertifiedKey]) {
-        let revoked: Vec<Revoked> = certificates
+        let revoked_at = time::OffsetDateTime::now_utc();
+        let entry = |certificate: &CertificateDer<'_>| Revoked {
+            serial: serial_of(certificate).expect("a serial"),
+            revoked_at,
+        };
+        let revoked: Vec<Revoked> = certificates.iter().map(|certified| entry(&certified.certificate)).collect();
+        let fallback: Vec<Revoked> = certificates
             .iter()
-            .map(|certified| Revoked {
-                serial: serial_of(&certified.certificate).expect("a serial"),
-                revoked_at: time::OffsetDateTime::now_utc(),
+            .map(|certified| {
+                let identity =
+                    Identity::of_certificate(&certified.certificate, &self.ca.cluster()).expect("an identity");
+                let files = TlsFiles::in_directory(&self.dir, identity).fallback.expect("a fallback certificate");
+                entry(&CertificateDer::from_pem_file(&files.certificate).expect("the fallback certificate"))
             })
             .collect();
         let number = fastrand::u64(1..u64::MAX / 2);
-        let list = self.ca.revocation_list(number, &revoked).expect("a revocation list");
-        let staged = self.dir.join("ca.crl.staged");
-        std::fs::write(&staged, list).expect("a revocation list file");
-        std::fs::rename(staged, self.revocation_list_file()).expect("the list replaced");
+        replace(&self.revocation_list_file(), &self.ca.revocation_list(number, &revoked).expect("a revocation list"));
+        let list = self.fallback.revocation_list(number, &fallback).expect("a fallback revocation list");
+        replace(&self.dir.join(tally_identity::tls::FALLBACK_REVOCATION_LIST_FILE), &list);
     }
 }
 
@@ -299,6 +310,13 @@ pub struct Target {
     pub endpoints: String,
     /// The TLS variables (`TALLY_CA`, `TALLY_CERT`, `TALLY_KEY`).
     pub environment: Vec<(&'static str, String)>,
+}
+
+/// Replaces `file` with `text` in one rename.
+fn replace(file: &Path, text: &str) {
+    let staged = PathBuf::from(format!("{}.staged", file.display()));
+    std::fs::write(&staged, text).expect("a staged file");
+    std::fs::rename(&staged, file).expect("the file replaced");
 }
 
 /// Replicas of one cluster, as processes.

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tally_identity::ClusterId;
 use tally_identity::certs::Identity;
 use tally_tests::tallyctl_binary;
+use x509_parser::prelude::FromDer;
 
 fn tallyctl(arguments: &[&str]) -> (i32, String, String) {
     let output = Command::new(tallyctl_binary()).args(["--output", "json"]).args(arguments).output().unwrap();
@@ -210,4 +211,63 @@ fn genesis_init_names_the_cluster_and_its_operators_and_show_gives_the_same_fing
     assert_eq!(code, 2);
     assert!(stderr.contains("operator 9's key is ML-DSA-65; operators sign with ML-DSA-87"), "{stderr}");
     assert!(!dir.path().join("other.toml").exists(), "a refused genesis writes nothing");
+}
+
+#[test]
+fn revoke_lists_a_certificate_and_its_fallback_and_rotate_replaces_a_pair_keeping_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    assert_eq!(tallyctl(&["certs", "init", "--dir", certs_arg]).0, 0);
+    assert_eq!(tallyctl(&["certs", "issue", "--dir", certs_arg, "principal", "6"]).0, 0);
+    assert_eq!(tallyctl(&["certs", "issue", "--dir", certs_arg, "principal", "7"]).0, 0);
+    let cluster = Identity::cluster_of_certificate(&certificate(&certs.join("principal-6.pem"))).unwrap();
+
+    let files = tally_identity::tls::TlsFiles::in_directory(&certs, Identity::Principal(6));
+    let credentials = tally_identity::tls::Credentials::load(&files, Some(&cluster));
+    assert!(credentials.is_ok(), "principal 6 loads before it is revoked: {credentials:?}");
+
+    let revoked_file = certs.join("principal-6.pem");
+    let (code, stdout, stderr) = tallyctl(&["certs", "revoke", "--dir", certs_arg, revoked_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "the ML-DSA certificate and its ECDSA fallback: {rows:?}");
+    assert!(rows.iter().all(|row| row["revoked"] == "principal 6" && row["entries"] == 1), "{rows:?}");
+    // Each list names the serial of its own CA's certificate.
+    for (list, certificate_file) in [("ca.crl", "principal-6.pem"), ("ca-ecdsa.crl", "principal-6-ecdsa.pem")] {
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_file(certs.join(list)).unwrap();
+        let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        let serials: Vec<Vec<u8>> =
+            parsed.iter_revoked_certificates().map(|entry| entry.raw_serial().to_vec()).collect();
+        let serial = tally_identity::certs::serial_of(&certificate(&certs.join(certificate_file))).unwrap();
+        assert_eq!(serials, vec![serial], "{list}");
+    }
+    let (code, _, stderr) = tallyctl(&["certs", "revoke", "--dir", certs_arg, revoked_file.to_str().unwrap()]);
+    assert_eq!(code, 2, "a second revocation is refused");
+    assert!(stderr.contains("already revoked"), "{stderr}");
+    // A second certificate joins the list; the first stays.
+    let (code, stdout, _) =
+        tallyctl(&["certs", "revoke", "--dir", certs_arg, certs.join("principal-7.pem").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(rows.as_array().unwrap().iter().all(|row| row["entries"] == 2), "{rows}");
+
+    let before = std::fs::read_to_string(certs.join("principal-6.pem")).unwrap();
+    let (code, _, stderr) = tallyctl(&["certs", "rotate", "--dir", certs_arg, "principal", "6"]);
+    assert_eq!(code, 0, "{stderr}");
+    let after = std::fs::read_to_string(certs.join("principal-6.pem")).unwrap();
+    assert_ne!(before, after, "a new certificate");
+    let kept: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("principal-6.pem.") && name.ends_with(".old"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the old certificate is kept: {kept:?}");
+    let files = tally_identity::tls::TlsFiles::in_directory(&certs, Identity::Principal(6));
+    let rotated = tally_identity::tls::Credentials::load(&files, Some(&cluster)).unwrap();
+    assert_eq!(rotated.identity(), Identity::Principal(6), "the new key matches the new certificate");
+    let (code, _, stderr) = tallyctl(&["certs", "rotate", "--dir", certs_arg, "principal", "8"]);
+    assert_eq!(code, 2, "rotating what was never issued is refused");
+    assert!(stderr.contains("issue it first"), "{stderr}");
 }

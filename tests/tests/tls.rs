@@ -159,9 +159,11 @@ async fn every_listener_refuses_what_its_certificate_does_not_allow() {
         "the refusal is counted"
     );
 
-    // A revoked certificate is refused once the replicas reload the revocation list.
+    // A revoked certificate is refused once the replicas reload the revocation list, and so is
+    // its ECDSA fallback certificate.
     let revoked = certs.issue(Identity::Principal(6));
     node_status(certs.channel(&address, 6)).await.expect("principal 6 works before it is revoked");
+    node_status(fallback_channel(certs, &address, 6)).await.expect("and with its fallback certificate");
     certs.revoke(&[&revoked]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -174,7 +176,10 @@ async fn every_listener_refuses_what_its_certificate_does_not_allow() {
             }
         }
     }
+    let refused = node_status(fallback_channel(certs, &address, 6)).await.unwrap_err();
+    assert_refused_in_transport(&refused);
     node_status(certs.channel(&address, TEST_PRINCIPAL)).await.expect("other principals go on");
+    node_status(fallback_channel(certs, &address, TEST_PRINCIPAL)).await.expect("and their fallback certificates");
 
     // /metrics needs the monitoring principal; /ready answers anyone, with its status alone.
     assert_eq!(metrics_get(&cluster, follower, "/metrics", None).await.0, 401);
@@ -206,15 +211,7 @@ async fn hybrid_key_exchange_is_negotiated_and_clients_without_ml_dsa_get_the_fa
 
     // A client whose TLS offers no ML-DSA signature scheme (as OpenSSL 3.0) gets the replica's
     // ECDSA P-256 chain from the fallback CA, naming the same replica.
-    let mut provider = aws_lc_rs::default_provider();
-    let mapping: Vec<_> = provider
-        .signature_verification_algorithms
-        .mapping
-        .iter()
-        .filter(|(scheme, _)| !format!("{scheme:?}").starts_with("ML_DSA"))
-        .copied()
-        .collect();
-    provider.signature_verification_algorithms.mapping = Box::leak(mapping.into_boxed_slice());
+    let provider = without_ml_dsa();
     let fallback_files = files.fallback.clone().expect("certificates come with a fallback chain");
     let classical = client_config(provider, &fallback_files.ca, &files);
     let stream = connect_tls(host, port, classical).await.expect("a client without ML-DSA connects");
@@ -242,4 +239,105 @@ fn client_config(
             .with_client_auth_cert(vec![certificate], key)
             .unwrap(),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_a_live_cluster_under_load_and_no_acknowledged_transfer_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tally_client::{Client, NewTransfer, Security};
+
+    let _turn = serialised().await;
+    let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    tally_tests::create_ledger_and_accounts(&cluster, leader, 2).await;
+    let security = cluster.security();
+    let Security::Tls(tls) = &security else { panic!("the cluster serves TLS") };
+    let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
+    let client = Client::connect(&endpoints, security.clone()).await.unwrap().with_deadline(Duration::from_secs(20));
+
+    // Sixteen callers write single transfers until told to stop, keeping what was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for caller in 0..16u128 {
+        let (client, stop) = (client.clone(), Arc::clone(&stop));
+        callers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut sequence = 0u128;
+            while !stop.load(Ordering::Relaxed) {
+                let id = (caller + 1) << 64 | sequence;
+                sequence += 1;
+                let transfer = NewTransfer::new(id, 1, 2, rust_decimal::Decimal::new(1, 2), 1, 1);
+                let code = client.create_transfer(transfer).await.expect("a write under rotation is answered");
+                assert!(code.is_success(), "transfer {id}: {}", code.description());
+                acknowledged.push(id);
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Every replica's certificate and the client's are replaced, with the load running.
+    let certs = cluster.certs();
+    let before: Vec<usize> =
+        cluster.ids().iter().map(|id| cluster.log(*id).matches("TLS files reloaded").count()).collect();
+    for id in cluster.ids() {
+        certs.issue(Identity::Replica(id));
+    }
+    certs.issue(Identity::Principal(TEST_PRINCIPAL));
+    tls.reload().expect("the client takes its new certificate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for (index, id) in cluster.ids().into_iter().enumerate() {
+        while cluster.log(id).matches("TLS files reloaded").count() <= before[index] {
+            assert!(tokio::time::Instant::now() < deadline, "replica {id} did not reload:\n{}", cluster.log_tail(id));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for caller in callers {
+        acknowledged.extend(caller.await.unwrap());
+    }
+    assert!(acknowledged.len() > 100, "the load ran: {} transfers", acknowledged.len());
+
+    // New connections, from a new client and between replicas, use the new certificates; every
+    // acknowledged transfer is there.
+    let fresh = Client::connect(&endpoints, cluster.security()).await.unwrap().with_deadline(Duration::from_secs(20));
+    for chunk in acknowledged.chunks(1_000) {
+        let found = fresh.lookup_transfers(chunk).await.unwrap();
+        let missing: Vec<u128> =
+            chunk.iter().zip(&found).filter(|(_, found)| found.is_none()).map(|(id, _)| *id).collect();
+        assert!(missing.is_empty(), "acknowledged transfers missing: {missing:?}");
+    }
+    let status = fresh.cluster_status().await.unwrap();
+    assert!(status.nodes.iter().all(|node| node.reachable), "replicas reach each other with the new certificates");
+}
+
+/// A gRPC channel as a client whose TLS has no ML-DSA (as OpenSSL 3.0): it trusts the fallback CA
+/// and presents `principal`'s ECDSA fallback certificate.
+fn fallback_channel(certs: &ClusterCerts, address: &str, principal: u64) -> Channel {
+    let files = TlsFiles::in_directory(&certs.dir, Identity::Principal(principal));
+    let fallback = files.fallback.clone().expect("a fallback certificate");
+    let fallback_files = TlsFiles { certificate: fallback.certificate, key: fallback.key, ..files };
+    let mut config = (*client_config(without_ml_dsa(), &fallback.ca, &fallback_files)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tally_identity::tls::GrpcConnector::new(
+        Arc::new(tally_identity::tls::Current::new(Arc::new(config))),
+        certs.ca.cluster(),
+    );
+    Channel::from_shared(format!("http://{address}")).unwrap().connect_with_connector_lazy(connector)
+}
+
+/// aws-lc-rs' provider offering no ML-DSA signature scheme.
+fn without_ml_dsa() -> rustls::crypto::CryptoProvider {
+    let mut provider = aws_lc_rs::default_provider();
+    let mapping: Vec<_> = provider
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .filter(|(scheme, _)| !format!("{scheme:?}").starts_with("ML_DSA"))
+        .copied()
+        .collect();
+    provider.signature_verification_algorithms.mapping = Box::leak(mapping.into_boxed_slice());
+    provider
 }

@@ -20,7 +20,7 @@ use serde_json::json;
 use tally_identity::ClusterId;
 use tally_identity::certs::FallbackCa;
 use tally_identity::certs::{CA_VALIDITY_DEFAULT, CertifiedKey, ClusterCa, Identity, Revoked, serial_of};
-use tally_identity::tls::{FALLBACK_CA_FILE, REVOCATION_LIST_FILE};
+use tally_identity::tls::{FALLBACK_CA_FILE, FALLBACK_REVOCATION_LIST_FILE, REVOCATION_LIST_FILE};
 
 /// The fallback CA's key, beside its certificate.
 const FALLBACK_CA_KEY_FILE: &str = "ca-ecdsa.key";
@@ -233,45 +233,81 @@ fn paths(files: &[PathBuf]) -> Vec<String> {
     files.iter().map(|file| path(file)).collect()
 }
 
-/// Adds `certificate` to the revocation list in `dir`, keeping what it named before, under the
-/// next list number.
+/// Adds `certificate` to the CA's revocation list in `dir`, and its fallback sibling
+/// (`<name>-ecdsa.pem`, when there is one) to the fallback CA's, keeping what each named before,
+/// under the next list number.
 fn revoke(printer: &Printer, dir: &Path, certificate: &Path) -> Result<(), Failure> {
     let ca = load_ca(dir)?;
+    let (identity, serial) = read_for_revocation(certificate, &ca.cluster())?;
+    let list_file = dir.join(REVOCATION_LIST_FILE);
+    let entries =
+        add_to_list(&list_file, &serial, |number, revoked| ca.revocation_list(number, revoked)).map_err(|failure| {
+            Failure { message: format!("{} ({identity}): {}", certificate.display(), failure.message), ..failure }
+        })?;
+    let mut rows = vec![(identity.to_string(), hex(&serial), path(&list_file), entries)];
+    let sibling = PathBuf::from(certificate.display().to_string().trim_end_matches(".pem").to_owned() + "-ecdsa.pem");
+    if let (Some(fallback), true) = (load_fallback_ca(dir, ca.cluster())?, sibling.exists()) {
+        let (sibling_identity, sibling_serial) = read_for_revocation(&sibling, &ca.cluster())?;
+        if sibling_identity != identity {
+            return Err(usage(format!("{} names {sibling_identity}, not {identity}", sibling.display())));
+        }
+        let fallback_list = dir.join(FALLBACK_REVOCATION_LIST_FILE);
+        let entries =
+            add_to_list(&fallback_list, &sibling_serial, |number, revoked| fallback.revocation_list(number, revoked))?;
+        rows.push((identity.to_string(), hex(&sibling_serial), path(&fallback_list), entries));
+    }
+    let json_rows: Vec<_> = rows
+        .iter()
+        .map(|(subject, serial, list, entries)| json!({ "revoked": subject, "serial": serial, "revocation_list": list, "entries": entries }))
+        .collect();
+    printer.print(json!(json_rows), || {
+        render::table(
+            &["REVOKED", "SERIAL", "REVOCATION LIST", "ENTRIES"],
+            rows.iter()
+                .map(|(subject, serial, list, entries)| {
+                    vec![subject.clone(), serial.clone(), list.clone(), entries.to_string()]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The identity a certificate file names and its serial number.
+fn read_for_revocation(certificate: &Path, cluster: &ClusterId) -> Result<(Identity, Vec<u8>), Failure> {
     let text =
         fs::read(certificate).map_err(|error| usage(format!("cannot read {}: {error}", certificate.display())))?;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(&text)
         .map_err(|error| usage(format!("{}: not a PEM certificate: {error}", certificate.display())))?;
-    let identity = Identity::of_certificate(&der, &ca.cluster())
+    let identity = Identity::of_certificate(&der, cluster)
         .map_err(|error| usage(format!("{}: {error}", certificate.display())))?;
     let serial = serial_of(&der).map_err(|error| usage(error.to_string()))?;
-    let list_file = dir.join(REVOCATION_LIST_FILE);
-    let (number, mut revoked) = match fs::read(&list_file) {
-        Ok(bytes) => read_revocation_list(&list_file, &bytes)?,
+    Ok((identity, serial))
+}
+
+/// Rewrites `list_file` (in one rename) with `serial` added under the next number; returns how
+/// many certificates it names.
+fn add_to_list(
+    list_file: &Path,
+    serial: &[u8],
+    sign: impl Fn(u64, &[Revoked]) -> Result<String, tally_identity::certs::CertError>,
+) -> Result<usize, Failure> {
+    let (number, mut revoked) = match fs::read(list_file) {
+        Ok(bytes) => read_revocation_list(list_file, &bytes)?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => (0, Vec::new()),
         Err(error) => return Err(failed(format!("cannot read {}: {error}", list_file.display()))),
     };
     if revoked.iter().any(|entry| entry.serial == serial) {
-        return Err(usage(format!(
-            "{} ({identity}) is already revoked in {}",
-            certificate.display(),
-            list_file.display()
-        )));
+        return Err(usage(format!("already revoked in {}", list_file.display())));
     }
-    revoked.push(Revoked { serial: serial.clone(), revoked_at: time::OffsetDateTime::now_utc() });
-    let list = ca.revocation_list(number + 1, &revoked).map_err(|error| failed(error.to_string()))?;
-    replace_atomically(&list_file, list.as_bytes(), false)?;
-    let serial_hex: String = serial.iter().map(|byte| format!("{byte:02x}")).collect();
-    let subject = identity.to_string();
-    printer.print(
-        json!({ "revoked": subject, "serial": serial_hex, "revocation_list": path(&list_file), "entries": revoked.len() }),
-        || {
-            render::table(
-                &["REVOKED", "SERIAL", "REVOCATION LIST", "ENTRIES"],
-                vec![vec![subject.clone(), serial_hex.clone(), path(&list_file), revoked.len().to_string()]],
-            )
-        },
-    );
-    Ok(())
+    revoked.push(Revoked { serial: serial.to_vec(), revoked_at: time::OffsetDateTime::now_utc() });
+    let list = sign(number + 1, &revoked).map_err(|error| failed(error.to_string()))?;
+    replace_atomically(list_file, list.as_bytes(), false)?;
+    Ok(revoked.len())
 }
 
 /// The number and entries of an existing revocation list.
