@@ -16,7 +16,8 @@
 //!
 //! Metrics: `tally_connections_refused_total` by kind (`opening`, `peer`, `client`,
 //! `peer_identity`), `tally_connections_silent_total` (closed or silent before saying what they
-//! are), and `tally_tls_handshakes_failed_total` by `reason`.
+//! are), `tally_tls_handshakes_total` by the key exchange `group` negotiated, and
+//! `tally_tls_handshakes_failed_total` by `reason`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -190,6 +191,17 @@ async fn secure(stream: TcpStream, remote: SocketAddr, tls: Option<&ReplicaTls>)
         Ok(Err(error)) => return failed(handshake_failure(&error), error.to_string()),
         Err(_) => return failed("timeout", format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
     };
+    let group = match stream.get_ref().1.negotiated_key_exchange_group().map(|group| group.name()) {
+        Some(rustls::NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
+        Some(rustls::NamedGroup::MLKEM1024) => "MLKEM1024",
+        Some(rustls::NamedGroup::MLKEM768) => "MLKEM768",
+        Some(rustls::NamedGroup::X25519) => "X25519",
+        Some(rustls::NamedGroup::secp256r1) => "secp256r1",
+        Some(rustls::NamedGroup::secp384r1) => "secp384r1",
+        _ => "other",
+    };
+    // Which key exchange clients and peers use: how many still connect without post-quantum.
+    metrics::counter!("tally_tls_handshakes_total", "group" => group).increment(1);
     match Identity::of_certificate_in(stream.get_ref().1, &tls.cluster()) {
         Ok(identity) => Some((Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))), Some(identity))),
         Err(error) => failed("no_identity", error.to_string()),

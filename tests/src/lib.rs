@@ -97,6 +97,8 @@ pub struct Settings {
     pub follower_nice: u8,
     /// `memory.pretouch_bytes`.
     pub pretouch_bytes: usize,
+    /// `tls.peer_key_exchange`.
+    pub peer_key_exchange: &'static str,
 }
 
 impl Default for Settings {
@@ -107,6 +109,7 @@ impl Default for Settings {
             request_timeout_ms: 5_000,
             follower_nice: 0,
             pretouch_bytes: 0,
+            peer_key_exchange: "x25519-mlkem768",
         }
     }
 }
@@ -255,13 +258,13 @@ impl ClusterCerts {
     }
 
     /// The `[tls]` section of replica `id`'s configuration.
-    fn config_section(&self, id: u64) -> String {
+    fn config_section(&self, id: u64, peer_key_exchange: &str) -> String {
         let files = TlsFiles::in_directory(&self.dir, Identity::Replica(id));
         let fallback = files.fallback.clone().expect("every replica has a fallback chain");
         format!(
             "[tls]\nca_file = \"{ca}\"\ncertificate_file = \"{certificate}\"\nkey_file = \"{key}\"\n\
              revocation_list_file = \"{crl}\"\nfallback_ca_file = \"{fallback_ca}\"\nfallback_certificate_file = \"{fallback_certificate}\"\n\
-             fallback_key_file = \"{fallback_key}\"\nfallback_revocation_list_file = \"{fallback_crl}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
+             fallback_key_file = \"{fallback_key}\"\nfallback_revocation_list_file = \"{fallback_crl}\"\npeer_key_exchange = \"{peer_key_exchange}\"\nmonitoring_principals = [{MONITORING_PRINCIPAL}]\nreload_check_interval_ms = 500\n",
             ca = files.ca.display(),
             certificate = files.certificate.display(),
             key = files.key.display(),
@@ -396,7 +399,7 @@ impl LocalCluster {
             timeout = self.settings.request_timeout_ms,
             nice = self.settings.follower_nice,
             pretouch = self.settings.pretouch_bytes,
-            tls = self.certs.config_section(id),
+            tls = self.certs.config_section(id, self.settings.peer_key_exchange),
             genesis = self.certs.genesis_file().display(),
         );
         std::fs::write(&replica.config_path, config).expect("the config is written");

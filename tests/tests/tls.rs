@@ -341,3 +341,50 @@ fn without_ml_dsa() -> rustls::crypto::CryptoProvider {
     provider.signature_verification_algorithms.mapping = Box::leak(mapping.into_boxed_slice());
     provider
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_restricted_to_pure_ml_kem_1024_replicate_and_refuse_a_peer_on_the_hybrid() {
+    let _turn = serialised().await;
+    let settings = Settings { peer_key_exchange: "mlkem1024", ..Settings::default() };
+    let cluster = LocalCluster::start(&["a", "b", "c"], settings);
+    let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
+    tally_tests::create_ledger_and_accounts(&cluster, leader, 2).await;
+    tally_tests::write_one_by_one(&cluster, leader, 1, 20).await;
+    cluster.wait_converged(&cluster.ids(), Duration::from_secs(30)).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let (_, metrics) = metrics_get(&cluster, follower, "/metrics", Some(MONITORING_PRINCIPAL)).await;
+    let count = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("tally_tls_handshakes_total{group=\"MLKEM1024\"}") >= 1.0, "peers use ML-KEM-1024:\n{metrics}");
+
+    // Replica 1's own certificate, but the hybrid key exchange: the peer protocol is refused.
+    let certs = cluster.certs();
+    let files = TlsFiles::in_directory(&certs.dir, Identity::Replica(leader));
+    let config = Credentials::load(&files, None).unwrap().peer_client_config(Default::default()).unwrap();
+    let refused_before = count("tally_connections_refused_total{kind=\"peer_identity\"}");
+    let address = cluster.address(follower);
+    let (host, port) = tally_identity::tls::split_address(&address).unwrap();
+    let mut stream = connect_tls(host, port, config).await.expect("the TLS handshake itself succeeds");
+    assert_eq!(
+        stream.get_ref().1.negotiated_key_exchange_group().map(|group| group.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+    stream.write_all(&tally_consensus::network::PEER_PROTOCOL_MAGIC).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok() && answer.is_empty(), "the replica closes the connection unanswered: {answer:?}");
+    let (_, metrics) = metrics_get(&cluster, follower, "/metrics", Some(MONITORING_PRINCIPAL)).await;
+    let refused_after = metrics
+        .lines()
+        .find(|line| line.starts_with("tally_connections_refused_total{kind=\"peer_identity\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(refused_after, refused_before + 1.0, "the refusal is counted");
+}
