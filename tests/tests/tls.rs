@@ -311,6 +311,23 @@ async fn certificates_rotate_on_a_live_cluster_under_load_and_no_acknowledged_tr
     }
     let status = fresh.cluster_status().await.unwrap();
     assert!(status.nodes.iter().all(|node| node.reachable), "replicas reach each other with the new certificates");
+
+    // A file that does not load (half-written, say) changes nothing: the replica says so and
+    // goes on serving new connections with the certificate it had.
+    let replica = cluster.ids()[0];
+    let files = TlsFiles::in_directory(&certs.dir, Identity::Replica(replica));
+    let good = std::fs::read(&files.certificate).unwrap();
+    let failed_before = cluster.log(replica).matches("TLS files not reloaded").count();
+    std::fs::write(&files.certificate, b"-----BEGIN CERTIFICATE-----\nhalf").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while cluster.log(replica).matches("TLS files not reloaded").count() == failed_before {
+        assert!(tokio::time::Instant::now() < deadline, "no failed reload logged:\n{}", cluster.log_tail(replica));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node_status(certs.channel(&cluster.address(replica), TEST_PRINCIPAL))
+        .await
+        .expect("a new connection still gets the certificate the replica had");
+    std::fs::write(&files.certificate, good).unwrap();
 }
 
 /// A gRPC channel as a client whose TLS has no ML-DSA (as OpenSSL 3.0): it trusts the fallback CA
