@@ -79,6 +79,28 @@ pub(crate) fn classify(endpoint: &str, status: &tonic::Status) -> Attempt {
         }
         Code::ResourceExhausted => Attempt::Retry(message),
         Code::InvalidArgument | Code::OutOfRange => Attempt::Fail(Error::InvalidArgument(message)),
+        // What a plaintext HTTP/2 client reads from a replica that serves TLS: its alert.
+        Code::Internal if message.contains("h2 protocol error") => Attempt::Fail(Error::Usage(format!(
+            "{endpoint} does not speak plaintext gRPC ({message}); a replica serving TLS answers a plaintext client so: \
+             connect with a principal's certificate (TALLY_CA, TALLY_CERT, TALLY_KEY)"
+        ))),
         code => Attempt::Fail(Error::Server { endpoint: endpoint.to_owned(), code, message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_client_of_a_tls_replica_is_told_to_use_a_certificate_and_does_not_retry() {
+        let status = tonic::Status::internal("h2 protocol error: http2 error");
+        let Attempt::Fail(Error::Usage(message)) = classify("127.0.0.1:7101", &status) else {
+            panic!("not a usage error");
+        };
+        assert!(message.contains("127.0.0.1:7101 does not speak plaintext gRPC"), "{message}");
+        assert!(message.contains("TALLY_CERT"), "{message}");
+        let other = tonic::Status::internal("something else");
+        assert!(matches!(classify("a:1", &other), Attempt::Fail(Error::Server { code: Code::Internal, .. })));
     }
 }

@@ -510,7 +510,14 @@ impl tower_service::Service<http::Uri> for GrpcConnector {
             let host = uri.host().ok_or_else(|| format!("{uri} names no host"))?.to_owned();
             let port = uri.port_u16().ok_or_else(|| format!("{uri} names no port"))?;
             let stream = connect_tls(&host, port, config).await?;
-            match Identity::of_certificate_in(stream.get_ref().1, &cluster)? {
+            let presented = Identity::of_certificate_in(stream.get_ref().1, &cluster).map_err(|error| match error {
+                CertError::OtherCluster { named, expected } => format!(
+                    "{host}:{port} is a replica of cluster {named}, and this client's certificate is of cluster \
+                     {expected}: use a certificate of that cluster's CA"
+                ),
+                other => format!("{host}:{port}: {other}"),
+            })?;
+            match presented {
                 Identity::Replica(_) => Ok(hyper_util::rt::TokioIo::new(stream)),
                 other => Err(format!("{host}:{port} presented the certificate of {other}, not of a replica").into()),
             }
