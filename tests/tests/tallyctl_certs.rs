@@ -253,6 +253,25 @@ fn revoke_lists_a_certificate_and_its_fallback_and_rotate_replaces_a_pair_keepin
     let rows: Value = serde_json::from_str(&stdout).unwrap();
     assert!(rows.as_array().unwrap().iter().all(|row| row["entries"] == 2), "{rows}");
 
+    // `show` says what each file is, for an operator checking expiry.
+    let show = |file: &str| {
+        let (code, stdout, stderr) = tallyctl(&["certs", "show", certs.join(file).to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let shown = show("principal-6.pem");
+    assert_eq!((shown["identity"].as_str(), shown["algorithm"].as_str()), (Some("principal 6"), Some("ML-DSA-65")));
+    assert_eq!(shown["cluster_id"], cluster.to_string());
+    assert!(matches!(shown["days_left"].as_i64(), Some(89 | 90)), "{shown}");
+    assert_eq!(shown["expired"], false);
+    assert_eq!(show("principal-6-ecdsa.pem")["algorithm"], "ECDSA P-256");
+    let ca = show("ca.pem");
+    assert_eq!(ca["algorithm"], "ML-DSA-87");
+    assert!(ca["identity"].as_str().unwrap().starts_with("CA: "), "{ca}");
+    let (code, _, stderr) = tallyctl(&["certs", "show", certs.join("ca.crl").to_str().unwrap()]);
+    assert_eq!(code, 2, "a revocation list is not a certificate");
+    assert!(stderr.contains("not a PEM certificate"), "{stderr}");
+
     let before = std::fs::read_to_string(certs.join("principal-6.pem")).unwrap();
     let (code, _, stderr) = tallyctl(&["certs", "rotate", "--dir", certs_arg, "principal", "6"]);
     assert_eq!(code, 0, "{stderr}");

@@ -62,6 +62,11 @@ pub enum CertsCommand {
         #[arg(long, default_value = "90", global = true)]
         days: u32,
     },
+    /// Shows what a certificate file says: identity, cluster, key algorithm, serial, validity.
+    Show {
+        /// The certificate file (PEM).
+        certificate: PathBuf,
+    },
     /// Adds a certificate to the CA's revocation list (`ca.crl` in --dir): replicas refuse it
     /// from their next reload, on every listener and peer connection.
     Revoke {
@@ -91,6 +96,7 @@ pub fn run(printer: &Printer, command: CertsCommand) -> Result<(), Failure> {
         CertsCommand::Issue { dir, identity, days } => issue(printer, &dir, identity, days, false),
         CertsCommand::Rotate { dir, identity, days } => issue(printer, &dir, identity, days, true),
         CertsCommand::Revoke { dir, certificate } => revoke(printer, &dir, &certificate),
+        CertsCommand::Show { certificate } => show(printer, &certificate),
     }
 }
 
@@ -330,4 +336,60 @@ fn read_revocation_list(file: &Path, pem_bytes: &[u8]) -> Result<(u64, Vec<Revok
         })
         .collect();
     Ok((number, revoked))
+}
+
+/// Prints what `certificate` says, for an operator checking what a replica or client presents.
+fn show(printer: &Printer, certificate: &Path) -> Result<(), Failure> {
+    let text =
+        fs::read(certificate).map_err(|error| usage(format!("cannot read {}: {error}", certificate.display())))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&text)
+        .map_err(|error| usage(format!("{}: not a PEM certificate: {error}", certificate.display())))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|error| usage(format!("{}: not a certificate: {error}", certificate.display())))?;
+    let algorithm = match parsed.public_key().algorithm.algorithm.to_id_string().as_str() {
+        "2.16.840.1.101.3.4.3.18" => "ML-DSA-65".to_owned(),
+        "2.16.840.1.101.3.4.3.19" => "ML-DSA-87".to_owned(),
+        "1.2.840.10045.2.1" => "ECDSA P-256".to_owned(),
+        other => other.to_owned(),
+    };
+    let (identity, cluster) = match Identity::cluster_of_certificate(&der) {
+        Ok(cluster) => {
+            let identity = Identity::of_certificate(&der, &cluster).map_err(|error| usage(error.to_string()))?;
+            (identity.to_string(), cluster.to_string())
+        }
+        // A CA names no identity; its subject says which cluster it is the CA of.
+        Err(_) => (format!("CA: {}", parsed.subject()), String::new()),
+    };
+    let not_before = parsed.validity().not_before.timestamp();
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let days_left = (not_after - now).div_euclid(24 * 3600);
+    let date = |unix: i64| {
+        time::OffsetDateTime::from_unix_timestamp(unix)
+            .ok()
+            .and_then(|moment| moment.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| unix.to_string())
+    };
+    let serial = hex(parsed.raw_serial());
+    let (not_before, not_after) = (date(not_before), date(not_after));
+    let expired = days_left < 0;
+    printer.print(
+        json!({
+            "identity": identity, "cluster_id": cluster, "algorithm": algorithm, "serial": serial,
+            "not_before": not_before, "not_after": not_after, "days_left": days_left, "expired": expired,
+        }),
+        || {
+            render::table(
+                &["IDENTITY", "ALGORITHM", "NOT AFTER", "DAYS LEFT", "SERIAL"],
+                vec![vec![
+                    identity.clone(),
+                    algorithm.clone(),
+                    not_after.clone(),
+                    days_left.to_string(),
+                    serial.clone(),
+                ]],
+            )
+        },
+    );
+    Ok(())
 }
