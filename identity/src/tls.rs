@@ -180,6 +180,8 @@ pub struct Credentials {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    /// `chain` and `key` loaded for signing, as the fallback's resolver presents them.
+    certified: Arc<rustls::sign::CertifiedKey>,
     revocation_lists: Vec<CertificateRevocationListDer<'static>>,
     fallback: Option<Fallback>,
 }
@@ -195,6 +197,36 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "Credentials({} of cluster {})", self.identity, self.cluster)
     }
+}
+
+fn read_certificate(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_slice(&read(path)?)
+        .map_err(|error| invalid(path, format!("not a PEM certificate: {error}")))
+}
+
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read(path)?)
+        .map_err(|error| invalid(path, format!("not a PEM private key: {error}")))
+}
+
+fn read_revocation_list(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
+    CertificateRevocationListDer::from_pem_slice(&read(path)?)
+        .map_err(|error| invalid(path, format!("not a PEM revocation list: {error}")))
+}
+
+/// `certificate` with its signing key, loaded by aws-lc-rs; fails when the key is not the
+/// certificate's.
+fn signing_key(
+    certificate: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let key_pair = provider(&client_facing_groups())
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|error| error.to_string())?;
+    let certified = rustls::sign::CertifiedKey::new(vec![certificate.clone()], key_pair);
+    certified.keys_match().map_err(|error| format!("the key does not belong to the certificate: {error}"))?;
+    Ok(Arc::new(certified))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -220,19 +252,10 @@ impl Credentials {
     /// Loads and checks `files`: each parses, the certificate names an identity of `cluster` (by
     /// default the one it names) and has not expired, and the key is the certificate's.
     pub fn load(files: &TlsFiles, cluster: Option<&ClusterId>) -> Result<Credentials, TlsError> {
-        let ca = CertificateDer::from_pem_slice(&read(&files.ca)?)
-            .map_err(|error| invalid(&files.ca, format!("not a PEM certificate: {error}")))?;
-        let certificate = CertificateDer::from_pem_slice(&read(&files.certificate)?)
-            .map_err(|error| invalid(&files.certificate, format!("not a PEM certificate: {error}")))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
-            .map_err(|error| invalid(&files.key, format!("not a PEM private key: {error}")))?;
-        let revocation_lists = match &files.revocation_list {
-            Some(path) => vec![
-                CertificateRevocationListDer::from_pem_slice(&read(path)?)
-                    .map_err(|error| invalid(path, format!("not a PEM revocation list: {error}")))?,
-            ],
-            None => Vec::new(),
-        };
+        let (ca, certificate, key) =
+            (read_certificate(&files.ca)?, read_certificate(&files.certificate)?, read_private_key(&files.key)?);
+        let revocation_lists =
+            files.revocation_list.iter().map(|path| read_revocation_list(path)).collect::<Result<_, _>>()?;
         let credentials =
             Credentials::new(ca, certificate, key, revocation_lists, cluster).map_err(|error| match error {
                 TlsError::Certificate { source, .. } => {
@@ -273,16 +296,7 @@ impl Credentials {
         }
         let mut roots = RootCertStore::empty();
         roots.add(ca).map_err(|error| TlsError::Invalid { path: "the CA".into(), detail: error.to_string() })?;
-        let provider = provider(&client_facing_groups());
-        let key_pair = provider
-            .key_provider
-            .load_private_key(key.clone_key())
-            .map_err(|error| TlsError::Invalid { path: "the key".into(), detail: error.to_string() })?;
-        let certified = rustls::sign::CertifiedKey::new(vec![certificate.clone()], key_pair);
-        certified.keys_match().map_err(|error| TlsError::Invalid {
-            path: here(),
-            detail: format!("the key does not belong to the certificate: {error}"),
-        })?;
+        let certified = signing_key(&certificate, &key).map_err(|detail| TlsError::Invalid { path: here(), detail })?;
         Ok(Credentials {
             cluster: *cluster,
             identity,
@@ -290,6 +304,7 @@ impl Credentials {
             roots: Arc::new(roots),
             chain: vec![certificate],
             key: Arc::new(key),
+            certified,
             revocation_lists,
             fallback: None,
         })
@@ -297,12 +312,8 @@ impl Credentials {
 
     /// Adds the fallback chain: its certificate must name this side's identity.
     fn with_fallback(mut self, files: &FallbackFiles) -> Result<Credentials, TlsError> {
-        let ca = CertificateDer::from_pem_slice(&read(&files.ca)?)
-            .map_err(|error| invalid(&files.ca, format!("not a PEM certificate: {error}")))?;
-        let certificate = CertificateDer::from_pem_slice(&read(&files.certificate)?)
-            .map_err(|error| invalid(&files.certificate, format!("not a PEM certificate: {error}")))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
-            .map_err(|error| invalid(&files.key, format!("not a PEM private key: {error}")))?;
+        let (ca, certificate, key) =
+            (read_certificate(&files.ca)?, read_certificate(&files.certificate)?, read_private_key(&files.key)?);
         let named = Identity::of_certificate(&certificate, &self.cluster)
             .map_err(|source| TlsError::Certificate { path: files.certificate.display().to_string(), source })?;
         if named != self.identity {
@@ -311,19 +322,11 @@ impl Credentials {
                 format!("names {named}, and the ML-DSA certificate {}", self.identity),
             ));
         }
-        let key_pair = provider(&client_facing_groups())
-            .key_provider
-            .load_private_key(key)
-            .map_err(|error| invalid(&files.key, error))?;
-        let certified = rustls::sign::CertifiedKey::new(vec![certificate], key_pair);
-        certified.keys_match().map_err(|error| invalid(&files.key, format!("not the certificate's key: {error}")))?;
+        let certified = signing_key(&certificate, &key).map_err(|detail| invalid(&files.key, detail))?;
         if let Some(path) = &files.revocation_list {
-            self.revocation_lists.push(
-                CertificateRevocationListDer::from_pem_slice(&read(path)?)
-                    .map_err(|error| invalid(path, format!("not a PEM revocation list: {error}")))?,
-            );
+            self.revocation_lists.push(read_revocation_list(path)?);
         }
-        self.fallback = Some(Fallback { ca, certified: Arc::new(certified) });
+        self.fallback = Some(Fallback { ca, certified });
         Ok(self)
     }
 
@@ -376,15 +379,10 @@ impl Credentials {
             None => builder
                 .with_single_cert(self.chain.clone(), self.key.clone_key())
                 .map_err(|error| TlsError::Config(error.to_string()))?,
-            Some(fallback) => {
-                let key_pair = provider
-                    .key_provider
-                    .load_private_key(self.key.clone_key())
-                    .map_err(|error| TlsError::Config(error.to_string()))?;
-                let ml_dsa = Arc::new(rustls::sign::CertifiedKey::new(self.chain.clone(), key_pair));
-                builder
-                    .with_cert_resolver(Arc::new(ByClientSchemes { ml_dsa, fallback: Arc::clone(&fallback.certified) }))
-            }
+            Some(fallback) => builder.with_cert_resolver(Arc::new(ByClientSchemes {
+                ml_dsa: Arc::clone(&self.certified),
+                fallback: Arc::clone(&fallback.certified),
+            })),
         };
         // Resumed sessions skip the certificate checks; a revoked or expired certificate must not
         // come back on a ticket issued before, so every connection makes a full handshake.

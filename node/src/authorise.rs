@@ -11,10 +11,6 @@
 //! - Health and reflection answer any certificate of the cluster.
 //! - In plaintext (`insecure_plaintext`), there is no identity and everything is allowed.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tally_identity::certs::Identity;
 use tonic::Status;
 
@@ -41,48 +37,11 @@ pub fn authorise(identity: Option<Identity>, path: &str, forwarded: bool) -> Res
     }
 }
 
-/// The tower layer that applies [`authorise`] to every gRPC call.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AuthoriseLayer;
-
-impl<S> tower::Layer<S> for AuthoriseLayer {
-    type Service = Authorise<S>;
-    fn layer(&self, inner: S) -> Authorise<S> {
-        Authorise { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Authorise<S> {
-    inner: S,
-}
-
-impl<S, Body, ResponseBody> tower::Service<http::Request<Body>> for Authorise<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<ResponseBody>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResponseBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let identity = request.extensions().get::<ConnectionInfo>().and_then(|info| info.identity);
-        let forwarded = request.headers().contains_key(FORWARDED);
-        match authorise(identity, request.uri().path(), forwarded) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => {
-                metrics::counter!("tally_requests_refused_total", "reason" => "identity").increment(1);
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
-        }
-    }
+/// Why a gRPC call may not go on, if it may not: [`authorise`] applied to the identity of the
+/// call's connection. The edge layer (`observe::EdgeLayer`) asks it of every call.
+pub fn refusal<Body>(request: &http::Request<Body>) -> Option<Status> {
+    let identity = request.extensions().get::<ConnectionInfo>().and_then(|info| info.identity);
+    authorise(identity, request.uri().path(), request.headers().contains_key(FORWARDED)).err()
 }
 
 #[cfg(test)]

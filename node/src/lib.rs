@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`admin`]: the `AdminService`: node and cluster status, membership, leadership, snapshots.
-//! - [`authorise`]: which certificate's identity may call which gRPC service.
+//! - [`authorise`]: which certificate's identity may call which gRPC service (asked by the
+//!   edge layer in `observe` of every call).
 //! - [`clock`]: wall-clock time behind a trait.
 //! - [`config`]: the TOML configuration and its checks.
 //! - [`connections`]: accepting connections: peers and clients told apart, each within its limit,

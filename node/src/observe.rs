@@ -277,8 +277,9 @@ pub async fn watch_raft(replica: Arc<Replica>) {
     }
 }
 
-/// The tower layer in front of every gRPC service. It counts requests by method and status and
-/// times them, and it turns tonic's own `OUT_OF_RANGE` for an oversized message into
+/// The tower layer in front of every gRPC service. It authorises each call by the identity of its
+/// connection ([`crate::authorise::authorise`]), answering a refused one itself; it counts
+/// requests by method and status and times them, and it turns tonic's own `OUT_OF_RANGE` for an oversized message into
 /// `RESOURCE_EXHAUSTED` naming the limit (Tally's services never answer `OUT_OF_RANGE` themselves,
 /// so only the codec's size check is rewritten).
 #[derive(Clone, Copy, Debug)]
@@ -308,6 +309,8 @@ impl<S, Body, ResponseBody> tower::Service<axum::http::Request<Body>> for Edge<S
 where
     S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<ResponseBody>> + Send,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResponseBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -321,9 +324,18 @@ where
         let method = method_label(request.uri().path());
         let limit = self.message_bytes_max;
         let started = Instant::now();
-        let future = self.inner.call(request);
+        let served = match crate::authorise::refusal(&request) {
+            None => Ok(self.inner.call(request)),
+            Some(refused) => Err(refused),
+        };
         Box::pin(async move {
-            let mut response = future.await;
+            let mut response = match served {
+                Ok(future) => future.await,
+                Err(refused) => {
+                    metrics::counter!("tally_requests_refused_total", "reason" => "identity").increment(1);
+                    Ok(refused.into_http())
+                }
+            };
             if let Ok(response) = &mut response
                 && grpc_status(response) == Some(tonic::Code::OutOfRange)
             {

@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::authorise::AuthoriseLayer;
 use crate::clock::{Clock, ClockCheck, ClockOffsets, SystemClock};
 use crate::config::{NodeConfig, RaftSettings};
 use crate::disk::{DiskSpace, watch_free_space};
@@ -309,7 +308,6 @@ pub async fn run(
     };
     let server = tonic::transport::Server::builder()
         .layer(observe::EdgeLayer { message_bytes_max: config.limits.message_bytes_max })
-        .layer(AuthoriseLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

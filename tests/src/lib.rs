@@ -212,14 +212,14 @@ impl ClusterCerts {
 
     /// A gRPC channel to `address` as `principal`.
     pub fn channel(&self, address: &str, principal: u64) -> Channel {
-        let files = TlsFiles::in_directory(&self.dir, Identity::Principal(principal));
-        let credentials = Credentials::load(&files, None).expect("the principal's certificate");
-        let config = credentials.grpc_client_config().expect("a client configuration");
-        let connector = GrpcConnector::new(Arc::new(Current::new(config)), credentials.cluster());
-        Channel::from_shared(format!("http://{address}"))
-            .expect("a valid address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_with_connector_lazy(connector)
+        self.channel_as(address, Identity::Principal(principal))
+    }
+
+    /// A gRPC channel to `address` presenting `identity`'s certificate, loaded and checked.
+    fn channel_as(&self, address: &str, identity: Identity) -> Channel {
+        let files = TlsFiles::in_directory(&self.dir, identity);
+        let credentials = Credentials::load(&files, None).expect("the certificate");
+        channel_with(address, credentials.grpc_client_config().expect("a client configuration"), credentials.cluster())
     }
 
     /// A gRPC channel to `address` with `principal`'s files as they are, unchecked (an expired
@@ -238,23 +238,12 @@ impl ClusterCerts {
                 .with_client_auth_cert(vec![certificate], key)
                 .expect("a client configuration");
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = GrpcConnector::new(Arc::new(Current::new(Arc::new(config))), self.ca.cluster());
-        Channel::from_shared(format!("http://{address}"))
-            .expect("a valid address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_with_connector_lazy(connector)
+        channel_with(address, Arc::new(config), self.ca.cluster())
     }
 
     /// A gRPC channel to `address` presenting replica `id`'s certificate.
     pub fn replica_channel(&self, address: &str, id: u64) -> Channel {
-        let files = TlsFiles::in_directory(&self.dir, Identity::Replica(id));
-        let credentials = Credentials::load(&files, None).expect("the replica's certificate");
-        let config = credentials.grpc_client_config().expect("a client configuration");
-        let connector = GrpcConnector::new(Arc::new(Current::new(config)), credentials.cluster());
-        Channel::from_shared(format!("http://{address}"))
-            .expect("a valid address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_with_connector_lazy(connector)
+        self.channel_as(address, Identity::Replica(id))
     }
 
     /// The `[tls]` section of replica `id`'s configuration.
@@ -313,6 +302,14 @@ pub struct Target {
     pub endpoints: String,
     /// The TLS variables (`TALLY_CA`, `TALLY_CERT`, `TALLY_KEY`).
     pub environment: Vec<(&'static str, String)>,
+}
+
+/// A gRPC channel to `address` over TLS with `config`, to replicas of `cluster`.
+pub fn channel_with(address: &str, config: Arc<rustls::ClientConfig>, cluster: ClusterId) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .expect("a valid address")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_with_connector_lazy(GrpcConnector::new(Arc::new(Current::new(config)), cluster))
 }
 
 /// Replaces `file` with `text` in one rename.

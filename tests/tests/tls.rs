@@ -338,11 +338,7 @@ fn fallback_channel(certs: &ClusterCerts, address: &str, principal: u64) -> Chan
     let fallback_files = TlsFiles { certificate: fallback.certificate, key: fallback.key, ..files };
     let mut config = (*client_config(without_ml_dsa(), &fallback.ca, &fallback_files)).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tally_identity::tls::GrpcConnector::new(
-        Arc::new(tally_identity::tls::Current::new(Arc::new(config))),
-        certs.ca.cluster(),
-    );
-    Channel::from_shared(format!("http://{address}")).unwrap().connect_with_connector_lazy(connector)
+    tally_tests::channel_with(address, Arc::new(config), certs.ca.cluster())
 }
 
 /// aws-lc-rs' provider offering no ML-DSA signature scheme.
@@ -370,21 +366,15 @@ async fn replicas_restricted_to_pure_ml_kem_1024_replicate_and_refuse_a_peer_on_
     cluster.wait_converged(&cluster.ids(), Duration::from_secs(30)).await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     let (_, metrics) = metrics_get(&cluster, follower, "/metrics", Some(MONITORING_PRINCIPAL)).await;
-    let count = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|line| line.starts_with(prefix))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    assert!(count("tally_tls_handshakes_total{group=\"MLKEM1024\"}") >= 1.0, "peers use ML-KEM-1024:\n{metrics}");
+    let handshakes = sample(&metrics, "tally_tls_handshakes_total{group=\"MLKEM1024\"}");
+    assert!(handshakes >= 1.0, "peers use ML-KEM-1024:\n{metrics}");
 
     // Replica 1's own certificate, but the hybrid key exchange: the peer protocol is refused.
     let certs = cluster.certs();
     let files = TlsFiles::in_directory(&certs.dir, Identity::Replica(leader));
     let config = Credentials::load(&files, None).unwrap().peer_client_config(Default::default()).unwrap();
-    let refused_before = count("tally_connections_refused_total{kind=\"peer_identity\"}");
+    const REFUSED: &str = "tally_connections_refused_total{kind=\"peer_identity\"}";
+    let refused_before = sample(&metrics, REFUSED);
     let address = cluster.address(follower);
     let (host, port) = tally_identity::tls::split_address(&address).unwrap();
     let mut stream = connect_tls(host, port, config).await.expect("the TLS handshake itself succeeds");
@@ -397,11 +387,10 @@ async fn replicas_restricted_to_pure_ml_kem_1024_replicate_and_refuse_a_peer_on_
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok() && answer.is_empty(), "the replica closes the connection unanswered: {answer:?}");
     let (_, metrics) = metrics_get(&cluster, follower, "/metrics", Some(MONITORING_PRINCIPAL)).await;
-    let refused_after = metrics
-        .lines()
-        .find(|line| line.starts_with("tally_connections_refused_total{kind=\"peer_identity\"}"))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert_eq!(refused_after, refused_before + 1.0, "the refusal is counted");
+    assert_eq!(sample(&metrics, REFUSED), refused_before + 1.0, "the refusal is counted");
+}
+
+/// The value of the Prometheus sample `series` (name and labels) in `metrics`; 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
