@@ -101,4 +101,10 @@ pub enum BatchError {
     TimestampOverflow { timestamp: u64, count: usize },
     #[error("batch of {count} events declares requests of {declared} events, or an empty request")]
     RequestSizes { count: usize, declared: u64 },
+    #[error("an unsigned batch of {operation} on a secured cluster: every client request must be signed")]
+    Unsigned { operation: &'static str },
+    #[error("a signed entry on a cluster without a genesis, which has no registry to check it against")]
+    Unsecured,
+    #[error("a signed entry of {count} requests; an entry holds 1 to {max}")]
+    RequestCount { count: usize, max: usize },
 }

@@ -19,6 +19,9 @@
 //!   through the writer.
 //! - [`state_machine`]: applying batches and requests, and where linked chains begin and end.
 //! - [`query`]: lookups and bounded, paged listings.
+//! - [`registry`]: the key registry of a secured cluster: operators, principals, keys, roles.
+//! - [`signed`]: signed requests and registry changes, the checks every replica makes at apply,
+//!   and the window of seen request ids that refuses replays.
 //! - [`digest`]: the blake3 hash chain over applied batches.
 //! - [`codec`]: the canonical binary encoding of batches and records.
 //! - [`snapshot`]: the versioned, streamed, self-checking snapshot format.
@@ -36,8 +39,11 @@ pub mod currency;
 pub mod digest;
 pub mod flags;
 pub mod model;
+mod permission;
 pub mod query;
+pub mod registry;
 pub mod result;
+pub mod signed;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;

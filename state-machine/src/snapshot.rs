@@ -7,6 +7,8 @@
 //!   2 account, 3 its balances     (creation order; history entries follow their account)
 //!   4 transfer, 5 pending status  (apply order; a pending transfer's status follows it)
 //!   6 transfer failure            (order recorded)
+//!   7 registry                    (secured clusters, once changed: at most one; length-prefixed)
+//!   8 seen request                (by deadline; length-prefixed)
 //! 0 end | blake3 checksum [32] of every byte before it
 //! ```
 //! Writing streams from storage scans and reading streams into storage inserts, so neither holds
@@ -22,11 +24,15 @@ use crate::codec::{self, DecodeError, Put, Reader};
 use crate::constants::LEDGER_SCALE_MAX;
 use crate::flags::{AccountFlags, TransferFlags};
 use crate::model::{Account, StateMeta, Transfer};
+use crate::registry::Registry;
+use crate::signed::SeenRequest;
 use crate::state_machine::StateMachine;
 use crate::storage::{Direction, Storage, StorageRead, TimestampRange};
 
 const MAGIC: &[u8; 8] = b"TALLYSNP";
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// Version 1 had no registry or seen requests; it is still read.
+const SNAPSHOT_FORMAT_VERSION_OLDEST: u32 = 1;
 
 /// Records restored between two `Storage::flush_writes`, which bounds what a buffering store holds.
 const RESTORE_FLUSH_RECORDS: u64 = 65_536;
@@ -38,6 +44,12 @@ const TAG_ACCOUNT_BALANCE: u8 = 3;
 const TAG_TRANSFER: u8 = 4;
 const TAG_PENDING_STATUS: u8 = 5;
 const TAG_TRANSFER_FAILURE: u8 = 6;
+const TAG_REGISTRY: u8 = 7;
+const TAG_SEEN_REQUEST: u8 = 8;
+
+/// The longest length-prefixed record: the registry at its limits (about 4,096 principals with
+/// eight 1,952-byte keys each is 64 MiB; a length above this is refused before it is read).
+const VARIABLE_RECORD_BYTES_MAX: usize = 80 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -65,6 +77,8 @@ pub struct SnapshotSummary {
     pub account_balances: u64,
     pub transfers: u64,
     pub transfer_failures: u64,
+    /// Requests the window of seen request ids remembers.
+    pub requests_seen: u64,
     pub bytes: u64,
 }
 
@@ -144,6 +158,24 @@ impl<R: Read> HashingReader<R> {
         };
         (self.start, self.end, self.hashed) = (0, read, 0);
         Ok(read > 0)
+    }
+
+    /// A length-prefixed record's bytes.
+    fn read_variable(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        let length = u32::from_le_bytes(self.read_array()?) as usize;
+        if length > VARIABLE_RECORD_BYTES_MAX {
+            return Err(inconsistent(format!("a record of {length} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(length);
+        while bytes.len() < length {
+            if self.start == self.end && !self.refill()? {
+                return Err(SnapshotError::from(io::Error::from(io::ErrorKind::UnexpectedEof)));
+            }
+            let taken = (length - bytes.len()).min(self.end - self.start);
+            bytes.extend_from_slice(&self.buffer[self.start..self.start + taken]);
+            self.start += taken;
+        }
+        Ok(bytes)
     }
 
     fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
@@ -262,6 +294,17 @@ pub fn write_snapshot<R: StorageRead, W: Write>(storage: &R, writer: W) -> io::R
         out.record(TAG_TRANSFER_FAILURE, |bytes| codec::put_transfer_failure(bytes, failure))
     });
     out.check()?;
+    if let Some(registry) = storage.registry_get() {
+        let bytes = registry.to_bytes();
+        let _ = out.record(TAG_REGISTRY, |out| put_variable(out, &bytes));
+        out.check()?;
+    }
+    storage.requests_seen_due_scan(u64::MAX, &mut |&(_, principal, request_id)| {
+        let seen = storage.request_seen_get(principal, request_id).expect("a due request is remembered");
+        summary.requests_seen += 1;
+        out.record(TAG_SEEN_REQUEST, |out| put_variable(out, &seen.to_bytes()))
+    });
+    out.check()?;
 
     out.out.write_all(&[TAG_END])?;
     out.out.flush()?;
@@ -285,7 +328,7 @@ impl<S: Storage> StateMachine<S> {
             return Err(SnapshotError::NotASnapshot);
         }
         let version = u32::from_le_bytes(input.read_array()?);
-        if version != SNAPSHOT_FORMAT_VERSION {
+        if !(SNAPSHOT_FORMAT_VERSION_OLDEST..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion { found: version, supported: SNAPSHOT_FORMAT_VERSION });
         }
         let meta = StateMeta {
@@ -312,6 +355,8 @@ impl<S: Storage> StateMachine<S> {
                     restore.pending_status(&input.read_array::<{ 16 + codec::PENDING_STATUS_SIZE }>()?)?
                 }
                 TAG_TRANSFER_FAILURE => restore.failure(&input.read_array::<{ codec::TRANSFER_FAILURE_SIZE }>()?)?,
+                TAG_REGISTRY => restore.registry(&input.read_variable()?)?,
+                TAG_SEEN_REQUEST => restore.seen_request(&input.read_variable()?)?,
                 _ => return Err(inconsistent(format!("unknown record tag {tag}"))),
             }
         }
@@ -326,6 +371,11 @@ impl<S: Storage> StateMachine<S> {
         storage.meta_put(&meta);
         Ok(StateMachine::open(storage))
     }
+}
+
+fn put_variable(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.put_u32(u32::try_from(bytes.len()).expect("records are bounded far below 4 GiB"));
+    out.extend_from_slice(bytes);
 }
 
 fn inconsistent(detail: String) -> SnapshotError {
@@ -345,6 +395,8 @@ struct Restore<'a, S: Storage> {
     awaiting_status: Option<Transfer>,
     /// Every account's balances recomputed from the transfers: debits/credits pending/posted.
     recomputed: HashMap<u128, [u128; 4], foldhash::fast::RandomState>,
+    /// The last seen request restored, by `SeenRequest::due`.
+    seen_previous: Option<(u64, u64, u128)>,
 }
 
 impl<'a, S: Storage> Restore<'a, S> {
@@ -357,6 +409,7 @@ impl<'a, S: Storage> Restore<'a, S> {
             history_account: None,
             awaiting_status: None,
             recomputed: HashMap::default(),
+            seen_previous: None,
         }
     }
 
@@ -389,6 +442,34 @@ impl<'a, S: Storage> Restore<'a, S> {
             return Err(inconsistent(format!("{what} timestamp {timestamp} is out of order")));
         }
         self.previous_timestamp = timestamp;
+        Ok(())
+    }
+
+    fn registry(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        if self.storage.registry_get().is_some() {
+            return Err(inconsistent("a second registry".into()));
+        }
+        let registry = Registry::decode(bytes)?;
+        self.storage.registry_put(&registry);
+        Ok(())
+    }
+
+    fn seen_request(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let seen = SeenRequest::decode(bytes)?;
+        if self.seen_previous.is_some_and(|previous| previous >= seen.due()) {
+            return Err(inconsistent(format!(
+                "seen request {:#x} of principal {} out of order",
+                seen.request_id, seen.principal
+            )));
+        }
+        if self.storage.request_seen_get(seen.principal, seen.request_id).is_some() {
+            return Err(inconsistent(format!(
+                "seen request {:#x} of principal {} twice",
+                seen.request_id, seen.principal
+            )));
+        }
+        self.seen_previous = Some(seen.due());
+        self.storage.request_seen_insert(&seen);
         Ok(())
     }
 

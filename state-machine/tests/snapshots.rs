@@ -133,8 +133,11 @@ fn damaged_snapshots_are_refused() {
     assert!(matches!(restore(&wrong_magic), Err(SnapshotError::NotASnapshot)));
 
     let mut future_version = bytes.clone();
-    future_version[8] = 2;
-    assert!(matches!(restore(&future_version), Err(SnapshotError::UnsupportedVersion { found: 2, supported: 1 })));
+    future_version[8] = 3;
+    assert!(matches!(restore(&future_version), Err(SnapshotError::UnsupportedVersion { found: 3, supported: 2 })));
+    let mut version_zero = bytes.clone();
+    version_zero[8] = 0;
+    assert!(matches!(restore(&version_zero), Err(SnapshotError::UnsupportedVersion { found: 0, supported: 2 })));
 
     for cut in [HEADER_SIZE - 1, bytes.len() / 2, bytes.len() - 1] {
         assert!(restore(&bytes[..cut]).is_err(), "a snapshot cut at {cut} bytes must be refused");

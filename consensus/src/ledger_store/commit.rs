@@ -154,7 +154,26 @@ pub(super) fn write_overlay(
     for (account_id, balance) in &overlay.balances {
         balances.insert((*account_id, balance.timestamp), encoder.bytes(balance))?;
     }
+    let mut seen: Vec<_> = overlay.requests_seen.iter().collect();
+    seen.sort_unstable_by_key(|(key, _)| **key);
+    let mut requests_seen = transaction.open_table(REQUESTS_SEEN)?;
+    for (key, request) in seen {
+        match request {
+            Some(request) => requests_seen.insert(*key, request.to_bytes().as_slice())?,
+            None => requests_seen.remove(*key)?,
+        };
+    }
+    let mut requests_seen_due = transaction.open_table(REQUESTS_SEEN_DUE)?;
+    for due in &overlay.requests_seen_due_removed {
+        requests_seen_due.remove(*due)?;
+    }
+    for due in &overlay.requests_seen_due_added {
+        requests_seen_due.insert(*due, ())?;
+    }
     let mut meta_table = transaction.open_table(META)?;
+    if let Some(registry) = &overlay.registry {
+        meta_table.insert(META_REGISTRY, registry.to_bytes().as_slice())?;
+    }
     if let Some(meta) = meta {
         meta_table.insert(META_STATE, encoder.bytes(meta))?;
     }

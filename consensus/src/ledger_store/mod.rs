@@ -66,6 +66,8 @@ use std::sync::{Arc, Mutex};
 
 use foldhash::fast::RandomState;
 use redb::{Database, Durability};
+use tally_state_machine::registry::Registry;
+use tally_state_machine::signed::SeenRequest;
 use tally_state_machine::storage::{Direction, Storage, StorageRead, TimestampRange, Visit};
 use tally_state_machine::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
 
@@ -547,6 +549,51 @@ impl StorageRead for RedbLedgerStore {
     fn meta_get(&self) -> StateMeta {
         self.deferred_meta.or(self.writing_meta).unwrap_or(self.committed.meta)
     }
+
+    fn registry_get(&self) -> Option<Registry> {
+        match self.uncommitted().find_map(|overlay| overlay.registry.as_ref()) {
+            Some(registry) => Some(registry.clone()),
+            None => self.committed.registry_get(),
+        }
+    }
+
+    fn request_seen_get(&self, principal: u64, request_id: u128) -> Option<SeenRequest> {
+        match self.uncommitted().find_map(|overlay| overlay.requests_seen.get(&(principal, request_id))) {
+            Some(seen) => seen.clone(),
+            None => self.committed.request_seen_get(principal, request_id),
+        }
+    }
+
+    /// Merges the committed index with the overlays' own additions, leaving out what they removed:
+    /// the ledger forgets requests with every signed batch, so this scan cannot wait for a commit.
+    /// (An entry is never added again once removed: a request id used again has a later deadline.)
+    fn requests_seen_due_scan(&self, deadline_max: u64, visit: Visit<(u64, u64, u128)>) {
+        let bounds = ..=(deadline_max, u64::MAX, u128::MAX);
+        let removed =
+            |due: &(u64, u64, u128)| self.uncommitted().any(|overlay| overlay.requests_seen_due_removed.contains(due));
+        let mut added: Vec<(u64, u64, u128)> =
+            self.uncommitted().flat_map(|overlay| overlay.requests_seen_due_added.range(bounds).copied()).collect();
+        added.sort_unstable();
+        let mut added = added.into_iter().filter(|due| !removed(due)).peekable();
+        let mut stopped = false;
+        self.committed.requests_seen_due_scan(deadline_max, &mut |committed| {
+            while let Some(earlier) = added.next_if(|due| due < committed) {
+                if visit(&earlier).is_break() {
+                    stopped = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            if removed(committed) {
+                return ControlFlow::Continue(());
+            }
+            let flow = visit(committed);
+            stopped = flow.is_break();
+            flow
+        });
+        if !stopped {
+            let _ = added.try_for_each(|due| visit(&due));
+        }
+    }
 }
 
 impl Storage for RedbLedgerStore {
@@ -626,6 +673,26 @@ impl Storage for RedbLedgerStore {
     fn account_balance_rollback_insert(&mut self, account_id: u128, balance: &AccountBalance) {
         let removed = self.overlay.balances.pop();
         assert_eq!(removed, Some((account_id, *balance)), "rollback out of insertion order");
+    }
+
+    fn registry_put(&mut self, registry: &Registry) {
+        self.overlay.registry = Some(registry.clone());
+    }
+
+    fn request_seen_insert(&mut self, seen: &SeenRequest) {
+        self.overlay.requests_seen.insert((seen.principal, seen.request_id), Some(seen.clone()));
+        let due = seen.due();
+        if !self.overlay.requests_seen_due_removed.remove(&due) {
+            self.overlay.requests_seen_due_added.insert(due);
+        }
+    }
+
+    fn request_seen_remove(&mut self, due: (u64, u64, u128)) {
+        let (_, principal, request_id) = due;
+        self.overlay.requests_seen.insert((principal, request_id), None);
+        if !self.overlay.requests_seen_due_added.remove(&due) {
+            self.overlay.requests_seen_due_removed.insert(due);
+        }
     }
 
     fn meta_put(&mut self, meta: &StateMeta) {

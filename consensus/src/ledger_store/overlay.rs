@@ -7,6 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use foldhash::fast::RandomState;
+use tally_state_machine::registry::Registry;
+use tally_state_machine::signed::SeenRequest;
 use tally_state_machine::{Account, AccountBalance, Ledger, PendingStatus, Transfer, TransferFailure};
 
 pub(super) type Map<K, V> = HashMap<K, V, RandomState>;
@@ -34,6 +36,12 @@ pub(super) struct Overlay {
     pub(super) expiries_added: BTreeSet<(u64, u128)>,
     pub(super) expiries_removed: BTreeSet<(u64, u128)>,
     pub(super) balances: Vec<(u128, AccountBalance)>,
+    /// The registry, when a change in the overlay wrote it.
+    pub(super) registry: Option<Registry>,
+    /// Seen requests by `(principal, request id)`; `None`: forgotten.
+    pub(super) requests_seen: Map<(u64, u128), Option<SeenRequest>>,
+    pub(super) requests_seen_due_added: BTreeSet<(u64, u64, u128)>,
+    pub(super) requests_seen_due_removed: BTreeSet<(u64, u64, u128)>,
 }
 
 impl Overlay {
@@ -62,6 +70,10 @@ impl Overlay {
         self.expiries_added.clear();
         self.expiries_removed.clear();
         self.balances.clear();
+        self.registry = None;
+        self.requests_seen.clear();
+        self.requests_seen_due_added.clear();
+        self.requests_seen_due_removed.clear();
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -73,5 +85,7 @@ impl Overlay {
             && self.expiries_added.is_empty()
             && self.expiries_removed.is_empty()
             && self.balances.is_empty()
+            && self.registry.is_none()
+            && self.requests_seen.is_empty()
     }
 }

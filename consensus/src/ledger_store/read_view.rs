@@ -7,6 +7,8 @@
 use std::ops::ControlFlow;
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
+use tally_state_machine::registry::Registry;
+use tally_state_machine::signed::SeenRequest;
 use tally_state_machine::storage::{Direction, StorageRead, TimestampRange, Visit};
 use tally_state_machine::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
 
@@ -58,6 +60,9 @@ pub(super) struct ReadHandles {
     pub(super) expiries: ReadOnlyTable<(u64, u128), ()>,
     pub(super) balances: ReadOnlyTable<(u128, u64), Bytes>,
     pub(super) account_transfer_runs: ReadOnlyTable<u64, Bytes>,
+    pub(super) meta: ReadOnlyTable<&'static str, Bytes>,
+    pub(super) requests_seen: ReadOnlyTable<(u64, u128), Bytes>,
+    pub(super) requests_seen_due: ReadOnlyTable<(u64, u64, u128), ()>,
 }
 
 impl ReadHandles {
@@ -77,6 +82,9 @@ impl ReadHandles {
             expiries: fatal(transaction.open_table(EXPIRIES), open),
             balances: fatal(transaction.open_table(BALANCES), open),
             account_transfer_runs: fatal(transaction.open_table(ACCOUNT_TRANSFER_RUNS), open),
+            meta: fatal(transaction.open_table(META), open),
+            requests_seen: fatal(transaction.open_table(REQUESTS_SEEN), open),
+            requests_seen_due: fatal(transaction.open_table(REQUESTS_SEEN_DUE), open),
         }
     }
 }
@@ -241,5 +249,21 @@ impl StorageRead for LedgerReadView {
 
     fn meta_get(&self) -> StateMeta {
         self.meta
+    }
+
+    fn registry_get(&self) -> Option<Registry> {
+        let record = fatal(self.handles.meta.get(META_REGISTRY), "reading the registry");
+        record.map(|guard| fatal(Registry::decode(guard.value()), "decoding the stored registry"))
+    }
+
+    fn request_seen_get(&self, principal: u64, request_id: u128) -> Option<SeenRequest> {
+        let record = fatal(self.handles.requests_seen.get((principal, request_id)), "reading a seen request");
+        record.map(|guard| fatal(SeenRequest::decode(guard.value()), "decoding a seen request"))
+    }
+
+    fn requests_seen_due_scan(&self, deadline_max: u64, visit: Visit<(u64, u64, u128)>) {
+        let bounds = ..=(deadline_max, u64::MAX, u128::MAX);
+        let entries = fatal(self.handles.requests_seen_due.range(bounds), "scanning seen requests");
+        let _ = scan_range(entries, Direction::Ascending, |due, ()| visit(&due));
     }
 }

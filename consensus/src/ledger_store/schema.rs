@@ -43,6 +43,10 @@ pub(super) const PENDING_STATUSES: TableDefinition<u128, Bytes> = TableDefinitio
 pub(super) const EXPIRIES: TableDefinition<(u64, u128), ()> = TableDefinition::new("expiries");
 pub(super) const BALANCES: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("account_balances");
 pub(super) const META: TableDefinition<&str, Bytes> = TableDefinition::new("meta");
+/// The window of seen signed requests, by `(principal, request id)`: a `SeenRequest` each.
+pub(super) const REQUESTS_SEEN: TableDefinition<(u64, u128), Bytes> = TableDefinition::new("requests_seen");
+/// The same requests by `(deadline, principal, request id)`, so that the ledger forgets them in order.
+pub(super) const REQUESTS_SEEN_DUE: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("requests_seen_due");
 
 pub(super) const META_STATE: &str = "state";
 /// The consensus layer's record of what the ledger has applied (log id and membership), committed
@@ -50,17 +54,21 @@ pub(super) const META_STATE: &str = "state";
 pub(super) const META_CONSENSUS: &str = "consensus";
 /// The store's format, checked at open so that a file from another version is refused.
 pub(super) const META_FORMAT: &str = "format";
-pub(super) const FORMAT_VERSION: &[u8] = b"tally-ledger-store/5";
+pub(super) const FORMAT_VERSION: &[u8] = b"tally-ledger-store/6";
 /// Formats this version opens and upgrades in place: format 5 adds the record of an account-index
-/// merge spread over commits ([`META_INDEX_MERGE`]), which a store of format 4 never holds. The
-/// upgrade keeps older versions from opening a store whose scans need that record.
-pub(super) const FORMATS_UPGRADED: [&[u8]; 1] = [b"tally-ledger-store/4"];
+/// merge spread over commits ([`META_INDEX_MERGE`]), which a store of format 4 never holds; format
+/// 6 the key registry ([`META_REGISTRY`]) and the window of seen requests, which a store of format
+/// 5 never holds (`initialise` creates their tables). The upgrade keeps older versions from opening
+/// a store whose state they would not see.
+pub(super) const FORMATS_UPGRADED: [&[u8]; 2] = [b"tally-ledger-store/4", b"tally-ledger-store/5"];
 /// The consensus layer's record of the last checkpoint: the state it names was made durable, so
 /// the log up to it may be purged (`raft_state_machine`).
 pub(super) const META_CHECKPOINT: &str = "checkpoint";
 /// An account-index merge under way: the key of the last run it merges and the first account whose
 /// postings in those runs are not merged yet ([`IndexMerge`]).
 pub(super) const META_INDEX_MERGE: &str = "index_merge";
+/// The key registry of a secured cluster, once a change has written it (`Registry::encode`).
+pub(super) const META_REGISTRY: &str = "registry";
 
 /// Creates every table and the format record, once.
 pub(super) fn initialise(database: &Database) -> Result<(), String> {
@@ -84,6 +92,8 @@ pub(super) fn initialise(database: &Database) -> Result<(), String> {
             transaction.open_table(EXPIRIES)?;
             transaction.open_table(BALANCES)?;
             transaction.open_table(ACCOUNT_TRANSFER_RUNS)?;
+            transaction.open_table(REQUESTS_SEEN)?;
+            transaction.open_table(REQUESTS_SEEN_DUE)?;
             Ok(())
         })();
         created.map_err(|error| error.to_string())?;

@@ -287,7 +287,12 @@ fn a_store_of_the_previous_format_is_upgraded_and_an_unknown_one_refused() {
     let ledger = StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
     assert_eq!(ledger.digest(), reference.digest());
     drop(ledger);
-    assert_eq!(format(), b"tally-ledger-store/5");
+    assert_eq!(format(), b"tally-ledger-store/6");
+    set_format(b"tally-ledger-store/5");
+    let ledger = StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
+    assert_eq!(ledger.digest(), reference.digest());
+    drop(ledger);
+    assert_eq!(format(), b"tally-ledger-store/6");
 
     set_format(b"tally-ledger-store/3");
     match RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT) {
@@ -599,4 +604,73 @@ fn a_merge_spread_over_commits_keeps_every_accounts_scan_whole() {
         assert_whole_scans_match(ledger.storage(), reference.storage(), &format!("batch {index} (merging: {merging})"));
     }
     assert!(reopened_mid_merge && commits_mid_merge >= 8, "{commits_mid_merge} commits ended mid-merge");
+}
+
+/// The window of seen requests and the registry read the same through deferred and in-flight
+/// commits as from a committed store: signed batches forget requests with every batch, long before
+/// a commit, and a retry must find the first outcome wherever it is.
+#[test]
+fn the_window_of_seen_requests_reads_through_deferred_and_in_flight_commits() {
+    use tally_state_machine::registry::{Permissions, Role};
+    use tally_state_machine::signed::SignedBatch;
+    use tally_state_machine::storage::suite::{
+        HashSignatures, approved_change, register_principal, secured_genesis, signed_request,
+    };
+    use tally_state_machine::{NewTransfer, Operation};
+
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.redb");
+    let mut reference = StateMachine::new().with_genesis(secured_genesis());
+    let mut store = RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap();
+    store.defer_commits();
+    let mut ledger = StateMachine::open(store).with_genesis(secured_genesis());
+    let second = 1_000_000_000;
+    let mut clock = 1_700_000_000 * second;
+    let everything = Role { permissions: Permissions::all(), ..Role::default() };
+    let register = approved_change(clock, 1, 1, register_principal(9, everything), &[1, 2]);
+    assert_eq!(ledger.apply_change(&register, &HashSignatures), reference.apply_change(&register, &HashSignatures));
+    let due = |storage: &dyn StorageRead| {
+        let mut entries = Vec::new();
+        storage.requests_seen_due_scan(u64::MAX, &mut |entry| {
+            entries.push(*entry);
+            ControlFlow::Continue(())
+        });
+        entries
+    };
+    let mut random = xorshift(7);
+    let mut in_flight = None;
+    for index in 2..200u64 {
+        clock += second / 2 + random() % second;
+        // Requests valid for 1 to 8 seconds, some of them retries of earlier ones.
+        let requests = (0..1 + random() % 4)
+            .map(|_| {
+                let id = u128::from(random() % 300);
+                let transfer = NewTransfer { id: 1 + id, ..NewTransfer::default() };
+                let deadline = clock + (1 + random() % 8) * second;
+                signed_request(9, 1, id, deadline, Operation::CreateTransfers(vec![transfer]), 0)
+            })
+            .collect();
+        let batch = SignedBatch { timestamp: clock, log_index: index, requests };
+        assert_eq!(ledger.apply_signed(&batch, &HashSignatures), reference.apply_signed(&batch, &HashSignatures));
+        assert_eq!(ledger.digest(), reference.digest(), "entry {index}");
+        assert_eq!(due(ledger.storage()), due(reference.storage()), "the window after entry {index}");
+        match random() % 4 {
+            0 if in_flight.is_none() => in_flight = ledger.storage_mut().begin_commit().map(|commit| commit.write()),
+            1 => {
+                if let Some(written) = in_flight.take() {
+                    ledger.storage_mut().finish_commit(written);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(written) = in_flight.take() {
+        ledger.storage_mut().finish_commit(written);
+    }
+    ledger.storage_mut().commit_deferred();
+    drop(ledger);
+    let reopened = StateMachine::open(RedbLedgerStore::open(&path, CACHE_BYTES_DEFAULT).unwrap());
+    assert_eq!(reopened.digest(), reference.digest());
+    assert_eq!(reopened.registry(), reference.registry(), "the registry is stored");
+    assert_eq!(due(reopened.storage()), due(reference.storage()));
 }

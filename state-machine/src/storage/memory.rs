@@ -15,13 +15,15 @@
 //! Hash maps serve point lookups only and are never iterated, so their randomly seeded order
 //! (which resists hash flooding by chosen ids) cannot leak into the ledger's behaviour.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
 
 use super::{Direction, Storage, StorageRead, TimestampRange, Visit};
 use crate::model::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
+use crate::registry::Registry;
+use crate::signed::SeenRequest;
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
@@ -39,6 +41,9 @@ pub struct MemoryStorage {
     pending_statuses: Map<u128, PendingStatus>,
     expiries: BTreeSet<(u64, u128)>,
     meta: StateMeta,
+    registry: Option<Registry>,
+    requests_seen: BTreeMap<(u64, u128), SeenRequest>,
+    requests_seen_due: BTreeSet<(u64, u64, u128)>,
 }
 
 #[derive(Debug)]
@@ -235,6 +240,18 @@ impl StorageRead for MemoryStorage {
     fn meta_get(&self) -> StateMeta {
         self.meta
     }
+
+    fn registry_get(&self) -> Option<Registry> {
+        self.registry.clone()
+    }
+
+    fn request_seen_get(&self, principal: u64, request_id: u128) -> Option<SeenRequest> {
+        self.requests_seen.get(&(principal, request_id)).cloned()
+    }
+
+    fn requests_seen_due_scan(&self, deadline_max: u64, visit: Visit<(u64, u64, u128)>) {
+        let _ = self.requests_seen_due.range(..=(deadline_max, u64::MAX, u128::MAX)).try_for_each(visit);
+    }
 }
 
 impl Storage for MemoryStorage {
@@ -317,5 +334,22 @@ impl Storage for MemoryStorage {
 
     fn meta_put(&mut self, meta: &StateMeta) {
         self.meta = *meta;
+    }
+
+    fn registry_put(&mut self, registry: &Registry) {
+        self.registry = Some(registry.clone());
+    }
+
+    fn request_seen_insert(&mut self, seen: &SeenRequest) {
+        let previous = self.requests_seen.insert((seen.principal, seen.request_id), seen.clone());
+        assert!(previous.is_none(), "a request remembered twice");
+        assert!(self.requests_seen_due.insert(seen.due()));
+    }
+
+    fn request_seen_remove(&mut self, due: (u64, u64, u128)) {
+        let (deadline, principal, request_id) = due;
+        let seen = self.requests_seen.remove(&(principal, request_id)).expect("forgetting a request not remembered");
+        assert_eq!(seen.deadline, deadline, "forgetting a request under another deadline");
+        assert!(self.requests_seen_due.remove(&due));
     }
 }

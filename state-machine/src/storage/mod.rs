@@ -22,6 +22,8 @@ pub mod suite;
 use std::ops::ControlFlow;
 
 use crate::model::{Account, AccountBalance, Ledger, PendingStatus, StateMeta, Transfer, TransferFailure};
+use crate::registry::Registry;
+use crate::signed::SeenRequest;
 
 /// Inclusive bounds on cluster timestamps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +89,15 @@ pub trait StorageRead {
 
     /// The ledger-wide meta record; all zeros for an empty store.
     fn meta_get(&self) -> StateMeta;
+
+    /// The key registry, once a change has written one (a secured cluster starts from its genesis).
+    fn registry_get(&self) -> Option<Registry>;
+
+    /// A signed request (or registry change, under `OPERATORS_PRINCIPAL`) the window remembers.
+    fn request_seen_get(&self, principal: u64, request_id: u128) -> Option<SeenRequest>;
+    /// Remembered requests with a deadline at or before `deadline_max`, ascending by
+    /// `(deadline, principal, request_id)`, which is what the visitor gets.
+    fn requests_seen_due_scan(&self, deadline_max: u64, visit: Visit<(u64, u64, u128)>);
 }
 
 /// A store the ledger can apply batches to.
@@ -118,6 +129,13 @@ pub trait Storage: StorageRead {
     /// Called once at the end of every applied batch: an implementation that groups writes into
     /// transactions commits here, so the meta record is stored atomically with the batch's data.
     fn meta_put(&mut self, meta: &StateMeta);
+
+    fn registry_put(&mut self, registry: &Registry);
+
+    /// Remembers a request that is not remembered yet.
+    fn request_seen_insert(&mut self, seen: &SeenRequest);
+    /// Forgets a remembered request, named by its `SeenRequest::due`.
+    fn request_seen_remove(&mut self, due: (u64, u64, u128));
 
     /// Writes buffered writes through without a meta record, so that scans see them and buffers
     /// stay bounded. Only a restore calls it (its store is discarded if the restore fails).

@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 
 use super::{Direction, Storage, TimestampRange};
 use crate::amount::Units;
+use crate::batch::BatchError;
 use crate::batch::{Batch, Operation};
 use crate::currency::Currency;
 use crate::flags::{AccountFlags, TransferFlags};
@@ -21,7 +22,12 @@ use crate::model::{
     Account, AccountBalance, Ledger, NewAccount, NewLedger, NewTransfer, PendingStatus, StateMeta, Transfer,
     TransferFailure,
 };
+use crate::registry::{KeyAlgorithm, KeyId, Operator, Permissions, RegisteredKey, Registry, RegistryChange, Role};
 use crate::result::ResultCode;
+use crate::signed::{
+    Approval, ChangeOutcome, ChangeSigner, RequestOutcome, RequestSigner, SeenRequest, SignatureCheck, SignedBatch,
+    SignedChange, SignedRequest,
+};
 use crate::state_machine::StateMachine;
 
 /// Runs every check, each against a fresh store from `new_storage`.
@@ -34,7 +40,9 @@ pub fn run<S: Storage>(new_storage: impl Fn() -> S) {
     failures_pending_statuses_and_expiries(new_storage());
     balance_history_scans_and_rolls_back(new_storage());
     meta_round_trips(new_storage());
+    registry_and_seen_requests_round_trip(new_storage());
     ledger_on_this_store_matches_the_reference(new_storage(), new_storage());
+    secured_ledger_on_this_store_matches_the_reference(new_storage(), new_storage());
 }
 
 fn collect<T: Clone>(scan: impl FnOnce(&mut dyn FnMut(&T) -> ControlFlow<()>)) -> Vec<T> {
@@ -265,6 +273,244 @@ fn meta_round_trips<S: Storage>(mut storage: S) {
     let meta = StateMeta { timestamp_last: 77, batches_applied: 3, digest: [5; 32] };
     storage.meta_put(&meta);
     assert_eq!(storage.meta_get(), meta);
+}
+
+fn registry_and_seen_requests_round_trip<S: Storage>(mut storage: S) {
+    assert_eq!(storage.registry_get(), None);
+    let registry = secured_genesis();
+    storage.registry_put(&registry);
+    assert_eq!(storage.registry_get(), Some(registry));
+    let seen = |principal: u64, request_id: u128, deadline: u64| SeenRequest {
+        principal,
+        request_id,
+        deadline,
+        body_hash: [u8::try_from(principal).expect("small test ids"); 32],
+        results: vec![ResultCode::Ok, ResultCode::Exists],
+    };
+    let requests = [seen(9, 1, 500), seen(9, 2, 300), seen(4, 7, 300), seen(0, 3, 900)];
+    for request in &requests {
+        storage.request_seen_insert(request);
+    }
+    let meta = StateMeta { timestamp_last: 1, batches_applied: 1, digest: [1; 32] };
+    storage.meta_put(&meta);
+    storage.flush_writes();
+    for request in &requests {
+        assert_eq!(storage.request_seen_get(request.principal, request.request_id).as_ref(), Some(request));
+    }
+    assert_eq!(storage.request_seen_get(9, 3), None);
+    assert_eq!(storage.request_seen_get(4, 1), None, "ids are per principal");
+    let due = collect(|visit| storage.requests_seen_due_scan(500, visit));
+    assert_eq!(due, vec![(300, 4, 7), (300, 9, 2), (500, 9, 1)], "due requests in (deadline, principal, id) order");
+    storage.request_seen_remove((300, 9, 2));
+    storage.meta_put(&StateMeta { batches_applied: 2, ..meta });
+    storage.flush_writes();
+    assert_eq!(storage.request_seen_get(9, 2), None);
+    assert_eq!(collect(|visit| storage.requests_seen_due_scan(u64::MAX, visit)).len(), 3);
+}
+
+/// A stand-in for ML-DSA in tests of the state machine and its stores: a "signature" is a keyed
+/// blake3 hash of the signed fields under the public key, so anyone holding the public key can
+/// make one. Deterministic, as every [`SignatureCheck`] must be; for tests only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashSignatures;
+
+impl HashSignatures {
+    pub fn key_id_of(algorithm: KeyAlgorithm, public_key: &[u8]) -> KeyId {
+        let hash = blake3::hash(&[&[algorithm as u8][..], public_key].concat());
+        KeyId(hash.as_bytes()[..16].try_into().expect("16 of 32 bytes"))
+    }
+
+    fn hash(public_key: &[u8], fields: &[&[u8]]) -> Vec<u8> {
+        let mut hasher = blake3::Hasher::new_derive_key("tally state-machine test signatures");
+        hasher.update(public_key);
+        fields.iter().for_each(|field| {
+            hasher.update(field);
+        });
+        hasher.finalize().as_bytes().to_vec()
+    }
+
+    pub fn sign_request(
+        cluster: &[u8; 16],
+        public_key: &[u8],
+        signer: &RequestSigner,
+        body_hash: &[u8; 32],
+    ) -> Vec<u8> {
+        let fields: [&[u8]; 6] = [
+            cluster,
+            &signer.principal.to_le_bytes(),
+            &signer.key_id.0,
+            &signer.request_id.to_le_bytes(),
+            &signer.deadline.to_le_bytes(),
+            body_hash,
+        ];
+        HashSignatures::hash(public_key, &fields)
+    }
+
+    pub fn approve(cluster: &[u8; 16], public_key: &[u8], signer: &ChangeSigner, body_hash: &[u8; 32]) -> Vec<u8> {
+        let fields: [&[u8]; 4] = [cluster, &signer.change_id.to_le_bytes(), &signer.deadline.to_le_bytes(), body_hash];
+        HashSignatures::hash(public_key, &fields)
+    }
+}
+
+impl SignatureCheck for HashSignatures {
+    fn key_id(&self, algorithm: KeyAlgorithm, public_key: &[u8]) -> Option<KeyId> {
+        (!public_key.is_empty()).then(|| HashSignatures::key_id_of(algorithm, public_key))
+    }
+
+    fn request_signed(
+        &self,
+        cluster: &[u8; 16],
+        key: &RegisteredKey,
+        signer: &RequestSigner,
+        body_hash: &[u8; 32],
+        signature: &[u8],
+    ) -> bool {
+        HashSignatures::sign_request(cluster, &key.public_key, signer, body_hash) == signature
+    }
+
+    fn change_approved(
+        &self,
+        cluster: &[u8; 16],
+        operator: &Operator,
+        signer: &ChangeSigner,
+        body_hash: &[u8; 32],
+        signature: &[u8],
+    ) -> bool {
+        HashSignatures::approve(cluster, &operator.public_key, signer, body_hash) == signature
+    }
+}
+
+/// The cluster of [`secured_genesis`].
+pub const SECURED_CLUSTER: [u8; 16] = [0x7a; 16];
+
+/// The public key of operator `id` in [`secured_genesis`], and of principal `id` under
+/// [`HashSignatures`] (any bytes will do for them).
+pub fn test_public_key(id: u64, generation: u8) -> Vec<u8> {
+    [&id.to_le_bytes()[..], &[generation; 24]].concat()
+}
+
+/// A genesis registry of two operators (1 and 2), both of whom must approve a change.
+pub fn secured_genesis() -> Registry {
+    let operator = |id: u64| {
+        let public_key = test_public_key(id, 87);
+        Operator { id, key_id: HashSignatures::key_id_of(KeyAlgorithm::MlDsa87, &public_key), public_key }
+    };
+    Registry::genesis(SECURED_CLUSTER, vec![operator(1), operator(2)], 2)
+}
+
+/// A registry change approved by operators `approvers` of [`secured_genesis`], its body "hashed"
+/// as its canonical encoding.
+pub fn approved_change(
+    timestamp: u64,
+    log_index: u64,
+    change_id: u128,
+    change: RegistryChange,
+    approvers: &[u64],
+) -> SignedChange {
+    let mut body = Vec::new();
+    change.encode(&mut body);
+    let body_hash = *blake3::hash(&body).as_bytes();
+    let signer = ChangeSigner { change_id, deadline: timestamp + 60 * crate::constants::NANOSECONDS_PER_SECOND };
+    let approvals = approvers
+        .iter()
+        .map(|&operator| Approval {
+            operator,
+            signature: HashSignatures::approve(&SECURED_CLUSTER, &test_public_key(operator, 87), &signer, &body_hash),
+        })
+        .collect();
+    SignedChange { timestamp, log_index, signer, body_hash, approvals, change: Ok(change) }
+}
+
+/// A request of `principal`, signed with its key of `generation`, valid until `deadline`; its
+/// body "hash" is the hash of its request id and `body`, so two requests with the same id and
+/// body are retries of one another.
+pub fn signed_request(
+    principal: u64,
+    generation: u8,
+    request_id: u128,
+    deadline: u64,
+    operation: Operation,
+    body: u8,
+) -> SignedRequest {
+    let public_key = test_public_key(principal, generation);
+    let signer = RequestSigner {
+        principal,
+        key_id: HashSignatures::key_id_of(KeyAlgorithm::MlDsa65, &public_key),
+        request_id,
+        deadline,
+    };
+    let body_hash = *blake3::hash(&[&request_id.to_le_bytes()[..], &[body]].concat()).as_bytes();
+    let signature = HashSignatures::sign_request(&SECURED_CLUSTER, &public_key, &signer, &body_hash);
+    SignedRequest { signer, body_hash, signature, operation: Ok(operation) }
+}
+
+/// The registry change that registers `principal` with its key of generation 1 and `role`.
+pub fn register_principal(principal: u64, role: Role) -> RegistryChange {
+    RegistryChange::RegisterPrincipal {
+        principal,
+        role,
+        algorithm: KeyAlgorithm::MlDsa65,
+        public_key: test_public_key(principal, 1),
+    }
+}
+
+fn secured_ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, restore_target: S) {
+    let mut reference = StateMachine::new().with_genesis(secured_genesis());
+    let mut subject = StateMachine::open(storage).with_genesis(secured_genesis());
+    let everything = Role { permissions: Permissions::all(), ..Role::default() };
+    let register = approved_change(500, 2, 1, register_principal(9, everything), &[1, 2]);
+    assert_eq!(reference.apply_change(&register, &HashSignatures), Ok(ChangeOutcome::Applied));
+    assert_eq!(subject.apply_change(&register, &HashSignatures), Ok(ChangeOutcome::Applied));
+    for (index, batch) in reference_batches().into_iter().enumerate() {
+        let log_index = 3 + index as u64;
+        let expected = apply_secured_entry(&mut reference, &batch, log_index);
+        assert_eq!(apply_secured_entry(&mut subject, &batch, log_index), expected, "entry {log_index} differs");
+        assert_eq!(subject.digest(), reference.digest(), "digest differs after entry {log_index}");
+    }
+    let snapshot = |machine: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = Vec::new();
+        machine(&mut bytes);
+        bytes
+    };
+    let reference_bytes = snapshot(&|bytes| {
+        reference.write_snapshot(bytes).unwrap();
+    });
+    assert_eq!(
+        snapshot(&|bytes| {
+            subject.write_snapshot(bytes).unwrap();
+        }),
+        reference_bytes,
+        "snapshots differ"
+    );
+    let restored = StateMachine::restore_snapshot(restore_target, reference_bytes.as_slice()).expect("restore");
+    assert_eq!(restored.registry(), reference.registry(), "the registry survives a snapshot");
+    assert_eq!(
+        snapshot(&|bytes| {
+            restored.write_snapshot(bytes).unwrap();
+        }),
+        reference_bytes
+    );
+}
+
+/// Applies a reference batch to a secured ledger: an expiry as it is, any other as a signed request
+/// of principal 9 followed by its retry (which must get the first outcome).
+fn apply_secured_entry<S: Storage>(
+    machine: &mut StateMachine<S>,
+    batch: &Batch,
+    log_index: u64,
+) -> Result<String, BatchError> {
+    let second = crate::constants::NANOSECONDS_PER_SECOND;
+    if let Operation::ExpirePendingTransfers = batch.operation {
+        return machine.apply(batch).map(|outcome| format!("{outcome:?}"));
+    }
+    let request = signed_request(9, 1, log_index.into(), batch.timestamp + 2 * second, batch.operation.clone(), 0);
+    let signed = SignedBatch { timestamp: batch.timestamp, log_index, requests: vec![request.clone(), request] };
+    let outcomes = machine.apply_signed(&signed, &HashSignatures)?;
+    match &outcomes[..] {
+        [RequestOutcome::Applied(first), RequestOutcome::Repeated(again)] => assert_eq!(first, again),
+        other => panic!("a signed request and its retry gave {other:?}"),
+    }
+    Ok(format!("{outcomes:?}"))
 }
 
 fn ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, restore_target: S) {
