@@ -5,7 +5,10 @@
 //!
 //! `scripts/cluster.sh up && cargo run --release -p tally-benches --example cluster_load -- --requests 40`
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tally_client::RequestSigning;
+use tally_proto::v1::write_request::Operation;
 
 use clap::Parser;
 use tally_proto::v1 as wire;
@@ -32,14 +35,34 @@ fn id(value: u128) -> Option<wire::Uint128> {
     Some(wire::Uint128 { high, low })
 }
 
-async fn setup(client: &mut LedgerServiceClient<Channel>, accounts: u64) {
+/// One write: signed (`Submit`) on a secured cluster, unsigned on a development one; its codes.
+async fn write(
+    client: &mut LedgerServiceClient<Channel>,
+    signing: Option<&RequestSigning>,
+    operation: Operation,
+) -> Result<Vec<i32>, tonic::Status> {
+    if let Some(signing) = signing {
+        let message = signing.sign(operation, Duration::from_secs(60)).expect("a signature");
+        return Ok(client.submit(message).await?.into_inner().results);
+    }
+    let response = match operation {
+        Operation::CreateLedgers(request) => client.create_ledgers(request).await?,
+        Operation::CreateAccounts(request) => client.create_accounts(request).await?,
+        Operation::CreateTransfers(request) => client.create_transfers(request).await?,
+    };
+    Ok(response.into_inner().results)
+}
+
+async fn setup(client: &mut LedgerServiceClient<Channel>, signing: Option<&RequestSigning>, accounts: u64) {
     let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
-    client.create_ledgers(wire::CreateLedgersRequest { ledgers: vec![ledger] }).await.expect("the ledger");
+    let ledgers = Operation::CreateLedgers(wire::CreateLedgersRequest { ledgers: vec![ledger] });
+    write(client, signing, ledgers).await.expect("the ledger");
     let all: Vec<_> = (1..=u128::from(accounts))
         .map(|account| wire::NewAccount { id: id(account), ledger: 1, code: 1, ..wire::NewAccount::default() })
         .collect();
     for chunk in all.chunks(8_190) {
-        client.create_accounts(wire::CreateAccountsRequest { accounts: chunk.to_vec() }).await.expect("the accounts");
+        let accounts = Operation::CreateAccounts(wire::CreateAccountsRequest { accounts: chunk.to_vec() });
+        write(client, signing, accounts).await.expect("the accounts");
     }
 }
 
@@ -51,7 +74,9 @@ async fn main() {
     let channel = security.channel(&arguments.endpoint).expect("an endpoint");
     let mut client =
         LedgerServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    setup(&mut client, arguments.accounts).await;
+    // Writes signed with TALLY_SIGNING_KEY on a secured cluster, as tally-bench's.
+    let signing = RequestSigning::from_env(&security).expect("a signing key").map(Arc::new);
+    setup(&mut client, signing.as_deref(), arguments.accounts).await;
     // Ids unique to this run, so the example can run again on the same cluster.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() << 24;
     let per_request = u128::from(arguments.transfers_per_request);
@@ -60,6 +85,7 @@ async fn main() {
     let mut workers = Vec::new();
     for worker in 0..arguments.concurrency {
         let mut client = client.clone();
+        let signing = signing.clone();
         let (requests, concurrency) = (arguments.requests, arguments.concurrency);
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -78,11 +104,10 @@ async fn main() {
                     })
                     .collect();
                 let sent = Instant::now();
-                let response = client.create_transfers(wire::CreateTransfersRequest { transfers }).await;
-                let results = response
-                    .unwrap_or_else(|status| panic!("request failed: {} {}", status.code(), status.message()))
-                    .into_inner()
-                    .results;
+                let operation = Operation::CreateTransfers(wire::CreateTransfersRequest { transfers });
+                let response = write(&mut client, signing.as_deref(), operation).await;
+                let results =
+                    response.unwrap_or_else(|status| panic!("request failed: {} {}", status.code(), status.message()));
                 assert!(results.iter().all(|code| *code == 0), "a transfer failed");
                 latencies.push(sent.elapsed());
                 request += concurrency;

@@ -11,8 +11,7 @@ use tally_client::{Client, NewAccount, NewLedger, NewTransfer, new_id};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoints =
         std::env::var("TALLY_ENDPOINTS").unwrap_or_else(|_| "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into());
-    let client =
-        Client::connect(&endpoints.split(',').collect::<Vec<_>>(), tally_client::Security::from_env()?).await?;
+    let client = Client::connect_from_env(&endpoints.split(',').collect::<Vec<_>>()).await?;
     client.create_ledgers(&[NewLedger::new(978, "EUR", 2)]).await?;
     let (bank, alice, bob) = (new_id(), new_id(), new_id());
     client

@@ -17,7 +17,9 @@ use crate::model::{
     Account, AccountBalance, AccountFlags, AccountTransfersFilter, Ledger, NewAccount, NewLedger, NewTransfer, Page,
     QueryFilter, Transfer, TransferFlags, Window, uint128,
 };
+use crate::registry::{ChangeApplied, ProposedChange};
 use crate::security::Security;
+use crate::signing::RequestSigning;
 use crate::transport::{MESSAGE_BYTES_MAX, Transport};
 
 /// Events per request, at most (the ledger's batch limit).
@@ -53,6 +55,7 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     transport: Arc<Transport>,
+    writer: Writer,
     transfers: mpsc::Sender<Queued<NewTransfer>>,
     accounts: mpsc::Sender<Queued<NewAccount>>,
     stats: Arc<Counters>,
@@ -107,6 +110,7 @@ macro_rules! leader_hint {
 
 leader_hint!(
     wire::CreateResponse,
+    wire::SubmitResponse,
     wire::LookupLedgersResponse,
     wire::LookupAccountsResponse,
     wire::LookupTransfersResponse,
@@ -159,10 +163,44 @@ trait Batchable: Sized + Send + Sync + 'static {
     fn check(&self, field: &str) -> Result<(), Error>;
 
     fn submit(
-        transport: Arc<Transport>,
+        writer: Writer,
         events: Vec<Self>,
         deadline: Duration,
     ) -> impl Future<Output = Result<Vec<ResultCode>, Error>> + Send;
+}
+
+/// What sends writes: the transport, and the principal's key on a secured cluster.
+#[derive(Clone, Debug)]
+struct Writer {
+    transport: Arc<Transport>,
+    signing: Option<Arc<RequestSigning>>,
+}
+
+impl Writer {
+    /// Sends one write: signed (`Submit`) when the client has a signing key, else the unsigned
+    /// call `unsigned` makes. A signed write is signed once; every retry sends the same bytes.
+    async fn create<Call, Answer>(
+        &self,
+        operation: wire::write_request::Operation,
+        events: usize,
+        deadline: Duration,
+        unsigned: Call,
+    ) -> Result<Vec<ResultCode>, Error>
+    where
+        Call: FnOnce(wire::write_request::Operation) -> Answer,
+        Answer: Future<Output = Result<wire::CreateResponse, Error>>,
+    {
+        let Some(signing) = &self.signing else {
+            return result_codes(unsigned(operation).await?.results, events);
+        };
+        let message = signing.sign(operation, deadline)?;
+        let response: wire::SubmitResponse =
+            ledger_call(&self.transport, deadline, message, |mut client, request| async move {
+                client.submit(request).await
+            })
+            .await?;
+        result_codes(response.results, events)
+    }
 }
 
 impl Batchable for NewTransfer {
@@ -170,12 +208,8 @@ impl Batchable for NewTransfer {
         NewTransfer::check(self, field)
     }
 
-    async fn submit(
-        transport: Arc<Transport>,
-        events: Vec<Self>,
-        deadline: Duration,
-    ) -> Result<Vec<ResultCode>, Error> {
-        create_transfers(&transport, &events, deadline).await
+    async fn submit(writer: Writer, events: Vec<Self>, deadline: Duration) -> Result<Vec<ResultCode>, Error> {
+        create_transfers(&writer, &events, deadline).await
     }
 }
 
@@ -184,44 +218,48 @@ impl Batchable for NewAccount {
         NewAccount::check(self, field)
     }
 
-    async fn submit(
-        transport: Arc<Transport>,
-        events: Vec<Self>,
-        deadline: Duration,
-    ) -> Result<Vec<ResultCode>, Error> {
-        create_accounts(&transport, &events, deadline).await
+    async fn submit(writer: Writer, events: Vec<Self>, deadline: Duration) -> Result<Vec<ResultCode>, Error> {
+        create_accounts(&writer, &events, deadline).await
     }
 }
 
 async fn create_transfers(
-    transport: &Transport,
+    writer: &Writer,
     transfers: &[NewTransfer],
     deadline: Duration,
 ) -> Result<Vec<ResultCode>, Error> {
+    use wire::write_request::Operation;
     let message = wire::CreateTransfersRequest { transfers: transfers.iter().map(NewTransfer::to_wire).collect() };
-    let response: wire::CreateResponse = ledger_call(transport, deadline, message, |mut client, request| async move {
-        client.create_transfers(request).await
-    })
-    .await?;
-    result_codes(response.results, transfers.len())
+    let unsigned = async |operation| {
+        let Operation::CreateTransfers(message) = operation else { unreachable!("made above") };
+        ledger_call(&writer.transport, deadline, message, |mut client, request| async move {
+            client.create_transfers(request).await
+        })
+        .await
+    };
+    writer.create(Operation::CreateTransfers(message), transfers.len(), deadline, unsigned).await
 }
 
 async fn create_accounts(
-    transport: &Transport,
+    writer: &Writer,
     accounts: &[NewAccount],
     deadline: Duration,
 ) -> Result<Vec<ResultCode>, Error> {
+    use wire::write_request::Operation;
     let message = wire::CreateAccountsRequest { accounts: accounts.iter().map(NewAccount::to_wire).collect() };
-    let response: wire::CreateResponse = ledger_call(transport, deadline, message, |mut client, request| async move {
-        client.create_accounts(request).await
-    })
-    .await?;
-    result_codes(response.results, accounts.len())
+    let unsigned = async |operation| {
+        let Operation::CreateAccounts(message) = operation else { unreachable!("made above") };
+        ledger_call(&writer.transport, deadline, message, |mut client, request| async move {
+            client.create_accounts(request).await
+        })
+        .await
+    };
+    writer.create(Operation::CreateAccounts(message), accounts.len(), deadline, unsigned).await
 }
 
 /// Packs queued single calls into requests of up to [`EVENTS_PER_REQUEST_MAX`] while up to
 /// [`BATCHES_IN_FLIGHT`] earlier requests are out, and routes each event's result back.
-async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Receiver<Queued<E>>, stats: Arc<Counters>) {
+async fn batcher<E: Batchable>(writer: Writer, mut queue: mpsc::Receiver<Queued<E>>, stats: Arc<Counters>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Waiting for a free slot is what lets the next batch fill up.
@@ -230,14 +268,14 @@ async fn batcher<E: Batchable>(transport: Arc<Transport>, mut queue: mpsc::Recei
         let batch = fill_batch(first, &mut queue).await;
         stats.batched_requests.fetch_add(1, Ordering::Relaxed);
         stats.batched_events.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let transport = Arc::clone(&transport);
+        let writer = writer.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let deadline = batch.iter().map(|queued| queued.deadline).max().expect("a batch is never empty");
             let (events, replies): (Vec<E>, Vec<_>) =
                 batch.into_iter().map(|queued| (queued.event, queued.reply)).unzip();
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match E::submit(transport, events, remaining).await {
+            match E::submit(writer, events, remaining).await {
                 Ok(codes) => {
                     for (reply, code) in replies.into_iter().zip(codes) {
                         let _ = reply.send(Ok(code));
@@ -289,14 +327,35 @@ impl Client {
     /// cannot be parsed or resolved. `security`: TLS with a principal's certificate
     /// ([`Security::from_env`], [`Security::principal_in`]), or plaintext for a development cluster.
     pub async fn connect<S: AsRef<str>>(endpoints: &[S], security: Security) -> Result<Client, Error> {
+        Client::connect_signed(endpoints, security, None).await
+    }
+
+    /// [`Client::connect`] for a secured cluster: every write is signed with `signing` (once per
+    /// request, automatic batches included). `None` sends unsigned writes, which only a
+    /// development cluster without a genesis takes.
+    pub async fn connect_signed<S: AsRef<str>>(
+        endpoints: &[S],
+        security: Security,
+        signing: Option<RequestSigning>,
+    ) -> Result<Client, Error> {
         let addresses: Vec<String> = endpoints.iter().map(|endpoint| endpoint.as_ref().to_owned()).collect();
         let transport = Arc::new(Transport::new(&addresses, security).await?);
+        let writer = Writer { transport: Arc::clone(&transport), signing: signing.map(Arc::new) };
         let stats = Arc::new(Counters::default());
         let (transfers, transfer_queue) = mpsc::channel(BATCH_QUEUE_MAX);
         let (accounts, account_queue) = mpsc::channel(BATCH_QUEUE_MAX);
-        tokio::spawn(batcher(Arc::clone(&transport), transfer_queue, Arc::clone(&stats)));
-        tokio::spawn(batcher(Arc::clone(&transport), account_queue, Arc::clone(&stats)));
-        Ok(Client { shared: Arc::new(Shared { transport, transfers, accounts, stats }), deadline: DEADLINE_DEFAULT })
+        tokio::spawn(batcher(writer.clone(), transfer_queue, Arc::clone(&stats)));
+        tokio::spawn(batcher(writer.clone(), account_queue, Arc::clone(&stats)));
+        let shared = Shared { transport, writer, transfers, accounts, stats };
+        Ok(Client { shared: Arc::new(shared), deadline: DEADLINE_DEFAULT })
+    }
+
+    /// [`Client::connect_signed`] with both from the environment ([`Security::from_env`],
+    /// [`RequestSigning::from_env`]).
+    pub async fn connect_from_env<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        let security = Security::from_env()?;
+        let signing = RequestSigning::from_env(&security)?;
+        Client::connect_signed(endpoints, security, signing).await
     }
 
     /// The same client with another deadline for each call.
@@ -332,13 +391,17 @@ impl Client {
     /// Creates ledgers in one request, in order; one result code each.
     pub async fn create_ledgers(&self, ledgers: &[NewLedger]) -> Result<Vec<ResultCode>, Error> {
         Self::check_count(ledgers.len())?;
+        use wire::write_request::Operation;
         let message = wire::CreateLedgersRequest { ledgers: ledgers.iter().map(NewLedger::to_wire).collect() };
-        let response: wire::CreateResponse =
-            ledger_call(&self.shared.transport, self.deadline, message, |mut client, request| async move {
+        let writer = &self.shared.writer;
+        let unsigned = async |operation| {
+            let Operation::CreateLedgers(message) = operation else { unreachable!("made above") };
+            ledger_call(&writer.transport, self.deadline, message, |mut client, request| async move {
                 client.create_ledgers(request).await
             })
-            .await?;
-        result_codes(response.results, ledgers.len())
+            .await
+        };
+        writer.create(Operation::CreateLedgers(message), ledgers.len(), self.deadline, unsigned).await
     }
 
     /// Creates accounts in one request, in order; linked accounts apply all or nothing.
@@ -347,7 +410,7 @@ impl Client {
         for (index, account) in accounts.iter().enumerate() {
             account.check(&format!("accounts[{index}]"))?;
         }
-        create_accounts(&self.shared.transport, accounts, self.deadline).await
+        create_accounts(&self.shared.writer, accounts, self.deadline).await
     }
 
     /// Creates transfers in one request, in order; a linked chain applies all or nothing.
@@ -356,7 +419,7 @@ impl Client {
         for (index, transfer) in transfers.iter().enumerate() {
             transfer.check(&format!("transfers[{index}]"))?;
         }
-        create_transfers(&self.shared.transport, transfers, self.deadline).await
+        create_transfers(&self.shared.writer, transfers, self.deadline).await
     }
 
     async fn batched<E: Batchable>(&self, queue: &mpsc::Sender<Queued<E>>, event: E) -> Result<ResultCode, Error> {
@@ -629,6 +692,27 @@ impl Client {
             })
             .await?;
         Ok(response.leader_id)
+    }
+
+    /// Sends a registry change its operators approved ([`crate::registry`]); the leader applies
+    /// it through the log.
+    pub async fn change_registry(&self, change: &ProposedChange) -> Result<ChangeApplied, Error> {
+        let message = change.to_wire();
+        let response = self
+            .admin(None, |mut admin, timeout| {
+                let message = message.clone();
+                async move { admin.change_registry(request(message, timeout)).await }
+            })
+            .await?;
+        Ok(ChangeApplied { applied_index: response.applied_index, repeated: response.repeated })
+    }
+
+    /// The key registry as the leader last applied it.
+    pub async fn registry(&self) -> Result<wire::Registry, Error> {
+        self.admin(None, |mut admin, timeout| async move {
+            admin.get_registry(request(wire::GetRegistryRequest {}, timeout)).await
+        })
+        .await
     }
 
     /// Builds a snapshot now on the replica at `endpoint`; returns the log index it covers.

@@ -22,6 +22,15 @@ pub enum Error {
     /// The request is malformed; the message names the field. Nothing was applied.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// The cluster could not tell that the principal sent the request: a certificate of another
+    /// principal, or a key that is unknown, retired or revoked, or a signature that does not
+    /// verify. Nothing was applied.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The principal's role does not allow the request (an operation, a ledger, an account code
+    /// to debit). Nothing was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The request is above one of the cluster's limits (size, events per request).
     #[error("request too large: {0}")]
     TooLarge(String),
@@ -79,6 +88,8 @@ pub(crate) fn classify(endpoint: &str, status: &tonic::Status) -> Attempt {
         }
         Code::ResourceExhausted => Attempt::Retry(message),
         Code::InvalidArgument | Code::OutOfRange => Attempt::Fail(Error::InvalidArgument(message)),
+        Code::Unauthenticated => Attempt::Fail(Error::Unauthenticated(message)),
+        Code::PermissionDenied => Attempt::Fail(Error::PermissionDenied(message)),
         // What a plaintext HTTP/2 client reads from a replica that serves TLS: its alert.
         Code::Internal if message.contains("h2 protocol error") => Attempt::Fail(Error::Usage(format!(
             "{endpoint} does not speak plaintext gRPC ({message}); a replica serving TLS answers a plaintext client so: \

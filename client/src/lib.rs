@@ -50,7 +50,9 @@ mod client;
 mod error;
 mod id;
 mod model;
+pub mod registry;
 mod security;
+mod signing;
 mod transport;
 
 pub use client::{
@@ -66,6 +68,9 @@ pub use model::{
 /// The decimal type of amounts, re-exported so callers use the same version.
 pub use rust_decimal::Decimal;
 pub use security::{ClientTls, ENV_CA, ENV_CERTIFICATE, ENV_INSECURE_PLAINTEXT, ENV_KEY, Security};
+pub use signing::{
+    ENV_CLUSTER_ID, ENV_PRINCIPAL, ENV_SIGNING_KEY, ENV_SIGNING_PASSPHRASE_FILE, RequestSigning, read_passphrase,
+};
 /// The files a TLS identity is loaded from.
 pub use tally_identity::tls::TlsFiles;
 /// Amounts in the wire's grammar, parsed exactly (no sign, exponent or rounding).

@@ -115,6 +115,11 @@ impl ClientTls {
         self.identity
     }
 
+    /// The cluster its certificate is of.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
     pub(crate) fn connector(&self) -> GrpcConnector {
         GrpcConnector::new(Arc::clone(&self.config), self.cluster)
     }

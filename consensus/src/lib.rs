@@ -29,8 +29,10 @@ pub mod log_store;
 pub mod network;
 pub mod peer_identity;
 pub mod raft_state_machine;
+pub mod signed_entry;
 pub mod snapshot;
 pub mod type_config;
 pub mod types;
+pub mod write_request;
 
 pub use ledger_store::{CACHE_BYTES_DEFAULT, LedgerReadView, LedgerStoreError, RedbLedgerStore};

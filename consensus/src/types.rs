@@ -39,12 +39,32 @@ pub enum LogPayload {
     /// One ledger batch in the canonical encoding of `tally_state_machine::codec`, stamped with the
     /// cluster timestamp by the leader that proposed it.
     Batch(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Signed requests of a secured cluster (`crate::signed_entry::SignedEntry`, encoded), each
+    /// body exactly as its principal signed it.
+    Signed(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A registry change with its operators' approvals (`crate::signed_entry::ChangeEntry`).
+    RegistryChange(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl LogPayload {
+    /// The entry's size, which decides whether applying it is long work.
+    pub fn len(&self) -> usize {
+        match self {
+            LogPayload::Batch(bytes) | LogPayload::Signed(bytes) | LogPayload::RegistryChange(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl fmt::Debug for LogPayload {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LogPayload::Batch(bytes) => write!(formatter, "Batch({} bytes)", bytes.len()),
+            LogPayload::Signed(bytes) => write!(formatter, "Signed({} bytes)", bytes.len()),
+            LogPayload::RegistryChange(bytes) => write!(formatter, "RegistryChange({} bytes)", bytes.len()),
         }
     }
 }
@@ -60,6 +80,27 @@ pub enum ApplyResponse {
     Expired { ids: Vec<u128> },
     /// The batch was refused whole (malformed, or against a batch rule) and changed nothing.
     Refused { reason: String },
+    /// A signed entry: what became of each request, in order.
+    Signed { requests: Vec<SignedResponse> },
+    /// A registry change entry.
+    Changed { repeated: bool, refusal: Option<Refusal> },
+}
+
+/// What became of one signed request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedResponse {
+    /// One `ResultCode` number per event; empty when refused.
+    pub results: Vec<u8>,
+    /// A retry of a request applied before: `results` are its first ones.
+    pub repeated: bool,
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a request or change was refused whole: its number on the wire and what failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: u8,
+    pub message: String,
 }
 
 /// What the ledger store records about the log with every commit: the last applied entry and the

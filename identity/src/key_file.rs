@@ -77,6 +77,12 @@ pub fn generate(algorithm: Algorithm, passphrase: &str) -> Result<(MlDsaKeyPair,
     Ok((key_pair, seal(algorithm, &seed, passphrase, PBKDF2_ITERATIONS)?))
 }
 
+/// The key file of the key pair of `algorithm` made from `seed`, sealed with `passphrase` (for a
+/// key made elsewhere from its FIPS 204 seed).
+pub fn seal_seed(algorithm: Algorithm, seed: &[u8; SEED_BYTES], passphrase: &str) -> Result<String, KeyFileError> {
+    seal(algorithm, seed, passphrase, PBKDF2_ITERATIONS)
+}
+
 /// Seals a seed (see the module documentation).
 fn seal(
     algorithm: Algorithm,

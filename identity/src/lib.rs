@@ -29,5 +29,5 @@ pub mod sign;
 pub mod tls;
 
 pub use keys::{Algorithm, KeyError, KeyId, PublicKey};
-pub use request::{ClusterId, RequestSigner, check_deadline, sign_request, signed_payload, verify_request};
+pub use request::{ClusterId, RequestSigner, sign_request, signed_payload, verify_request};
 pub use sign::{AwsLcVerifier, Domain, MlDsaKeyPair, Signer, Verifier};

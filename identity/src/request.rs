@@ -1,4 +1,5 @@
-//! The signed bytes of a write request (version 1), and the deadline rule that bounds replays.
+//! The signed bytes of a write request (version 1) and of an operator's approval of a registry
+//! change. (The rules a deadline must keep are the ledger's: `tally_state_machine::signed`.)
 //!
 //! A principal signs, with one of its registered keys:
 //!
@@ -17,15 +18,11 @@
 //! price of hashing it. Fixed widths and a fixed order leave no two requests with the same signed
 //! bytes. `proto/vectors/request-signature-v1.json` holds test vectors for other languages.
 //!
-//! This module owns that layout and the deadline check. It must never look inside the request's
+//! This module owns those layouts. It must never look inside the request's
 //! bytes, nor decide which keys a principal holds: that is the key registry's.
 
 use crate::keys::{KeyId, PublicKey};
 use crate::sign::{Domain, SignError, Signer, Verifier, VerifyError};
-
-/// The longest a request may be valid for: how long a replica must remember its id to refuse a
-/// replay, and how long a retry of it stays safe.
-pub const REQUEST_VALIDITY_MAX_NANOSECONDS: u64 = 5 * 60 * 1_000_000_000;
 
 /// Bytes after the domain label.
 pub const SIGNED_PAYLOAD_BYTES: usize = 16 + 8 + KeyId::BYTES + 16 + 8 + 32;
@@ -68,6 +65,11 @@ pub struct RequestSigner {
 
 /// The payload a request's signature covers (after the domain label).
 pub fn signed_payload(signer: &RequestSigner, request_bytes: &[u8]) -> [u8; SIGNED_PAYLOAD_BYTES] {
+    signed_payload_of_hash(signer, blake3::hash(request_bytes).as_bytes())
+}
+
+/// [`signed_payload`] from the blake3 hash of the request's bytes (which a replica has already).
+pub fn signed_payload_of_hash(signer: &RequestSigner, request_hash: &[u8; 32]) -> [u8; SIGNED_PAYLOAD_BYTES] {
     let mut payload = [0; SIGNED_PAYLOAD_BYTES];
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
@@ -79,8 +81,28 @@ pub fn signed_payload(signer: &RequestSigner, request_bytes: &[u8]) -> [u8; SIGN
     put(&signer.key_id.0);
     put(&signer.request_id.to_be_bytes());
     put(&signer.deadline_unix_nanoseconds.to_be_bytes());
-    put(blake3::hash(request_bytes).as_bytes());
+    put(request_hash);
     assert_eq!(at, SIGNED_PAYLOAD_BYTES);
+    payload
+}
+
+/// Bytes of an approval's payload after its domain label: cluster id, change id, deadline, hash.
+pub const CHANGE_PAYLOAD_BYTES: usize = 16 + 16 + 8 + 32;
+
+/// The payload an operator's approval of a registry change covers (after the domain label
+/// `tally.registry-change.v1\0`): the cluster id, the change id and deadline (big-endian) and the
+/// blake3 hash of the change's bytes as sent.
+pub fn change_payload(
+    cluster: &ClusterId,
+    change_id: u128,
+    deadline_unix_nanoseconds: u64,
+    change_hash: &[u8; 32],
+) -> [u8; CHANGE_PAYLOAD_BYTES] {
+    let mut payload = [0; CHANGE_PAYLOAD_BYTES];
+    payload[..16].copy_from_slice(&cluster.0);
+    payload[16..32].copy_from_slice(&change_id.to_be_bytes());
+    payload[32..40].copy_from_slice(&deadline_unix_nanoseconds.to_be_bytes());
+    payload[40..].copy_from_slice(change_hash);
     payload
 }
 
@@ -128,30 +150,5 @@ pub fn verify_request(
         return Err(RequestVerifyError::WrongKey { named: signer.key_id, given });
     }
     verifier.verify(key, Domain::Request, &signed_payload(signer, request_bytes), signature)?;
-    Ok(())
-}
-
-/// Why a request's deadline is not acceptable at a given cluster time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DeadlineError {
-    #[error("the request's deadline passed {late_nanoseconds} ns ago (cluster time)")]
-    Expired { late_nanoseconds: u64 },
-    #[error(
-        "the request's deadline is {ahead_nanoseconds} ns ahead, beyond the {REQUEST_VALIDITY_MAX_NANOSECONDS} ns a \
-         request may be valid for"
-    )]
-    TooFar { ahead_nanoseconds: u64 },
-}
-
-/// Checks a deadline against cluster time `now`: not passed, and at most
-/// [`REQUEST_VALIDITY_MAX_NANOSECONDS`] ahead (which bounds how long a replica remembers ids).
-pub fn check_deadline(deadline_unix_nanoseconds: u64, now_unix_nanoseconds: u64) -> Result<(), DeadlineError> {
-    if deadline_unix_nanoseconds < now_unix_nanoseconds {
-        return Err(DeadlineError::Expired { late_nanoseconds: now_unix_nanoseconds - deadline_unix_nanoseconds });
-    }
-    let ahead_nanoseconds = deadline_unix_nanoseconds - now_unix_nanoseconds;
-    if ahead_nanoseconds > REQUEST_VALIDITY_MAX_NANOSECONDS {
-        return Err(DeadlineError::TooFar { ahead_nanoseconds });
-    }
     Ok(())
 }

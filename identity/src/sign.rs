@@ -25,12 +25,15 @@ use crate::keys::{Algorithm, KeyError, PublicKey};
 pub enum Domain {
     /// A principal's write request ([`crate::request`]).
     Request,
+    /// An operator's approval of a change to the key registry ([`crate::request::change_payload`]).
+    RegistryChange,
 }
 
 impl Domain {
     pub const fn label(self) -> &'static [u8] {
         match self {
             Domain::Request => b"tally.request.v1\0",
+            Domain::RegistryChange => b"tally.registry-change.v1\0",
         }
     }
 }

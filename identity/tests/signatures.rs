@@ -1,11 +1,11 @@
 //! Keys, signatures and a request's signed bytes: what verifies, and that everything else is
 //! refused with an error that says why.
 
-use tally_identity::request::{DeadlineError, REQUEST_VALIDITY_MAX_NANOSECONDS, RequestSignError, RequestVerifyError};
+use tally_identity::request::{RequestSignError, RequestVerifyError};
 use tally_identity::sign::VerifyError;
 use tally_identity::{
     Algorithm, AwsLcVerifier, ClusterId, Domain, KeyError, MlDsaKeyPair, PublicKey, RequestSigner, Signer, Verifier,
-    check_deadline, sign_request, signed_payload, verify_request,
+    sign_request, signed_payload, verify_request,
 };
 
 fn key(algorithm: Algorithm, seed: u8) -> MlDsaKeyPair {
@@ -129,18 +129,6 @@ fn a_request_names_the_key_that_signs_it() {
     assert_eq!(
         verify_request(&AwsLcVerifier, other.public_key(), &signer, b"r", &signature),
         Err(RequestVerifyError::WrongKey { named, given: other.public_key().key_id() })
-    );
-}
-
-#[test]
-fn a_deadline_must_not_have_passed_nor_lie_beyond_the_validity_limit() {
-    let now = 1_796_000_000_000_000_000;
-    assert_eq!(check_deadline(now, now), Ok(()), "valid up to and including its deadline");
-    assert_eq!(check_deadline(now - 1, now), Err(DeadlineError::Expired { late_nanoseconds: 1 }));
-    assert_eq!(check_deadline(now + REQUEST_VALIDITY_MAX_NANOSECONDS, now), Ok(()));
-    assert_eq!(
-        check_deadline(now + REQUEST_VALIDITY_MAX_NANOSECONDS + 1, now),
-        Err(DeadlineError::TooFar { ahead_nanoseconds: REQUEST_VALIDITY_MAX_NANOSECONDS + 1 })
     );
 }
 

@@ -20,7 +20,11 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::gateway::Gateway;
+use crate::group_commit::Events;
 use crate::replica::{FORWARDED, Leader, Replica, forwarded};
+use crate::signed;
+use tally_state_machine::registry::{KeyStatus, Permissions, Registry};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,11 +39,19 @@ pub struct Admin {
     replica: Arc<Replica>,
     site: String,
     membership_changes: Arc<Mutex<()>>,
+    /// Registry changes go through the log like every write.
+    gateway: Gateway,
 }
 
 impl Admin {
-    pub fn new(replica: Arc<Replica>, site: String) -> Admin {
-        Admin { replica, site, membership_changes: Arc::new(Mutex::new(())) }
+    pub fn new(replica: Arc<Replica>, site: String, gateway: Gateway) -> Admin {
+        Admin { replica, site, membership_changes: Arc::new(Mutex::new(())), gateway }
+    }
+
+    fn secured(&self) -> Result<Arc<Registry>, Status> {
+        self.replica.views.registry().ok_or_else(|| {
+            Status::failed_precondition("this cluster has no genesis, so no key registry (start it with a genesis)")
+        })
     }
 
     async fn local_status(&self) -> wire::NodeStatus {
@@ -182,6 +194,39 @@ impl Admin {
 
 #[tonic::async_trait]
 impl AdminService for Admin {
+    async fn change_registry(
+        &self,
+        request: Request<wire::RegistryChangeRequest>,
+    ) -> Result<Response<wire::RegistryChangeResponse>, Status> {
+        self.secured()?;
+        let entry = signed::change_entry(request.get_ref())?;
+        let forward = |mut client: AdminServiceClient<_>, request| async move { client.change_registry(request).await };
+        let local = async |_request, deadline| {
+            let written = self.gateway.commit_written(Events::RegistryChange(entry), deadline).await?;
+            if let Some(refusal) = &written.refusal {
+                return Err(signed::change_refused(refusal));
+            }
+            Ok(Response::new(wire::RegistryChangeResponse {
+                applied_index: written.log_index,
+                repeated: written.repeated,
+            }))
+        };
+        self.replica.on_leader(request, |address| self.client(address), forward, local).await
+    }
+
+    async fn get_registry(
+        &self,
+        request: Request<wire::GetRegistryRequest>,
+    ) -> Result<Response<wire::Registry>, Status> {
+        self.secured()?;
+        let forward = |mut client: AdminServiceClient<_>, request| async move { client.get_registry(request).await };
+        let local = async |_request, _deadline| {
+            let registry = self.secured()?;
+            Ok(Response::new(registry_message(&registry, self.replica.header(None))))
+        };
+        self.replica.on_leader(request, |address| self.client(address), forward, local).await
+    }
+
     async fn node_status(
         &self,
         _request: Request<wire::NodeStatusRequest>,
@@ -329,5 +374,67 @@ impl Admin {
                 unreachable(format!("{}: no answer within {} ms", node.address, MEMBER_STATUS_TIMEOUT.as_millis()))
             }
         }
+    }
+}
+
+/// The registry as the admin API shows it.
+fn registry_message(registry: &Registry, header: wire::ResponseHeader) -> wire::Registry {
+    let permissions = |permissions: Permissions| {
+        [
+            (Permissions::CREATE_LEDGERS, wire::Permission::CreateLedgers),
+            (Permissions::CREATE_ACCOUNTS, wire::Permission::CreateAccounts),
+            (Permissions::CREATE_TRANSFERS, wire::Permission::CreateTransfers),
+            (Permissions::READ, wire::Permission::Read),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| permissions.contains(*flag))
+        .map(|(_, permission)| permission as i32)
+        .collect()
+    };
+    let status = |status: KeyStatus| match status {
+        KeyStatus::Active => wire::KeyStatus::Active,
+        KeyStatus::Retired => wire::KeyStatus::Retired,
+        KeyStatus::Revoked => wire::KeyStatus::Revoked,
+    };
+    wire::Registry {
+        header: Some(header),
+        cluster_id: registry.cluster.to_vec(),
+        operator_approvals_required: registry.operator_approvals_required,
+        operators: registry
+            .operators
+            .iter()
+            .map(|operator| wire::RegistryOperator { id: operator.id, key_id: operator.key_id.0.to_vec() })
+            .collect(),
+        principals: registry
+            .principals
+            .values()
+            .map(|principal| wire::RegistryPrincipal {
+                id: principal.id,
+                role: Some(wire::PrincipalRole {
+                    permissions: permissions(principal.role.permissions),
+                    ledgers: principal.role.ledgers.clone(),
+                    debit_account_codes: principal
+                        .role
+                        .debit_account_codes
+                        .iter()
+                        .map(|code| u32::from(*code))
+                        .collect(),
+                }),
+                keys: principal
+                    .keys
+                    .iter()
+                    .map(|key| wire::RegistryKey {
+                        key_id: key.id.0.to_vec(),
+                        key: Some(wire::PublicKey {
+                            algorithm: u32::from(key.algorithm as u8),
+                            raw: key.public_key.clone(),
+                        }),
+                        status: status(key.status) as i32,
+                        valid_from_index: key.valid_from_index,
+                        status_index: key.status_index,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }

@@ -23,9 +23,12 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{self, FieldError};
 use crate::disk::DiskSpace;
-use crate::group_commit::{Events, GroupCommit, WriteError};
+use crate::group_commit::{Events, GroupCommit, WriteError, Written};
 use crate::reads::{Answer, Answers};
 use crate::replica::Replica;
+use crate::signed;
+use tally_consensus::signed_entry::MlDsaCheck;
+use tally_state_machine::state_machine::precheck;
 
 /// The gateway's service.
 #[derive(Clone, Debug)]
@@ -101,6 +104,12 @@ impl InFlight {
     }
 }
 
+/// Cluster time as this replica's clock has it, for checking deadlines before proposing.
+fn unix_nanoseconds() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn invalid(error: FieldError) -> Status {
     Status::invalid_argument(error.to_string())
 }
@@ -170,6 +179,16 @@ impl Gateway {
     }
 
     async fn commit(&self, events: Events, deadline: Instant) -> Result<Response<wire::CreateResponse>, Status> {
+        let written = self.commit_written(events, deadline).await?;
+        let mut header = self.replica.header(None);
+        header.applied_index = header.applied_index.max(written.log_index);
+        let results = written.results.iter().map(|code| i32::from(*code)).collect();
+        Ok(Response::new(wire::CreateResponse { header: Some(header), results }))
+    }
+
+    /// Proposes through group commit and waits for the outcome, with the write refusals every
+    /// write shares (disk, clock, quorum, leadership).
+    pub(crate) async fn commit_written(&self, events: Events, deadline: Instant) -> Result<Written, Status> {
         if let Some(reason) = self.disk.below_floor() {
             return Err(Status::resource_exhausted(reason));
         }
@@ -195,10 +214,61 @@ impl Gateway {
             WriteError::Refused(reason) => Status::aborted(format!("{reason}; nothing was applied: retry")),
             WriteError::Overloaded => Status::resource_exhausted(error.to_string()),
         })?;
-        let mut header = self.replica.header(None);
-        header.applied_index = header.applied_index.max(written.log_index);
-        let results = written.results.iter().map(|code| i32::from(*code)).collect();
-        Ok(Response::new(wire::CreateResponse { header: Some(header), results }))
+        Ok(written)
+    }
+
+    /// A signed write (see [`crate::signed`]): checked on the replica that leads, against the
+    /// registry as last applied, then proposed; the ledger checks it again at apply.
+    async fn submit_signed(
+        &self,
+        request: Request<wire::SignedRequest>,
+    ) -> Result<Response<wire::SubmitResponse>, Status> {
+        let _permit = self.admit(request.get_ref())?;
+        if self.replica.views.registry().is_none() {
+            return Err(Status::failed_precondition(
+                "this cluster has no genesis, so no key registry to check signatures against: send unsigned \
+                 Create* calls to it, or start the cluster with a genesis",
+            ));
+        }
+        signed::check_principal(&request, request.get_ref().principal)?;
+        let entry = signed::entry_request(request.get_ref())?;
+        let forward = |mut client: LedgerServiceClient<Channel>, request| async move { client.submit(request).await };
+        let client = |address: &str| self.replica.ledger_client(address);
+        let local = async |_request, deadline| {
+            let signed = entry.to_signed();
+            let events = match &signed.operation {
+                Ok(operation) => operation.event_count(),
+                Err(detail) => return Err(Status::invalid_argument(format!("body: {detail}"))),
+            };
+            check_count("body", events, self.limits.events_per_request_max)?;
+            let registry = self.replica.views.registry().expect("a secured cluster stays secured");
+            let now = unix_nanoseconds();
+            precheck(&registry, &self.replica.views.view(), &signed, now, &MlDsaCheck)
+                .map_err(|refusal| signed::request_refused(&refusal))?;
+            let written = self.commit_written(Events::Signed { request: entry, events }, deadline).await?;
+            if let Some(refusal) = &written.refusal {
+                return Err(signed::applied_refusal(refusal));
+            }
+            let mut header = self.replica.header(None);
+            header.applied_index = header.applied_index.max(written.log_index);
+            let results = written.results.iter().map(|code| i32::from(*code)).collect();
+            Ok(Response::new(wire::SubmitResponse { header: Some(header), results, repeated: written.repeated }))
+        };
+        let started = std::time::Instant::now();
+        let result = self.replica.on_leader(request, client, forward, local).await;
+        metrics::histogram!("tally_write_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// An unsigned write is refused on a secured cluster before anything else.
+    fn refuse_unsigned(&self) -> Result<(), Status> {
+        if self.replica.views.registry().is_some() {
+            return Err(Status::unauthenticated(
+                "this cluster takes signed requests only (LedgerService.Submit, signed with a registered key of \
+                 the principal); the SDK signs when given the principal's signing key",
+            ));
+        }
+        Ok(())
     }
 
     /// The one read path: every read call is admitted, then answered by the leader
@@ -259,12 +329,16 @@ macro_rules! ledger_service {
                     let forward = |mut client: LedgerServiceClient<Channel>, request| async move {
                         client.$write(request).await
                     };
+                    self.refuse_unsigned()?;
                     let _permit = self.admit(request.get_ref())?;
                     let limit = self.limits.events_per_request_max;
                     let events = convert_events(stringify!($field), &request.get_ref().$field, limit, $convert)?;
                     self.write(request, Events::$kind(events), forward).await
                 }
             )*
+            async fn submit(&self, request: Request<wire::SignedRequest>) -> Result<Response<wire::SubmitResponse>, Status> {
+                self.submit_signed(request).await
+            }
             $(
                 async fn $read(&self, request: Request<$read_request>) -> Result<Response<$read_response>, Status> {
                     let forward = |mut client: LedgerServiceClient<Channel>, request| async move {

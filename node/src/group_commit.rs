@@ -23,10 +23,12 @@ use std::time::Duration;
 use openraft::Raft;
 use openraft::error::ClientWriteError;
 use tally_consensus::raft_state_machine::LedgerViews;
+use tally_consensus::signed_entry::{ChangeEntry, EntryRequest, SignedEntry};
 use tally_consensus::type_config::TypeConfig;
-use tally_consensus::types::{ApplyResponse, LogPayload, NodeId, PeerNode};
+use tally_consensus::types::{ApplyResponse, LogPayload, NodeId, PeerNode, Refusal, encode};
 use tally_state_machine::codec::encode_batch;
 use tally_state_machine::constants::EXPIRIES_PER_BATCH_MAX;
+use tally_state_machine::signed::REQUESTS_PER_BATCH_MAX;
 use tally_state_machine::{Batch, NewAccount, NewLedger, NewTransfer, Operation, StorageRead};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -45,6 +47,14 @@ pub enum Events {
     Transfers(Vec<NewTransfer>),
     /// Release pending transfers that are due (proposed by the leader itself).
     Expire,
+    /// A signed request of a secured cluster, as its principal sent it, with its event count.
+    /// Signed requests of any operation join one entry (the ledger applies each on its own).
+    Signed {
+        request: EntryRequest,
+        events: usize,
+    },
+    /// A registry change approved by operators (its timestamp is the entry's): never grouped.
+    RegistryChange(ChangeEntry),
 }
 
 impl Events {
@@ -53,12 +63,18 @@ impl Events {
             Events::Ledgers(events) => events.len(),
             Events::Accounts(events) => events.len(),
             Events::Transfers(events) => events.len(),
-            Events::Expire => 0,
+            Events::Expire | Events::RegistryChange(_) => 0,
+            Events::Signed { events, .. } => *events,
         }
     }
 
     fn same_kind(&self, other: &Events) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other) && !matches!(self, Events::Expire)
+        std::mem::discriminant(self) == std::mem::discriminant(other) && !self.alone()
+    }
+
+    /// Whether the entry holds this request alone.
+    fn alone(&self) -> bool {
+        matches!(self, Events::Expire | Events::RegistryChange(_))
     }
 }
 
@@ -70,6 +86,16 @@ pub struct Written {
     /// For an expiry, the pending transfers released.
     pub expired: Vec<u128>,
     pub log_index: u64,
+    /// A signed request or change applied before (a retry): `results` are its first ones.
+    pub repeated: bool,
+    /// Why the ledger refused a signed request or change whole, which then changed nothing.
+    pub refusal: Option<Refusal>,
+}
+
+impl Written {
+    fn created(results: Vec<u8>, log_index: u64) -> Written {
+        Written { results, expired: Vec::new(), log_index, repeated: false, refusal: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,13 +241,11 @@ impl Batcher {
             return Err(error);
         }
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.expect("the semaphore is never closed");
-        let (batch, replies) = self.stamp(group);
-        let sizes = batch.request_sizes.clone();
-        let mut bytes = Vec::new();
-        encode_batch(&batch, &mut bytes);
-        metrics::histogram!("tally_group_commit_events").record(batch.operation.event_count() as f64);
+        let events: usize = group.iter().map(|submission| submission.events.len()).sum();
+        let (payload, replies, shape) = self.stamp(group);
+        metrics::histogram!("tally_group_commit_events").record(events as f64);
         metrics::histogram!("tally_group_commit_requests").record(replies.len() as f64);
-        let receiver = match self.raft.client_write_ff(LogPayload::Batch(bytes)).await {
+        let receiver = match self.raft.client_write_ff(payload).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
                 let error = WriteError::Unavailable(format!("raft stopped: {fatal}"));
@@ -245,25 +269,63 @@ impl Batcher {
             if let Ok((_, ApplyResponse::Refused { .. })) = &outcome {
                 resync.store(true, Ordering::Relaxed);
             }
-            distribute(replies, sizes, outcome);
+            distribute(replies, shape, outcome);
         });
         Ok(())
     }
 
-    /// Assigns the group's batch its timestamp and moves the requests' events into it, each
-    /// request keeping its boundary; hands back the requests' reply channels, in order.
-    fn stamp(&mut self, group: Vec<Submission>) -> (Batch, Vec<Reply>) {
+    /// Assigns the group's entry its timestamp and moves the requests into it, each request
+    /// keeping its boundary; hands back the requests' reply channels, in order, and how to split
+    /// the entry's outcome among them.
+    fn stamp(&mut self, group: Vec<Submission>) -> (LogPayload, Vec<Reply>, Shape) {
         let timestamp = self.clock.now_nanoseconds().max(self.floor);
         let (requests, replies): (Vec<Events>, Vec<Reply>) =
             group.into_iter().map(|submission| (submission.events, submission.reply)).unzip();
-        let batch = join_requests(timestamp, requests);
-        let timestamps_used = match batch.operation {
-            Operation::ExpirePendingTransfers => EXPIRIES_PER_BATCH_MAX,
-            _ => batch.operation.event_count().max(1),
+        let (payload, shape, timestamps_used) = match &requests[0] {
+            Events::Signed { .. } => {
+                let events: usize = requests.iter().map(Events::len).sum();
+                let requests = requests
+                    .into_iter()
+                    .map(|events| match events {
+                        Events::Signed { request, .. } => request,
+                        _ => unreachable!("a group holds one kind"),
+                    })
+                    .collect();
+                (LogPayload::Signed(encode(&SignedEntry { timestamp, requests })), Shape::Signed, events.max(1))
+            }
+            Events::RegistryChange(_) => {
+                assert_eq!(requests.len(), 1, "a registry change is never grouped");
+                let Some(Events::RegistryChange(entry)) = requests.into_iter().next() else {
+                    unreachable!("matched above")
+                };
+                let entry = ChangeEntry { timestamp, ..entry };
+                (LogPayload::RegistryChange(encode(&entry)), Shape::Change, 1)
+            }
+            _ => {
+                let batch = join_requests(timestamp, requests);
+                let timestamps_used = match batch.operation {
+                    Operation::ExpirePendingTransfers => EXPIRIES_PER_BATCH_MAX,
+                    _ => batch.operation.event_count().max(1),
+                };
+                let mut bytes = Vec::new();
+                encode_batch(&batch, &mut bytes);
+                (LogPayload::Batch(bytes), Shape::Sizes(batch.request_sizes), timestamps_used)
+            }
         };
         self.floor = timestamp + timestamps_used as u64;
-        (batch, replies)
+        (payload, replies, shape)
     }
+}
+
+/// How an entry's outcome is split among the requests it joined.
+#[derive(Debug)]
+enum Shape {
+    /// A plain batch: each request's number of events.
+    Sizes(Vec<u32>),
+    /// Signed requests: one response each.
+    Signed,
+    /// One registry change.
+    Change,
 }
 
 /// Joins requests of one kind into one batch stamped `timestamp`, moving their events (not
@@ -291,6 +353,7 @@ pub fn join_requests(timestamp: u64, requests: Vec<Events>) -> Batch {
             assert!(requests.next().is_none(), "an expiry is never grouped");
             return Batch::new(timestamp, Operation::ExpirePendingTransfers);
         }
+        Events::Signed { .. } | Events::RegistryChange(_) => unreachable!("signed entries are not batches"),
     };
     Batch::joined(timestamp, operation, request_sizes)
 }
@@ -315,7 +378,7 @@ async fn gather(
     let mut events = first.events.len();
     let mut group = vec![first];
     let deadline = Instant::now() + linger;
-    while events < events_max && !matches!(group[0].events, Events::Expire) {
+    while events < events_max && !group[0].events.alone() && group.len() < REQUESTS_PER_BATCH_MAX {
         // Requests already queued are taken without a timer: tokio rounds a timer's deadline up
         // to its next millisecond tick, so even a deadline already passed cost a lone request up
         // to 1 ms of waiting (two-thirds of a single replica's whole write; BENCHMARKS.md).
@@ -344,30 +407,48 @@ fn fail(replies: impl IntoIterator<Item = Reply>, error: &WriteError) {
     }
 }
 
-/// Hands each request its slice of the batch's results.
-fn distribute(replies: Vec<Reply>, sizes: Vec<u32>, outcome: Result<(u64, ApplyResponse), WriteError>) {
+/// Hands each request its slice of the entry's outcome.
+fn distribute(replies: Vec<Reply>, shape: Shape, outcome: Result<(u64, ApplyResponse), WriteError>) {
     let (log_index, response) = match outcome {
         Ok(committed) => committed,
         Err(error) => return fail(replies, &error),
     };
-    match response {
-        ApplyResponse::Created { results } => {
+    match (response, shape) {
+        (ApplyResponse::Signed { requests }, Shape::Signed) => {
+            assert_eq!(requests.len(), replies.len(), "one response per signed request");
+            for (reply, response) in replies.into_iter().zip(requests) {
+                let written = Written {
+                    repeated: response.repeated,
+                    refusal: response.refusal,
+                    ..Written::created(response.results, log_index)
+                };
+                let _ = reply.send(Ok(written));
+            }
+        }
+        (ApplyResponse::Changed { repeated, refusal }, Shape::Change) => {
+            for reply in replies {
+                let written = Written { repeated, refusal: refusal.clone(), ..Written::created(Vec::new(), log_index) };
+                let _ = reply.send(Ok(written));
+            }
+        }
+        (ApplyResponse::Created { results }, Shape::Sizes(sizes)) => {
             assert_eq!(results.len(), sizes.iter().map(|&size| size as usize).sum::<usize>(), "one result per event");
             assert_eq!(replies.len(), sizes.len(), "one size per request");
             let mut offset = 0;
             for (reply, size) in replies.into_iter().zip(sizes) {
                 let results = results[offset..offset + size as usize].to_vec();
                 offset += size as usize;
-                let _ = reply.send(Ok(Written { results, expired: Vec::new(), log_index }));
+                let _ = reply.send(Ok(Written::created(results, log_index)));
             }
         }
-        ApplyResponse::Expired { ids } => {
+        (ApplyResponse::Expired { ids }, Shape::Sizes(_)) => {
             for reply in replies {
-                let _ = reply.send(Ok(Written { results: Vec::new(), expired: ids.clone(), log_index }));
+                let _ = reply.send(Ok(Written { expired: ids.clone(), ..Written::created(Vec::new(), log_index) }));
             }
         }
-        ApplyResponse::Refused { reason } => fail(replies, &WriteError::Refused(reason)),
-        ApplyResponse::NoOp => fail(replies, &WriteError::Refused("the entry carried no batch".into())),
+        (ApplyResponse::Refused { reason }, _) => fail(replies, &WriteError::Refused(reason)),
+        (ApplyResponse::NoOp, _) => fail(replies, &WriteError::Refused("the entry carried no batch".into())),
+        (response, shape) => panic!("an entry proposed as {shape:?} was answered {response:?}"),
     }
 }
 

@@ -39,6 +39,7 @@ mod reads;
 pub mod replica;
 pub mod scheduling;
 pub mod server;
+pub mod signed;
 pub mod tls;
 
 pub use config::NodeConfig;

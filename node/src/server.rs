@@ -183,6 +183,7 @@ pub async fn run(
     observe::recorder();
     let genesis = load_genesis(&config)?;
     let tls = load_tls(&config, genesis.as_ref())?;
+    let registry = genesis.as_ref().map(tally_consensus::signed_entry::genesis_registry);
     let genesis = genesis.as_ref().map(tally_identity::genesis::Genesis::fingerprint);
     let incarnation = check_identity(&config.data_directory, &config, genesis)?;
     let log = RedbLogStore::open(&config.data_directory.join("raft-log.redb"), config.storage.log_cache_bytes)
@@ -190,6 +191,10 @@ pub async fn run(
     let appended = log.appended_bytes();
     let mut state_machine =
         LedgerStateMachine::open(&config.data_directory, config.storage.cache_bytes).map_err(NodeError::Storage)?;
+    // With a genesis the ledger takes signed requests only, each checked against its registry.
+    if let Some(registry) = registry {
+        state_machine.secure(registry);
+    }
     // What this replica holds: its log, or a snapshot installed past it.
     let held = log.held_index();
     let (applied, _) = state_machine.applied_state().await.map_err(|error| NodeError::Storage(error.to_string()))?;
@@ -258,7 +263,7 @@ pub async fn run(
     })?;
     let disk = Arc::new(disk);
     let gateway = Gateway::new(Arc::clone(&replica), group_commit.clone(), limits, Arc::clone(&disk));
-    let admin = Admin::new(Arc::clone(&replica), config.site.clone());
+    let admin = Admin::new(Arc::clone(&replica), config.site.clone(), gateway.clone());
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {

@@ -248,7 +248,7 @@ pub enum ChangeRefusal {
     Malformed { detail: String },
     #[error("the change's deadline passed {late_nanoseconds} ns ago (cluster time)")]
     DeadlineExpired { late_nanoseconds: u64 },
-    #[error("the change's deadline is {ahead_nanoseconds} ns ahead, beyond the longest a signed request is valid")]
+    #[error("the change's deadline is {ahead_nanoseconds} ns ahead, beyond the 24 hours a change may be valid for")]
     DeadlineTooFar { ahead_nanoseconds: u64 },
     #[error("change id {change_id:#x} was already applied")]
     ChangeIdReused { change_id: u128 },

@@ -23,6 +23,10 @@ use crate::result::ResultCode;
 /// how long a retry of it stays safe.
 pub const REQUEST_VALIDITY_MAX_NANOSECONDS: u64 = 5 * 60 * 1_000_000_000;
 
+/// The longest a registry change may be valid for: operators approve a change one after another,
+/// and may take a working day to.
+pub const CHANGE_VALIDITY_MAX_NANOSECONDS: u64 = 24 * 60 * 60 * 1_000_000_000;
+
 /// Signed requests in one log entry.
 pub const REQUESTS_PER_BATCH_MAX: usize = 1_024;
 
@@ -265,21 +269,15 @@ impl RequestRefusal {
     /// Whether the refusal is about who sent the request (gRPC `UNAUTHENTICATED`) rather than what
     /// it may do (`PERMISSION_DENIED`) or how it is formed (`INVALID_ARGUMENT`).
     pub fn kind(&self) -> RefusalKind {
-        match self {
-            RequestRefusal::Malformed { .. }
-            | RequestRefusal::Empty
-            | RequestRefusal::TooManyEvents { .. }
-            | RequestRefusal::DeadlineExpired { .. }
-            | RequestRefusal::DeadlineTooFar { .. }
-            | RequestRefusal::RequestIdReused { .. } => RefusalKind::Invalid,
-            RequestRefusal::PrincipalUnknown { .. }
-            | RequestRefusal::KeyUnknown { .. }
-            | RequestRefusal::KeyRetired { .. }
-            | RequestRefusal::KeyRevoked { .. }
-            | RequestRefusal::SignatureInvalid { .. } => RefusalKind::Unauthenticated,
-            RequestRefusal::OperationNotPermitted { .. }
-            | RequestRefusal::LedgerNotPermitted { .. }
-            | RequestRefusal::DebitAccountCodeNotPermitted { .. } => RefusalKind::PermissionDenied,
+        RequestRefusal::kind_of_code(self.code())
+    }
+
+    /// [`RequestRefusal::kind`] from the refusal's number, as a response carries it.
+    pub fn kind_of_code(code: u8) -> RefusalKind {
+        match code {
+            4..=8 => RefusalKind::Unauthenticated,
+            12..=14 => RefusalKind::PermissionDenied,
+            _ => RefusalKind::Invalid,
         }
     }
 }
@@ -302,11 +300,16 @@ pub enum DeadlineProblem {
 /// Checks a deadline against cluster time `now`: not passed, and at most
 /// [`REQUEST_VALIDITY_MAX_NANOSECONDS`] ahead (which bounds how long the window remembers ids).
 pub fn check_deadline(deadline: u64, now: u64) -> Result<(), DeadlineProblem> {
+    check_deadline_within(deadline, now, REQUEST_VALIDITY_MAX_NANOSECONDS)
+}
+
+/// [`check_deadline`] with another longest validity (a registry change's).
+pub fn check_deadline_within(deadline: u64, now: u64, validity_max: u64) -> Result<(), DeadlineProblem> {
     if deadline < now {
         return Err(DeadlineProblem::Expired { late_nanoseconds: now - deadline });
     }
     let ahead_nanoseconds = deadline - now;
-    if ahead_nanoseconds > REQUEST_VALIDITY_MAX_NANOSECONDS {
+    if ahead_nanoseconds > validity_max {
         return Err(DeadlineProblem::TooFar { ahead_nanoseconds });
     }
     Ok(())

@@ -9,11 +9,12 @@ use crate::model::StateMeta;
 use crate::registry::{ChangeRefusal, KeyAlgorithm, KeyStatus, OPERATORS_MAX, OPERATORS_PRINCIPAL, Registry};
 use crate::result::ResultCode;
 use crate::signed::{
-    ChangeOutcome, DeadlineProblem, REQUESTS_FORGOTTEN_PER_BATCH_MAX, REQUESTS_PER_BATCH_MAX, RequestOutcome,
-    RequestRefusal, SeenRequest, SignatureCheck, SignedBatch, SignedChange, SignedRequest, check_deadline,
+    CHANGE_VALIDITY_MAX_NANOSECONDS, ChangeOutcome, DeadlineProblem, REQUESTS_FORGOTTEN_PER_BATCH_MAX,
+    REQUESTS_PER_BATCH_MAX, RequestOutcome, RequestRefusal, SeenRequest, SignatureCheck, SignedBatch, SignedChange,
+    SignedRequest, check_deadline, check_deadline_within,
 };
-use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
+use crate::storage::{Storage, StorageRead};
 use crate::writer::LedgerWriter;
 use std::ops::ControlFlow;
 
@@ -54,11 +55,16 @@ impl<S: Storage> StateMachine<S> {
     /// (which must be of the same cluster). Every replica of a cluster holds the same genesis, so
     /// each starts from the same registry.
     pub fn with_genesis(mut self, genesis: Registry) -> StateMachine<S> {
+        self.secure(genesis);
+        self
+    }
+
+    /// [`StateMachine::with_genesis`] in place.
+    pub fn secure(&mut self, genesis: Registry) {
         match &self.registry {
             Some(registry) => assert_eq!(registry.cluster, genesis.cluster, "the store is of another cluster"),
             None => self.registry = Some(genesis),
         }
-        self
     }
 
     /// The key registry; `None` on a development cluster without a genesis.
@@ -209,43 +215,11 @@ impl<S: Storage> StateMachine<S> {
         check: &dyn SignatureCheck,
     ) -> RequestOutcome {
         let registry = self.registry.as_ref().expect("apply_signed checked the registry");
-        let signer = &request.signer;
-        if let Err(refusal) = authenticate(registry, request, batch.log_index, check) {
-            return RequestOutcome::Refused(refusal);
-        }
-        match check_deadline(signer.deadline, batch.timestamp) {
-            Ok(()) => {}
-            Err(DeadlineProblem::Expired { late_nanoseconds }) => {
-                return RequestOutcome::Refused(RequestRefusal::DeadlineExpired { late_nanoseconds });
-            }
-            Err(DeadlineProblem::TooFar { ahead_nanoseconds }) => {
-                return RequestOutcome::Refused(RequestRefusal::DeadlineTooFar { ahead_nanoseconds });
-            }
-        }
-        if let Some(seen) = self.writer.storage.request_seen_get(signer.principal, signer.request_id) {
-            if seen.body_hash == request.body_hash {
-                return RequestOutcome::Repeated(seen.results);
-            }
-            return RequestOutcome::Refused(RequestRefusal::RequestIdReused {
-                principal: signer.principal,
-                request_id: signer.request_id,
-            });
-        }
-        let operation = match &request.operation {
+        let at = Position { log_index: batch.log_index, timestamp: batch.timestamp };
+        let operation = match check_request(registry, &self.writer.storage, request, at, check) {
             Ok(operation) => operation,
-            Err(detail) => return RequestOutcome::Refused(RequestRefusal::Malformed { detail: detail.clone() }),
+            Err(outcome) => return outcome,
         };
-        match operation.event_count() {
-            0 => return RequestOutcome::Refused(RequestRefusal::Empty),
-            count if count > EVENTS_PER_BATCH_MAX => {
-                return RequestOutcome::Refused(RequestRefusal::TooManyEvents { count, max: EVENTS_PER_BATCH_MAX });
-            }
-            _ => {}
-        }
-        let principal = &registry.principals[&signer.principal];
-        if let Err(refusal) = crate::permission::check(principal, operation, &self.writer.storage) {
-            return RequestOutcome::Refused(refusal);
-        }
         let start = results.len();
         match operation {
             Operation::CreateLedgers(events) => self.apply_request(events, timestamp, results),
@@ -254,6 +228,7 @@ impl<S: Storage> StateMachine<S> {
             Operation::ExpirePendingTransfers => unreachable!("no client request expires transfers"),
         }
         let codes = results[start..].to_vec();
+        let signer = &request.signer;
         self.writer.storage.request_seen_insert(&SeenRequest {
             principal: signer.principal,
             request_id: signer.request_id,
@@ -306,7 +281,7 @@ impl<S: Storage> StateMachine<S> {
 
     fn apply_change_checked(&mut self, change: &SignedChange, check: &dyn SignatureCheck) -> ChangeOutcome {
         let registry = self.registry.as_ref().expect("apply_change checked the registry");
-        match check_deadline(change.signer.deadline, change.timestamp) {
+        match check_deadline_within(change.signer.deadline, change.timestamp, CHANGE_VALIDITY_MAX_NANOSECONDS) {
             Ok(()) => {}
             Err(DeadlineProblem::Expired { late_nanoseconds }) => {
                 return ChangeOutcome::Refused(ChangeRefusal::DeadlineExpired { late_nanoseconds });
@@ -529,5 +504,71 @@ fn put_change_record(out: &mut Vec<u8>, change: &SignedChange) {
     match &change.change {
         Ok(body) => body.encode(out),
         Err(_) => out.put_u8(0),
+    }
+}
+
+/// Where in the log a request is checked.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    /// The entry's index (a gateway checking before it proposes: `u64::MAX`).
+    log_index: u64,
+    /// Cluster time.
+    timestamp: u64,
+}
+
+/// Every check of a signed request, in order: who signed it, its deadline, whether its id was seen,
+/// its body, its role. The operation to apply, or the outcome it gets instead (a refusal, or the
+/// first outcome of a retry).
+fn check_request<'a>(
+    registry: &Registry,
+    storage: &impl StorageRead,
+    request: &'a SignedRequest,
+    at: Position,
+    check: &dyn SignatureCheck,
+) -> Result<&'a Operation, RequestOutcome> {
+    let refused = RequestOutcome::Refused;
+    let signer = &request.signer;
+    authenticate(registry, request, at.log_index, check).map_err(refused)?;
+    check_deadline(signer.deadline, at.timestamp).map_err(|problem| {
+        refused(match problem {
+            DeadlineProblem::Expired { late_nanoseconds } => RequestRefusal::DeadlineExpired { late_nanoseconds },
+            DeadlineProblem::TooFar { ahead_nanoseconds } => RequestRefusal::DeadlineTooFar { ahead_nanoseconds },
+        })
+    })?;
+    if let Some(seen) = storage.request_seen_get(signer.principal, signer.request_id) {
+        if seen.body_hash == request.body_hash {
+            return Err(RequestOutcome::Repeated(seen.results));
+        }
+        let (principal, request_id) = (signer.principal, signer.request_id);
+        return Err(refused(RequestRefusal::RequestIdReused { principal, request_id }));
+    }
+    let operation =
+        request.operation.as_ref().map_err(|detail| refused(RequestRefusal::Malformed { detail: detail.clone() }))?;
+    match operation.event_count() {
+        0 => return Err(refused(RequestRefusal::Empty)),
+        count if count > EVENTS_PER_BATCH_MAX => {
+            return Err(refused(RequestRefusal::TooManyEvents { count, max: EVENTS_PER_BATCH_MAX }));
+        }
+        _ => {}
+    }
+    let principal = &registry.principals[&signer.principal];
+    crate::permission::check(principal, operation, storage).map_err(refused)?;
+    Ok(operation)
+}
+
+/// The checks a gateway makes before it proposes a signed request: those the ledger makes when it
+/// applies it, against `storage` (a committed state) and cluster time `now`. The ledger decides:
+/// what passes here may still be refused at apply (a key revoked meanwhile). `Ok` also for a
+/// retry of a request already applied, which the gateway proposes so that the ledger answers it.
+pub fn precheck(
+    registry: &Registry,
+    storage: &impl StorageRead,
+    request: &SignedRequest,
+    now: u64,
+    check: &dyn SignatureCheck,
+) -> Result<(), RequestRefusal> {
+    match check_request(registry, storage, request, Position { log_index: u64::MAX, timestamp: now }, check) {
+        Ok(_) | Err(RequestOutcome::Repeated(_)) | Err(RequestOutcome::Applied(_)) => Ok(()),
+        Err(RequestOutcome::Refused(refusal)) => Err(refusal),
     }
 }

@@ -138,7 +138,15 @@ pub struct ClusterCerts {
     pub ca: ClusterCa,
     /// The ECDSA P-256 CA whose chain replicas present to clients without ML-DSA.
     pub fallback: FallbackCa,
+    pub cluster: ClusterId,
+    /// The seed of the genesis' one operator's ML-DSA-87 key.
+    operator_seed: [u8; 32],
 }
+
+/// The passphrase of every sealed key file the harness writes (`passphrase` in the folder).
+pub const KEY_PASSPHRASE: &str = "correct horse battery staple";
+/// The genesis' one operator.
+pub const OPERATOR: u64 = 1;
 
 impl ClusterCerts {
     /// A new CA and genesis (one operator) in `dir`, with certificates for the test principal
@@ -155,14 +163,62 @@ impl ClusterCerts {
         std::fs::write(dir.join(tally_identity::tls::FALLBACK_CA_FILE), &fallback.certified().certificate_pem)
             .expect("ca-ecdsa.pem");
         std::fs::write(dir.join("cluster-id"), format!("{cluster}\n")).expect("cluster-id");
-        let operator = MlDsaKeyPair::generate(Algorithm::MlDsa87).expect("an operator key");
-        let genesis =
-            Genesis::new(cluster, vec![Operator { id: 1, key: operator.public_key().clone() }], 1).expect("a genesis");
+        let operator_seed = random_seed();
+        let operator = MlDsaKeyPair::from_seed(Algorithm::MlDsa87, &operator_seed).expect("an operator key");
+        let genesis = Genesis::new(cluster, vec![Operator { id: OPERATOR, key: operator.public_key().clone() }], 1)
+            .expect("a genesis");
         std::fs::write(dir.join("genesis.toml"), genesis.to_toml()).expect("genesis.toml");
-        let certs = ClusterCerts { dir: dir.to_owned(), ca, fallback };
+        std::fs::write(dir.join("passphrase"), format!("{KEY_PASSPHRASE}\n")).expect("passphrase");
+        let certs = ClusterCerts { dir: dir.to_owned(), ca, fallback, cluster, operator_seed };
         certs.issue(Identity::Principal(TEST_PRINCIPAL));
         certs.issue(Identity::Principal(MONITORING_PRINCIPAL));
+        certs.write_signing_key(TEST_PRINCIPAL, 1);
         certs
+    }
+
+    /// The ML-DSA-65 signing key of `principal`'s `generation` (deterministic, so tests can make
+    /// it again), written sealed to `principal-<id>.signing.key` when asked.
+    pub fn signing_key(&self, principal: u64, generation: u8) -> MlDsaKeyPair {
+        MlDsaKeyPair::from_seed(Algorithm::MlDsa65, &self.signing_seed(principal, generation)).expect("a signing key")
+    }
+
+    fn signing_seed(&self, principal: u64, generation: u8) -> [u8; 32] {
+        let mut seed = self.operator_seed;
+        seed[..8].copy_from_slice(&principal.to_le_bytes());
+        seed[8] = generation;
+        seed
+    }
+
+    /// Seals `principal`'s signing key of `generation` into its key file, as `tallyctl keys
+    /// generate` does.
+    pub fn write_signing_key(&self, principal: u64, generation: u8) {
+        let seed = self.signing_seed(principal, generation);
+        let sealed =
+            tally_identity::key_file::seal_seed(Algorithm::MlDsa65, &seed, KEY_PASSPHRASE).expect("a sealed key");
+        replace(&self.signing_key_file(principal), &sealed);
+    }
+
+    pub fn signing_key_file(&self, principal: u64) -> PathBuf {
+        self.dir.join(format!("principal-{principal}.signing.key"))
+    }
+
+    /// How the SDK signs as `principal` with its key of `generation`.
+    pub fn signing(&self, principal: u64, generation: u8) -> tally_client::RequestSigning {
+        tally_client::RequestSigning::new(principal, self.cluster, self.signing_key(principal, generation))
+            .expect("an ML-DSA-65 key")
+    }
+
+    /// The operator's key, which approves registry changes.
+    pub fn operator_key(&self) -> MlDsaKeyPair {
+        MlDsaKeyPair::from_seed(Algorithm::MlDsa87, &self.operator_seed).expect("the operator key")
+    }
+
+    /// A registry change approved by the genesis' operator, valid for ten minutes.
+    pub fn approved(&self, change: &tally_client::registry::RegistryChange) -> tally_client::registry::ProposedChange {
+        let mut proposed = tally_client::registry::ProposedChange::new(self.cluster, change, Duration::from_secs(600))
+            .expect("a proposal");
+        proposed.approve(OPERATOR, &self.operator_key()).expect("an approval");
+        proposed
     }
 
     /// Issues `identity`'s certificate (a replica's for 127.0.0.1) and writes its files,
@@ -203,11 +259,16 @@ impl ClusterCerts {
     /// The environment tallyctl and tally-bench take `principal`'s certificate from.
     pub fn environment(&self, principal: u64) -> Vec<(&'static str, String)> {
         let files = TlsFiles::in_directory(&self.dir, Identity::Principal(principal));
-        vec![
+        let mut environment = vec![
             ("TALLY_CA", files.ca.display().to_string()),
             ("TALLY_CERT", files.certificate.display().to_string()),
             ("TALLY_KEY", files.key.display().to_string()),
-        ]
+        ];
+        if self.signing_key_file(principal).exists() {
+            environment.push(("TALLY_SIGNING_KEY", self.signing_key_file(principal).display().to_string()));
+            environment.push(("TALLY_SIGNING_PASSPHRASE_FILE", self.dir.join("passphrase").display().to_string()));
+        }
+        environment
     }
 
     /// A gRPC channel to `address` as `principal`.
@@ -323,6 +384,8 @@ fn replace(file: &Path, text: &str) {
 #[derive(Debug)]
 pub struct LocalCluster {
     certs: ClusterCerts,
+    /// Whether the test principal is in the registry yet (done at the first leader).
+    registered: std::sync::atomic::AtomicBool,
     directory: tempfile::TempDir,
     replicas: BTreeMap<u64, Replica>,
     settings: Settings,
@@ -366,7 +429,8 @@ impl LocalCluster {
         for id in replicas.keys() {
             certs.issue(Identity::Replica(*id));
         }
-        let mut cluster = LocalCluster { certs, directory, replicas, settings, initial_members };
+        let registered = std::sync::atomic::AtomicBool::new(false);
+        let mut cluster = LocalCluster { certs, registered, directory, replicas, settings, initial_members };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
         for &id in &ids {
             cluster.write_config(id, true);
@@ -617,11 +681,40 @@ impl LocalCluster {
             }
             let leader = leaders.first().copied().unwrap_or(0);
             if leader != 0 && leaders.iter().all(|seen| *seen == leader) && self.running().contains(&leader) {
+                if !self.registered.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    self.register_test_principal().await;
+                }
                 return leader;
             }
             assert!(Instant::now() < deadline, "no leader within {within:?}; logs of replica 1:\n{}", self.log_tail(1));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Registers the test principal, with every permission and its signing key of generation 1,
+    /// as an operator of a new cluster does before its first client writes.
+    async fn register_test_principal(&self) {
+        use tally_client::registry::{PrincipalRole, RegistryChange};
+        let key = self.certs.signing_key(TEST_PRINCIPAL, 1).public_key().clone();
+        let change =
+            RegistryChange::RegisterPrincipal { principal: TEST_PRINCIPAL, role: PrincipalRole::everything(), key };
+        let proposed = self.certs.approved(&change);
+        let endpoints: Vec<String> = self.running().iter().map(|id| self.address(*id)).collect();
+        let client = tally_client::Client::connect(&endpoints, self.security()).await.expect("a client");
+        let applied = client.with_deadline(Duration::from_secs(30)).change_registry(&proposed).await;
+        applied.expect("the test principal is registered");
+    }
+
+    /// An SDK client of every replica, signing as the test principal.
+    pub async fn client(&self) -> tally_client::Client {
+        let endpoints: Vec<String> = self.ids().iter().map(|id| self.address(*id)).collect();
+        let signing = Some(self.certs.signing(TEST_PRINCIPAL, 1));
+        tally_client::Client::connect_signed(&endpoints, self.security(), signing).await.expect("a client")
+    }
+
+    /// How the SDK signs as the test principal.
+    pub fn signing(&self) -> tally_client::RequestSigning {
+        self.certs.signing(TEST_PRINCIPAL, 1)
     }
 
     /// Waits until the leader, asked through `via`, sees replica `id` (a learner catching up) at
@@ -710,13 +803,13 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: &str) -> wire::NewT
 /// through `via`, retrying each until it is acknowledged as applied (`ok`, or `exists` for a retry).
 pub async fn write_one_by_one(cluster: &LocalCluster, via: u64, first: u128, count: u128) {
     let client = cluster.ledger(via).await;
+    let signing = cluster.signing();
     for id in first..first + count {
         let response = retry(|| {
-            let mut client = client.clone();
-            async move {
-                let transfers = vec![transfer(id, 1, 2, "1.00")];
-                client.create_transfers(wire::CreateTransfersRequest { transfers }).await
-            }
+            let client = client.clone();
+            let transfers = vec![transfer(id, 1, 2, "1.00")];
+            let operation = wire::write_request::Operation::CreateTransfers(wire::CreateTransfersRequest { transfers });
+            signed_write(client, &signing, operation)
         })
         .await;
         let applied = |code: &i32| *code == wire::ResultCode::Ok as i32 || *code == wire::ResultCode::Exists as i32;
@@ -726,12 +819,13 @@ pub async fn write_one_by_one(cluster: &LocalCluster, via: u64, first: u128, cou
 
 /// Creates ledger 1 (EUR, scale 2) and accounts `1..=count`, retrying through leader changes.
 pub async fn create_ledger_and_accounts(cluster: &LocalCluster, via: u64, count: u128) {
+    use wire::write_request::Operation;
     let client = cluster.ledger(via).await;
+    let signing = cluster.signing();
     let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
     let results = retry(|| {
-        let mut client = client.clone();
-        let ledger = ledger.clone();
-        async move { client.create_ledgers(wire::CreateLedgersRequest { ledgers: vec![ledger] }).await }
+        let operation = Operation::CreateLedgers(wire::CreateLedgersRequest { ledgers: vec![ledger.clone()] });
+        signed_write(client.clone(), &signing, operation)
     })
     .await;
     assert!(results.results.iter().all(|code| *code == 0 || *code == 1), "ledger: {:?}", results.results);
@@ -739,12 +833,23 @@ pub async fn create_ledger_and_accounts(cluster: &LocalCluster, via: u64, count:
         .map(|id| wire::NewAccount { id: uint128(id), ledger: 1, code: 1, ..wire::NewAccount::default() })
         .collect();
     let results = retry(|| {
-        let accounts = accounts.clone();
-        let mut client = client.clone();
-        async move { client.create_accounts(wire::CreateAccountsRequest { accounts }).await }
+        let operation = Operation::CreateAccounts(wire::CreateAccountsRequest { accounts: accounts.clone() });
+        signed_write(client.clone(), &signing, operation)
     })
     .await;
     assert!(results.results.iter().all(|code| *code == 0 || *code == 1), "accounts: {:?}", results.results);
+}
+
+/// Sends one write signed as `signing`'s principal (`LedgerService.Submit`), its answer in the
+/// shape of the unsigned calls'.
+pub async fn signed_write(
+    mut client: LedgerServiceClient<Channel>,
+    signing: &tally_client::RequestSigning,
+    operation: wire::write_request::Operation,
+) -> Result<tonic::Response<wire::CreateResponse>, tonic::Status> {
+    let message = signing.sign(operation, Duration::from_secs(30)).expect("a signature");
+    let response = client.submit(message).await?.into_inner();
+    Ok(tonic::Response::new(wire::CreateResponse { header: response.header, results: response.results }))
 }
 
 /// Retries a write through elections: UNAVAILABLE and ABORTED are worth retrying with the same ids.
@@ -766,4 +871,13 @@ where
             Err(status) => panic!("write failed: {status}"),
         }
     }
+}
+
+/// 32 random bytes, for a key that tests can make again from them.
+fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_mut(8) {
+        chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    }
+    seed
 }

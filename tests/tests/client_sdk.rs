@@ -22,7 +22,10 @@ fn amount(text: &str) -> Decimal {
 
 async fn client_of(cluster: &LocalCluster, deadline: Duration) -> Client {
     let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
-    Client::connect(&endpoints, cluster.security()).await.unwrap().with_deadline(deadline)
+    Client::connect_signed(&endpoints, cluster.security(), Some(cluster.signing()))
+        .await
+        .unwrap()
+        .with_deadline(deadline)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,13 +94,17 @@ async fn concurrent_open_chains_never_touch_other_requests_or_move_money() {
             client_number += 1;
             for lane in 0..REQUESTS_IN_FLIGHT_PER_CLIENT {
                 let ledger = ledger.clone();
+                let signing = cluster.signing();
                 clients.push(tokio::spawn(async move {
                     for request in (lane..REQUESTS_PER_CLIENT).step_by(REQUESTS_IN_FLIGHT_PER_CLIENT as usize) {
                         let events = shape.events(client, request);
                         let response = retry(|| {
-                            let mut ledger = ledger.clone();
                             let transfers = events.clone();
-                            async move { ledger.create_transfers(wire::CreateTransfersRequest { transfers }).await }
+                            let operation =
+                                wire::write_request::Operation::CreateTransfers(wire::CreateTransfersRequest {
+                                    transfers,
+                                });
+                            tally_tests::signed_write(ledger.clone(), &signing, operation)
                         })
                         .await;
                         assert!(
@@ -149,7 +153,10 @@ async fn concurrent_open_chains_never_touch_other_requests_or_move_money() {
 async fn a_malformed_call_fails_alone_in_the_sdks_batches(cluster: &LocalCluster) {
     use tally_client::{Client, Decimal, Error, NewTransfer, ResultCode};
     let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
-    let client = Client::connect(&endpoints, cluster.security()).await.unwrap().with_deadline(Duration::from_secs(20));
+    let client = Client::connect_signed(&endpoints, cluster.security(), Some(cluster.signing()))
+        .await
+        .unwrap()
+        .with_deadline(Duration::from_secs(20));
     let mut calls = Vec::new();
     for index in 0..64i64 {
         let client = client.clone();

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use openraft::EntryPayload;
 use openraft::storage::RaftLogReader;
 use tally_consensus::log_store::RedbLogStore;
-use tally_consensus::types::LogPayload;
+use tally_consensus::signed_entry::{ChangeEntry, MlDsaCheck, SignedEntry, genesis_registry};
+use tally_consensus::types::{LogPayload, decode};
 use tally_proto::v1 as wire;
-use tally_state_machine::{BatchOutcome, Operation, StateMachine, StorageRead, Units};
+use tally_state_machine::signed::{ChangeOutcome, RequestOutcome};
+use tally_state_machine::{Operation, StateMachine, StorageRead, Units};
 use tally_tests::{LocalCluster, Settings, retry, serialised, transfer, uint128};
 
 const CLIENTS: u64 = 8;
@@ -73,6 +75,7 @@ async fn client(
     replicas: Vec<wire::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>>,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Recorded>>>,
+    signing: tally_client::RequestSigning,
 ) {
     let mut random = fastrand::Rng::with_seed(seed ^ number.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut next_id = u128::from(number) * 1_000_000_000 + 1_000_000;
@@ -135,10 +138,12 @@ async fn client(
             },
         };
         let mut replica = replicas[random.usize(0..replicas.len())].clone();
-        let mut request = tonic::Request::new(wire::CreateTransfersRequest { transfers: events.clone() });
+        let operation =
+            wire::write_request::Operation::CreateTransfers(wire::CreateTransfersRequest { transfers: events.clone() });
+        let mut request = tonic::Request::new(signing.sign(operation, Duration::from_secs(3)).unwrap());
         request.set_timeout(Duration::from_secs(3));
         let invoked = Instant::now();
-        let answer = replica.create_transfers(request).await;
+        let answer = replica.submit(request).await;
         let completed = Instant::now();
         let outcome = match answer {
             Ok(response) => Outcome::Ok(response.into_inner().results),
@@ -238,7 +243,10 @@ async fn a_concurrent_history_under_faults_is_linearizable_and_replays_to_the_sa
     }
     let (stop, history) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|number| tokio::spawn(client(number, seed, replicas.clone(), Arc::clone(&stop), Arc::clone(&history))))
+        .map(|number| {
+            let (stop, history) = (Arc::clone(&stop), Arc::clone(&history));
+            tokio::spawn(client(number, seed, replicas.clone(), stop, history, cluster.signing()))
+        })
         .collect();
     let faults = nemesis(&mut cluster, seed, Instant::now() + RUN).await;
     stop.store(true, Ordering::Relaxed);
@@ -374,31 +382,55 @@ async fn a_concurrent_history_under_faults_is_linearizable_and_replays_to_the_sa
     }
     let mut log = RedbLogStore::open(&directory.join("raft-log.redb"), 8 * 1024 * 1024).unwrap();
     let entries = log.try_get_log_entries(1..).await.unwrap();
-    let mut ledger = StateMachine::new();
+    // The replay checks every signature again, as an auditor would, from the genesis alone.
+    let genesis = std::fs::read_to_string(cluster.certs().genesis_file()).unwrap();
+    let genesis = tally_identity::genesis::Genesis::from_toml(&genesis).unwrap();
+    let mut ledger = StateMachine::new().with_genesis(genesis_registry(&genesis));
     let (mut replayed, mut applied_once) = (0, BTreeSet::new());
     for entry in entries {
-        let EntryPayload::Normal(LogPayload::Batch(bytes)) = entry.payload else { continue };
-        let batch = tally_state_machine::codec::decode_batch(&bytes).unwrap();
-        let outcome = ledger.apply(&batch).expect("every batch in the log applies");
-        let (Operation::CreateTransfers(events), BatchOutcome::Created(results)) = (&batch.operation, outcome) else {
-            continue;
-        };
-        let mut start = 0;
-        for size in &batch.request_sizes {
-            let end = start + *size as usize;
-            for (event, code) in events[start..end].iter().zip(&results[start..end]) {
+        let index = entry.log_id.index;
+        let EntryPayload::Normal(payload) = entry.payload else { continue };
+        // Each applied request's transfers with their codes.
+        let mut requests: Vec<(Vec<tally_state_machine::NewTransfer>, Vec<tally_state_machine::ResultCode>)> =
+            Vec::new();
+        match payload {
+            LogPayload::Batch(bytes) => {
+                let batch = tally_state_machine::codec::decode_batch(&bytes).unwrap();
+                assert!(matches!(batch.operation, Operation::ExpirePendingTransfers), "an unsigned client batch");
+                ledger.apply(&batch).expect("every batch in the log applies");
+            }
+            LogPayload::RegistryChange(bytes) => {
+                let change: ChangeEntry = decode(&bytes, "change").unwrap();
+                let outcome = ledger.apply_change(&change.to_change(index), &MlDsaCheck).unwrap();
+                assert_eq!(outcome, ChangeOutcome::Applied, "the harness's registration");
+            }
+            LogPayload::Signed(bytes) => {
+                let signed: SignedEntry = decode(&bytes, "signed entry").unwrap();
+                let batch = signed.to_batch(index);
+                let outcomes = ledger.apply_signed(&batch, &MlDsaCheck).expect("every signed entry applies");
+                for (request, outcome) in batch.requests.into_iter().zip(outcomes) {
+                    let (Ok(Operation::CreateTransfers(events)), RequestOutcome::Applied(results)) =
+                        (request.operation, outcome)
+                    else {
+                        continue;
+                    };
+                    requests.push((events, results));
+                }
+            }
+        }
+        for (events, results) in requests {
+            for (event, code) in events.iter().zip(&results) {
                 if *code == tally_state_machine::ResultCode::Ok {
                     assert!(applied_once.insert(event.id), "transfer {} applied twice", event.id);
                 }
             }
-            if let Some(recorded) = ids_in_history.get(&events[start].id)
+            if let Some(recorded) = ids_in_history.get(&events[0].id)
                 && let Outcome::Ok(acknowledged) = &recorded.outcome
             {
-                let codes: Vec<i32> = results[start..end].iter().map(|code| *code as i32).collect();
+                let codes: Vec<i32> = results.iter().map(|code| *code as i32).collect();
                 assert_eq!(&codes, acknowledged, "client {}'s request replays differently", recorded.client);
                 replayed += 1;
             }
-            start = end;
         }
     }
     assert_eq!(replayed, acknowledged, "every acknowledged request is in the log");

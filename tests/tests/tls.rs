@@ -253,7 +253,10 @@ async fn certificates_rotate_on_a_live_cluster_under_load_and_no_acknowledged_tr
     let security = cluster.security();
     let Security::Tls(tls) = &security else { panic!("the cluster serves TLS") };
     let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.address(*id)).collect();
-    let client = Client::connect(&endpoints, security.clone()).await.unwrap().with_deadline(Duration::from_secs(20));
+    let client = Client::connect_signed(&endpoints, security.clone(), Some(cluster.signing()))
+        .await
+        .unwrap()
+        .with_deadline(Duration::from_secs(20));
 
     // Sixteen callers write single transfers until told to stop, keeping what was acknowledged.
     let stop = Arc::new(AtomicBool::new(false));

@@ -310,7 +310,15 @@ async fn run(arguments: Arguments) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let client = match Client::connect(&arguments.endpoints, security).await {
+    // On a secured cluster, writes are signed with TALLY_SIGNING_KEY (TALLY_SIGNING_PASSPHRASE_FILE).
+    let signing = match tally_client::RequestSigning::from_env(&security) {
+        Ok(signing) => signing,
+        Err(error) => {
+            eprintln!("tally-bench: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let client = match Client::connect_signed(&arguments.endpoints, security, signing).await {
         Ok(client) => client.with_deadline(Duration::from_secs_f64(arguments.deadline)),
         Err(error) => {
             eprintln!("tally-bench: {error}");

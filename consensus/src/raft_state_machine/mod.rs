@@ -54,6 +54,7 @@ pub use commit_pipeline::{
 };
 
 use crate::ledger_store::{LedgerCommit, LedgerReadView, RedbLedgerStore, WrittenCommit};
+use crate::signed_entry::{ChangeEntry, MlDsaCheck, SignedEntry};
 use crate::snapshot::SnapshotData;
 use crate::snapshot::data::UnwrittenSnapshot;
 use crate::snapshot::file::{
@@ -62,8 +63,11 @@ use crate::snapshot::file::{
 };
 use crate::type_config::{Entry, TypeConfig};
 use crate::types::{
-    ApplyResponse, ConsensusRecord, LogPayload, Membership, SnapshotMeta, StorageError, decode, encode,
+    ApplyResponse, ConsensusRecord, LogPayload, Membership, Refusal, SignedResponse, SnapshotMeta, StorageError,
+    decode, encode,
 };
+use tally_state_machine::registry::Registry;
+use tally_state_machine::signed::{ChangeOutcome, RequestOutcome};
 
 const LEDGER_FILE: &str = "ledger.redb";
 const LEDGER_INSTALLING_FILE: &str = "ledger.installing.redb";
@@ -116,9 +120,23 @@ fn snapshot_error(verb: ErrorVerb, error: impl std::fmt::Display) -> StorageErro
 pub struct LedgerViews {
     database: Arc<RwLock<Arc<redb::Database>>>,
     pipeline: CommitPipeline<Ledger>,
+    /// The key registry as last applied, for gateways to check requests against without waiting
+    /// for the ledger lock; `None` on a cluster without a genesis.
+    registry: Arc<RwLock<Option<Arc<Registry>>>>,
 }
 
 impl LedgerViews {
+    /// The key registry as last applied; `None` on a cluster without a genesis.
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        self.registry.read().expect("the registry lock is never poisoned").clone()
+    }
+
+    /// Publishes the ledger's registry to [`LedgerViews::registry`].
+    fn publish_registry(&self, ledger: &Ledger) {
+        let registry = ledger.registry().cloned().map(Arc::new);
+        *self.registry.write().expect("the registry lock is never poisoned") = registry;
+    }
+
     /// Why this ledger can no longer apply or commit, if it cannot
     /// ([`CommitPipeline::failure`]).
     pub fn failure(&self) -> Option<&'static str> {
@@ -208,6 +226,9 @@ pub struct LedgerStateMachine {
     defer_commits: bool,
     /// This replica's merge phase ([`LedgerStateMachine::stagger_index_merges`]).
     index_merge_phase: Option<usize>,
+    /// The registry of the cluster's genesis, for a ledger installed from a snapshot that holds
+    /// none yet ([`LedgerStateMachine::secure`]).
+    genesis: Option<Registry>,
 }
 
 impl LedgerStateMachine {
@@ -255,7 +276,9 @@ impl LedgerStateMachine {
         let views = LedgerViews {
             database: Arc::new(RwLock::new(database)),
             pipeline: CommitPipeline::new(StateMachine::open(store), Arc::new(TokioScheduler)),
+            registry: Arc::new(RwLock::new(None)),
         };
+        views.publish_registry(views.pipeline.lock().ledger());
         Ok(LedgerStateMachine {
             directory: directory.to_owned(),
             cache_bytes,
@@ -266,7 +289,18 @@ impl LedgerStateMachine {
             decoded: Batch::new(0, Operation::ExpirePendingTransfers),
             defer_commits: false,
             index_merge_phase: None,
+            genesis: None,
         })
+    }
+
+    /// Secures the ledger with its cluster's genesis registry: from now on it applies signed
+    /// requests only (and refuses unsigned client batches), checking each against the registry.
+    pub fn secure(&mut self, genesis: Registry) {
+        let mut applied = self.views.pipeline.lock();
+        applied.ledger_mut().secure(genesis.clone());
+        self.views.publish_registry(applied.ledger());
+        drop(applied);
+        self.genesis = Some(genesis);
     }
 
     /// Lets applied batches wait for a later commit (see the module documentation). The owner
@@ -336,6 +370,89 @@ fn apply_batch(
         Ok(BatchOutcome::Expired(ids)) => {
             applied.defer(ids.len());
             ApplyResponse::Expired { ids }
+        }
+        Err(error) => {
+            commit_record(applied, record);
+            ApplyResponse::Refused { reason: error.to_string() }
+        }
+    }
+}
+
+/// Applies one entry of signed requests; every request is checked again here (`signed_entry`).
+fn apply_signed(
+    applied: &mut Pipeline<Ledger>,
+    record: &ConsensusRecord,
+    log_index: u64,
+    bytes: &[u8],
+) -> ApplyResponse {
+    let entry: SignedEntry = match decode(bytes, "signed entry") {
+        Ok(entry) => entry,
+        Err(error) => {
+            commit_record(applied, record);
+            return ApplyResponse::Refused { reason: format!("malformed signed entry: {error}") };
+        }
+    };
+    let batch = entry.to_batch(log_index);
+    applied.ledger_mut().storage_mut().defer_consensus_state(encode(record));
+    match applied.ledger_mut().apply_signed(&batch, &MlDsaCheck) {
+        Ok(outcomes) => {
+            applied.defer(outcomes.iter().map(|outcome| outcome.results().len()).sum::<usize>().max(1));
+            let requests = outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    RequestOutcome::Applied(results) => {
+                        SignedResponse { results: codes(&results), repeated: false, refusal: None }
+                    }
+                    RequestOutcome::Repeated(results) => {
+                        SignedResponse { results: codes(&results), repeated: true, refusal: None }
+                    }
+                    RequestOutcome::Refused(refusal) => SignedResponse {
+                        results: Vec::new(),
+                        repeated: false,
+                        refusal: Some(Refusal { code: refusal.code(), message: refusal.to_string() }),
+                    },
+                })
+                .collect();
+            ApplyResponse::Signed { requests }
+        }
+        Err(error) => {
+            commit_record(applied, record);
+            ApplyResponse::Refused { reason: error.to_string() }
+        }
+    }
+}
+
+fn codes(results: &[tally_state_machine::ResultCode]) -> Vec<u8> {
+    results.iter().map(|code| *code as u8).collect()
+}
+
+/// Applies one registry change entry; its approvals are checked again here.
+fn apply_change(
+    applied: &mut Pipeline<Ledger>,
+    record: &ConsensusRecord,
+    log_index: u64,
+    bytes: &[u8],
+) -> ApplyResponse {
+    let entry: ChangeEntry = match decode(bytes, "registry change entry") {
+        Ok(entry) => entry,
+        Err(error) => {
+            commit_record(applied, record);
+            return ApplyResponse::Refused { reason: format!("malformed registry change entry: {error}") };
+        }
+    };
+    let change = entry.to_change(log_index);
+    applied.ledger_mut().storage_mut().defer_consensus_state(encode(record));
+    match applied.ledger_mut().apply_change(&change, &MlDsaCheck) {
+        Ok(outcome) => {
+            applied.defer(1);
+            match outcome {
+                ChangeOutcome::Applied => ApplyResponse::Changed { repeated: false, refusal: None },
+                ChangeOutcome::Repeated => ApplyResponse::Changed { repeated: true, refusal: None },
+                ChangeOutcome::Refused(refusal) => ApplyResponse::Changed {
+                    repeated: false,
+                    refusal: Some(Refusal { code: refusal.code(), message: refusal.to_string() }),
+                },
+            }
         }
         Err(error) => {
             commit_record(applied, record);
@@ -414,7 +531,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let payload_bytes: usize = entries
             .iter()
             .map(|entry| match &entry.payload {
-                EntryPayload::Normal(LogPayload::Batch(bytes)) => bytes.len(),
+                EntryPayload::Normal(payload) => payload.len(),
                 _ => 0,
             })
             .sum();
@@ -436,6 +553,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     }
                     EntryPayload::Normal(LogPayload::Batch(bytes)) => {
                         apply_batch(&mut applied, &self.record, &bytes, &mut self.decoded)
+                    }
+                    EntryPayload::Normal(LogPayload::Signed(bytes)) => {
+                        apply_signed(&mut applied, &self.record, entry.log_id.index, &bytes)
+                    }
+                    EntryPayload::Normal(LogPayload::RegistryChange(bytes)) => {
+                        let response = apply_change(&mut applied, &self.record, entry.log_id.index, &bytes);
+                        self.views.publish_registry(applied.ledger());
+                        response
                     }
                 };
                 responses.push(response);
@@ -510,7 +635,12 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             store.stagger_index_merges(phase, INDEX_MERGE_PHASES);
         }
         self.views.replace(store.database());
-        applied.replace_ledger(StateMachine::open(store));
+        let mut ledger = StateMachine::open(store);
+        if let Some(genesis) = &self.genesis {
+            ledger.secure(genesis.clone());
+        }
+        self.views.publish_registry(&ledger);
+        applied.replace_ledger(ledger);
         drop(applied);
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         self.record = record;

@@ -62,6 +62,7 @@ impl From<Error> for Failure {
         let code = match &error {
             Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::InvalidArgument(_) | Error::Usage(_) | Error::TooLarge(_) => exit::USAGE,
+            Error::Unauthenticated(_) | Error::PermissionDenied(_) => exit::REJECTED,
             Error::Server { .. } | Error::Protocol(_) => exit::FAILED,
         };
         Failure { code, message: error.to_string() }

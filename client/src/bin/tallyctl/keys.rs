@@ -61,7 +61,7 @@ pub fn run(printer: &Printer, command: KeysCommand) -> Result<(), Failure> {
     }
 }
 
-fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
+pub fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
     match file {
         Some(file) => {
             let text = std::fs::read_to_string(file)

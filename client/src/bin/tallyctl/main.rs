@@ -14,6 +14,7 @@ mod common;
 mod genesis;
 mod keys;
 mod ledger;
+mod registry;
 mod render;
 mod transfer;
 
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use tally_client::{Client, ClientTls, Security, TlsFiles};
+use tally_client::{Client, ClientTls, RequestSigning, Security, TlsFiles};
 
 use common::{Failure, Output, Printer, exit, usage};
 
@@ -60,6 +61,12 @@ struct Cli {
     /// Connect without TLS: only a development cluster started with insecure_plaintext accepts it.
     #[arg(long, env = "TALLY_INSECURE_PLAINTEXT", global = true, value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     insecure_plaintext: bool,
+    /// The principal's sealed ML-DSA-65 signing key: a secured cluster takes signed writes only.
+    #[arg(long, env = "TALLY_SIGNING_KEY", global = true)]
+    signing_key: Option<PathBuf>,
+    /// A file whose first line is the signing key's passphrase.
+    #[arg(long, env = "TALLY_SIGNING_PASSPHRASE_FILE", global = true)]
+    signing_passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +99,9 @@ enum Command {
     /// ML-DSA signing keys for principals and operators (no cluster needed).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The key registry: maker-checker changes (propose, approve, submit) and what it holds.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -124,6 +134,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Certs(command) => return certs::run(&Printer { output: cli.output }, command),
         Command::Keys(command) => return keys::run(&Printer { output: cli.output }, command),
         Command::Genesis(command) => return genesis::run(&Printer { output: cli.output }, command),
+        Command::Registry(command) if !command.needs_cluster() => {
+            return registry::run_offline(&Printer { output: cli.output }, command);
+        }
         _ => {}
     }
     if !(cli.timeout.is_finite() && cli.timeout > 0.0 && cli.timeout <= 3_600.0) {
@@ -146,7 +159,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ));
         }
     };
-    let client = Client::connect(&cli.endpoints, security).await?.with_deadline(Duration::from_secs_f64(cli.timeout));
+    let signing = match (&cli.signing_key, &cli.signing_passphrase_file) {
+        (None, _) => None,
+        (Some(key), Some(passphrase)) => Some(RequestSigning::for_security(&security, key, passphrase)?),
+        (Some(_), None) => {
+            return Err(usage("--signing-key needs --signing-passphrase-file (or TALLY_SIGNING_PASSPHRASE_FILE)"));
+        }
+    };
+    let client = Client::connect_signed(&cli.endpoints, security, signing)
+        .await?
+        .with_deadline(Duration::from_secs_f64(cli.timeout));
     let printer = Printer { output: cli.output };
     match cli.command {
         Command::Cluster(command) => cluster::run(&client, &printer, command).await,
@@ -154,6 +176,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Account(command) => account::run(&client, &printer, command).await,
         Command::Transfer(command) => transfer::run(&client, &printer, command).await,
         Command::Balance { account } => account::balance(&client, &printer, &account).await,
+        Command::Registry(command) => registry::run(&client, &printer, command).await,
         Command::Completions { .. } | Command::Certs(_) | Command::Keys(_) | Command::Genesis(_) => {
             unreachable!("handled above")
         }
