@@ -29,6 +29,7 @@ run() {
   local file="$OUT/$name-$label-$ledger.json"
   local certs="$ROOT/.tally/local/certs"
   TALLY_CA=$certs/ca.pem TALLY_CERT=$certs/principal-1.pem TALLY_KEY=$certs/principal-1.key \
+    TALLY_SIGNING_KEY=$certs/principal-1.signing.key TALLY_SIGNING_PASSPHRASE_FILE=$certs/principal-1.passphrase \
     "$BENCH" "$@" --json "$file" >/dev/null
   python3 - "$name" "$label" "$ledger" "$file" <<'PY'
 import json, sys

@@ -27,6 +27,7 @@ run() {
   local file="$OUT/$mode-$label-$ledger.json"
   if [[ $mode == tls ]]; then
     TALLY_CA=$CERTS/ca.pem TALLY_CERT=$CERTS/principal-1.pem TALLY_KEY=$CERTS/principal-1.key \
+      TALLY_SIGNING_KEY=$CERTS/principal-1.signing.key TALLY_SIGNING_PASSPHRASE_FILE=$CERTS/principal-1.passphrase \
       "$BENCH" "$@" --json "$file" >/dev/null
   else
     TALLY_INSECURE_PLAINTEXT=1 "$BENCH" "$@" --json "$file" >/dev/null

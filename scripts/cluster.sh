@@ -11,7 +11,8 @@
 # State (data directories, logs, pid files) lives under .tally/local in the repository. On first
 # start it also makes the cluster's genesis and certificates there (.tally/local/certs): the CA,
 # a certificate per replica, principal 1 (for tallyctl and the examples: TALLY_CA, TALLY_CERT,
-# TALLY_KEY) and principal 2 (monitoring, for /metrics). Every listener serves TLS 1.3.
+# TALLY_KEY, and its request-signing key TALLY_SIGNING_KEY, registered once the new cluster is up)
+# and principal 2 (monitoring, for /metrics). Every listener serves TLS 1.3.
 # TALLY_NODE_BINARY runs another tally-node build instead of building one (scripts/bench-alternate.sh).
 # TALLY_INSECURE_PLAINTEXT=1 runs the cluster without TLS (insecure_plaintext, for benchmarks that
 # compare; scripts/bench-security.sh): the same configs without [tls], in .tally/local/plaintext.
@@ -111,7 +112,27 @@ make_certs() {
     --passphrase-file "$made/operator-1.passphrase" >/dev/null
   "$TALLYCTL" genesis init --out "$made/genesis.toml" --cluster-id-file "$made/cluster-id" \
     --operator "1=$made/operator-1.key.pub" --required 1 >/dev/null
+  # Principal 1's request-signing key (ML-DSA-65): the cluster takes signed writes only, and
+  # registers this key once it is up (register_principal).
+  (umask 077 && head -c 24 /dev/urandom | base64 >"$made/principal-1.passphrase")
+  "$TALLYCTL" keys generate --out "$made/principal-1.signing.key" --algorithm ml-dsa-65 \
+    --passphrase-file "$made/principal-1.passphrase" >/dev/null
   mv "$made" "$CERTS"
+}
+
+# Registers principal 1 (tallyctl, the examples) with every permission, approved by operator 1:
+# the maker-checker change an operator makes on a new cluster (tallyctl registry).
+register_principal() {
+  [[ ${TALLY_INSECURE_PLAINTEXT:-} == 1 ]] && return
+  local change="$STATE/register-principal-1.json"
+  rm -f "$change"
+  "$TALLYCTL" registry propose --genesis "$CERTS/genesis.toml" --out "$change" --valid-hours 1 \
+    register --principal 1 --key "$CERTS/principal-1.signing.key.pub" --permission create-ledgers \
+    --permission create-accounts --permission create-transfers --permission read >/dev/null
+  "$TALLYCTL" registry approve "$change" --operator 1 --key "$CERTS/operator-1.key" \
+    --passphrase-file "$CERTS/operator-1.passphrase" >/dev/null
+  TALLY_CA=$CERTS/ca.pem TALLY_CERT=$CERTS/principal-1.pem TALLY_KEY=$CERTS/principal-1.key \
+    "$TALLYCTL" registry submit "$change"
 }
 
 # A new cluster: no replica has a data directory yet (identity.toml is its first file).
@@ -203,6 +224,7 @@ case $command in
       if [[ $node == 1 ]]; then start_node "$node" $bootstrap; else start_node "$node"; fi
     done
     wait_ready "${NODES[@]}"
+    if [[ -n $bootstrap ]]; then register_principal; fi
     ;;
   down) stop_all ;;
   status) status ;;

@@ -23,6 +23,9 @@ export TALLY_ENDPOINTS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103,127.0.0.1:71
 export TALLY_CA=$ROOT/.tally/local/certs/ca.pem
 export TALLY_CERT=$ROOT/.tally/local/certs/principal-1.pem
 export TALLY_KEY=$ROOT/.tally/local/certs/principal-1.key
+# ...and signs every write with principal 1's ML-DSA-65 key, which scripts/cluster.sh registered.
+export TALLY_SIGNING_KEY=$ROOT/.tally/local/certs/principal-1.signing.key
+export TALLY_SIGNING_PASSPHRASE_FILE=$ROOT/.tally/local/certs/principal-1.passphrase
 
 step() { printf '\n== %s\n' "$*"; }
 tallyctl() {

@@ -54,6 +54,11 @@ impl PrincipalRole {
     }
 }
 
+/// A permission's name as operators write it (`create_transfers`).
+pub fn permission_name(permission: Permission) -> String {
+    permission.as_str_name().trim_start_matches("PERMISSION_").to_lowercase()
+}
+
 /// A change to the key registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs, reason = "each field is named for what it is")]
@@ -101,7 +106,7 @@ impl RegistryChange {
     /// One line for operators: what they approve.
     pub fn summary(&self) -> String {
         let role = |role: &PrincipalRole| {
-            let permissions: Vec<&str> = role.permissions.iter().map(|permission| permission.as_str_name()).collect();
+            let permissions: Vec<String> = role.permissions.iter().copied().map(permission_name).collect();
             format!(
                 "permissions [{}], ledgers {:?} (none: all), debit account codes {:?} (none: any)",
                 permissions.join(", "),

@@ -244,15 +244,16 @@ pub async fn run(client: &Client, printer: &Printer, command: RegistryCommand) -
                     .permissions
                     .iter()
                     .map(|number| {
-                        Permission::try_from(*number)
-                            .map_or("unknown".into(), |permission| permission.as_str_name().to_lowercase())
+                        Permission::try_from(*number).map_or("unknown".into(), tally_client::registry::permission_name)
                     })
                     .collect();
                 let keys: Vec<serde_json::Value> = principal
                     .keys
                     .iter()
                     .map(|key| {
-                        let status = tally_proto::v1::KeyStatus::try_from(key.status).map_or("unknown".into(), |status| status.as_str_name().to_lowercase());
+                        let status = tally_proto::v1::KeyStatus::try_from(key.status).map_or("unknown".into(), |status| {
+                            status.as_str_name().trim_start_matches("KEY_STATUS_").to_lowercase()
+                        });
                         rows.push(vec![
                             principal.id.to_string(),
                             hex(&key.key_id),
