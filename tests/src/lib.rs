@@ -657,6 +657,11 @@ impl LocalCluster {
         LedgerServiceClient::new(self.certs.channel(&self.address(id), TEST_PRINCIPAL))
     }
 
+    /// A gRPC client of replica `id` whose writes are signed as the test principal.
+    pub async fn writer(&self, id: u64) -> SignedLedger {
+        SignedLedger { client: self.ledger(id).await, signing: Arc::new(self.signing()) }
+    }
+
     pub async fn admin(&self, id: u64) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.certs.channel(&self.address(id), TEST_PRINCIPAL))
     }
@@ -838,6 +843,37 @@ pub async fn create_ledger_and_accounts(cluster: &LocalCluster, via: u64, count:
     })
     .await;
     assert!(results.results.iter().all(|code| *code == 0 || *code == 1), "accounts: {:?}", results.results);
+}
+
+/// A replica's ledger service with the unsigned write calls' shapes, each write signed as the
+/// test principal and sent with `Submit` (a secured cluster takes nothing else).
+#[derive(Clone, Debug)]
+pub struct SignedLedger {
+    client: LedgerServiceClient<Channel>,
+    signing: Arc<tally_client::RequestSigning>,
+}
+
+impl SignedLedger {
+    pub async fn create_ledgers(
+        &mut self,
+        request: wire::CreateLedgersRequest,
+    ) -> Result<tonic::Response<wire::CreateResponse>, tonic::Status> {
+        signed_write(self.client.clone(), &self.signing, wire::write_request::Operation::CreateLedgers(request)).await
+    }
+
+    pub async fn create_accounts(
+        &mut self,
+        request: wire::CreateAccountsRequest,
+    ) -> Result<tonic::Response<wire::CreateResponse>, tonic::Status> {
+        signed_write(self.client.clone(), &self.signing, wire::write_request::Operation::CreateAccounts(request)).await
+    }
+
+    pub async fn create_transfers(
+        &mut self,
+        request: wire::CreateTransfersRequest,
+    ) -> Result<tonic::Response<wire::CreateResponse>, tonic::Status> {
+        signed_write(self.client.clone(), &self.signing, wire::write_request::Operation::CreateTransfers(request)).await
+    }
 }
 
 /// Sends one write signed as `signing`'s principal (`LedgerService.Submit`), its answer in the

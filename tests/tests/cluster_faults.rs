@@ -42,12 +42,12 @@ async fn posted_totals(cluster: &LocalCluster, via: u64) -> (u128, u128) {
     })
 }
 
-type Client = tally_proto::v1::ledger_service_client::LedgerServiceClient<tonic::transport::Channel>;
+type Client = tally_tests::SignedLedger;
 
 async fn clients(cluster: &LocalCluster, via: &[u64]) -> Vec<Client> {
     let mut clients = Vec::new();
     for id in via {
-        clients.push(cluster.ledger(*id).await);
+        clients.push(cluster.writer(*id).await);
     }
     clients
 }
@@ -184,7 +184,7 @@ async fn losing_a_site_keeps_writing_and_losing_a_majority_refuses_cleanly() {
     // A fourth replica down: three of seven cannot commit. The write fails with UNAVAILABLE
     // within its deadline, and is applied whole or not at all once the majority returns.
     cluster.kill(4);
-    let mut client = cluster.ledger(5).await;
+    let mut client = cluster.writer(5).await;
     let refused_ids = transfers(20_001, 100);
     let started = Instant::now();
     let refused = client.create_transfers(wire::CreateTransfersRequest { transfers: refused_ids }).await;

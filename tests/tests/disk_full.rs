@@ -88,7 +88,7 @@ async fn a_replica_whose_disk_fills_stops_and_catches_up_after_space_is_freed() 
 
     // Write until the victim's disk is full and it stops; every write is acknowledged meanwhile
     // (two of three replicas are a majority).
-    let client = cluster.ledger(leader).await;
+    let client = cluster.writer(leader).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut next_id = 1u128;
     let status = loop {

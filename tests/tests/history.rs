@@ -208,7 +208,7 @@ async fn a_concurrent_history_under_faults_is_linearizable_and_replays_to_the_sa
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
 
     // The ledger, hot accounts (1-4 limited), and their first funds from 5-8.
-    let setup = cluster.ledger(leader).await;
+    let setup = cluster.writer(leader).await;
     let ledger = wire::NewLedger { id: 1, currency: "EUR".into(), scale: 2, ..wire::NewLedger::default() };
     retry(|| {
         let (mut client, ledger) = (setup.clone(), ledger.clone());

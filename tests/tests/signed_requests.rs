@@ -75,7 +75,7 @@ async fn register(cluster: &LocalCluster, principal: u64, role: PrincipalRole) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_that_is_not_its_principals_is_refused_with_its_own_error_and_changes_nothing() {
-    let _serial = serialised();
+    let _turn = serialised().await;
     let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, 4).await;
@@ -185,7 +185,7 @@ async fn every_write_that_is_not_its_principals_is_refused_with_its_own_error_an
 /// ledger, the old key's writes stop with `KeyRetired`, the new key's with `KeyRevoked`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_and_are_revoked_under_load_with_nothing_acknowledged_lost() {
-    let _serial = serialised();
+    let _turn = serialised().await;
     let cluster = LocalCluster::start(&["a", "b", "c"], Settings::default());
     let leader = cluster.wait_for_leader(LEADER_WITHIN).await;
     create_ledger_and_accounts(&cluster, leader, 2).await;
