@@ -25,7 +25,7 @@ use crate::convert::{self, FieldError};
 use crate::disk::DiskSpace;
 use crate::group_commit::{Events, GroupCommit, WriteError, Written};
 use crate::reads::{Answer, Answers};
-use crate::replica::Replica;
+use crate::replica::{Replica, principal_of};
 use crate::signed;
 use tally_consensus::signed_entry::MlDsaCheck;
 use tally_state_machine::state_machine::precheck;
@@ -288,11 +288,34 @@ impl Gateway {
         let _permit = self.admit(request.get_ref())?;
         let client = |address: &str| self.replica.ledger_client(address);
         let local = async |request: Request<Req>, deadline| {
+            let ledgers = self.readable_ledgers(&request)?;
             let view = self.linearizable_view(deadline).await?;
             let header = self.replica.header(Some(&view));
-            answer(Answers::new(&view, header), request.get_ref()).map(Response::new)
+            answer(Answers::new(&view, header).within(&ledgers), request.get_ref()).map(Response::new)
         };
         self.replica.on_leader(request, client, call, local).await
+    }
+
+    /// The ledgers a read may see: on a secured cluster the reader's role must have the read
+    /// permission, and names them (none: all). Without TLS (a development cluster) or a genesis,
+    /// every ledger.
+    fn readable_ledgers<Req>(&self, request: &Request<Req>) -> Result<Vec<u32>, Status> {
+        let (Some(registry), Some(principal)) = (self.replica.views.registry(), principal_of(request)) else {
+            return Ok(Vec::new());
+        };
+        let role = &registry
+            .principals
+            .get(&principal)
+            .ok_or_else(|| {
+                Status::permission_denied(format!("principal {principal} is not registered, so may not read"))
+            })?
+            .role;
+        if !role.permissions.contains(tally_state_machine::registry::Permissions::READ) {
+            return Err(Status::permission_denied(format!(
+                "principal {principal} may not read (its role has no read permission)"
+            )));
+        }
+        Ok(role.ledgers.clone())
     }
 
     /// A read view that holds everything committed before now: the leader confirms with a quorum

@@ -15,11 +15,15 @@ use crate::convert::{self, FieldError, Renderer};
 /// How a read call answers: [`Answers`] on the view, and the request.
 pub(crate) type Answer<Req, Resp> = fn(Answers<'_>, &Req) -> Result<Resp, Status>;
 
-/// What every answer is made from: the read view, a renderer on it, and the response's header.
+/// What every answer is made from: the read view, a renderer on it, the response's header, and
+/// the ledgers the reader may see.
 pub(crate) struct Answers<'a> {
     view: &'a LedgerReadView,
     render: Renderer<'a, LedgerReadView>,
     header: Option<wire::ResponseHeader>,
+    /// The reader's role's ledgers (sorted); `None` or empty: all. Records of other ledgers are
+    /// answered as not found and left out of pages, so that their existence does not show.
+    ledgers: Option<&'a [u32]>,
 }
 
 fn invalid(error: FieldError) -> Status {
@@ -50,24 +54,43 @@ fn rendered<T, W>(
 
 impl<'a> Answers<'a> {
     pub(crate) fn new(view: &'a LedgerReadView, header: wire::ResponseHeader) -> Answers<'a> {
-        Answers { view, render: Renderer { storage: view }, header: Some(header) }
+        Answers { view, render: Renderer { storage: view }, header: Some(header), ledgers: None }
+    }
+
+    /// The same answers for a reader whose role names `ledgers` (sorted; empty: all).
+    pub(crate) fn within(self, ledgers: &'a [u32]) -> Answers<'a> {
+        Answers { ledgers: (!ledgers.is_empty()).then_some(ledgers), ..self }
+    }
+
+    fn allows(&self, ledger: u32) -> bool {
+        self.ledgers.is_none_or(|ledgers| ledgers.binary_search(&ledger).is_ok())
+    }
+
+    /// Whether the reader may see `account_id`'s transfers and balances (an account that does not
+    /// exist shows as empty either way).
+    fn allows_account(&self, account_id: u128) -> bool {
+        use tally_state_machine::StorageRead;
+        self.ledgers.is_none() || self.view.account_get(account_id).is_some_and(|account| self.allows(account.ledger))
     }
 
     pub(crate) fn lookup_ledgers(
         self,
         message: &wire::LookupLedgersRequest,
     ) -> Result<wire::LookupLedgersResponse, Status> {
-        let ledgers = lookups(self.view.lookup_ledgers(&message.ids), |ledger| wire::LedgerLookup {
-            found: ledger.is_some(),
-            ledger: ledger.map(|ledger| self.render.ledger(ledger)),
+        let ledgers = lookups(self.view.lookup_ledgers(&message.ids), |ledger| {
+            let ledger = ledger.filter(|ledger| self.allows(ledger.id));
+            wire::LedgerLookup { found: ledger.is_some(), ledger: ledger.map(|ledger| self.render.ledger(ledger)) }
         })?;
         Ok(wire::LookupLedgersResponse { header: self.header, ledgers })
     }
 
     pub(crate) fn lookup_accounts(self, message: &wire::LookupRequest) -> Result<wire::LookupAccountsResponse, Status> {
-        let accounts = lookups(self.view.lookup_accounts(&ids(message)), |account| wire::AccountLookup {
-            found: account.is_some(),
-            account: account.map(|account| self.render.account(account)),
+        let accounts = lookups(self.view.lookup_accounts(&ids(message)), |account| {
+            let account = account.filter(|account| self.allows(account.ledger));
+            wire::AccountLookup {
+                found: account.is_some(),
+                account: account.map(|account| self.render.account(account)),
+            }
         })?;
         Ok(wire::LookupAccountsResponse { header: self.header, accounts })
     }
@@ -76,9 +99,12 @@ impl<'a> Answers<'a> {
         self,
         message: &wire::LookupRequest,
     ) -> Result<wire::LookupTransfersResponse, Status> {
-        let transfers = lookups(self.view.lookup_transfers(&ids(message)), |transfer| wire::TransferLookup {
-            found: transfer.is_some(),
-            transfer: transfer.map(|transfer| self.render.transfer(transfer)),
+        let transfers = lookups(self.view.lookup_transfers(&ids(message)), |transfer| {
+            let transfer = transfer.filter(|transfer| self.allows(transfer.ledger));
+            wire::TransferLookup {
+                found: transfer.is_some(),
+                transfer: transfer.map(|transfer| self.render.transfer(transfer)),
+            }
         })?;
         Ok(wire::LookupTransfersResponse { header: self.header, transfers })
     }
@@ -88,6 +114,9 @@ impl<'a> Answers<'a> {
         message: &wire::AccountTransfersRequest,
     ) -> Result<wire::TransfersPage, Status> {
         let filter = convert::account_transfers_filter(message).map_err(invalid)?;
+        if !self.allows_account(filter.account_id) {
+            return Ok(wire::TransfersPage { header: self.header, transfers: Vec::new(), cursor: None });
+        }
         let (transfers, cursor) =
             rendered(self.view.get_account_transfers(filter), |transfer| self.render.transfer(transfer))?;
         Ok(wire::TransfersPage { header: self.header, transfers, cursor })
@@ -98,6 +127,9 @@ impl<'a> Answers<'a> {
         message: &wire::AccountBalancesRequest,
     ) -> Result<wire::AccountBalancesPage, Status> {
         let account_id = convert::u128_from(message.account_id.as_ref());
+        if !self.allows_account(account_id) {
+            return Ok(wire::AccountBalancesPage { header: self.header, balances: Vec::new(), cursor: None });
+        }
         let page = self.view.get_account_balances(account_id, convert::window(message.window.as_ref()));
         let scale = self.render.account_scale(account_id);
         let (balances, cursor) = rendered(page, |balance| self.render.balance(balance, scale))?;
@@ -106,21 +138,24 @@ impl<'a> Answers<'a> {
 
     pub(crate) fn query_ledgers(self, message: &wire::QueryLedgersRequest) -> Result<wire::LedgersPage, Status> {
         let page = self.view.query_ledgers(convert::window(message.window.as_ref()));
-        let (ledgers, cursor) = rendered(page, |ledger| self.render.ledger(ledger))?;
+        let (mut ledgers, cursor) = rendered(page, |ledger| self.render.ledger(ledger))?;
+        ledgers.retain(|ledger| self.allows(ledger.id));
         Ok(wire::LedgersPage { header: self.header, ledgers, cursor })
     }
 
     pub(crate) fn query_accounts(self, message: &wire::QueryRequest) -> Result<wire::AccountsPage, Status> {
         let filter = convert::field_filter(message).map_err(invalid)?;
         let page = self.view.query_accounts(filter, convert::window(message.window.as_ref()));
-        let (accounts, cursor) = rendered(page, |account| self.render.account(account))?;
+        let (mut accounts, cursor) = rendered(page, |account| self.render.account(account))?;
+        accounts.retain(|account| self.allows(account.ledger));
         Ok(wire::AccountsPage { header: self.header, accounts, cursor })
     }
 
     pub(crate) fn query_transfers(self, message: &wire::QueryRequest) -> Result<wire::TransfersPage, Status> {
         let filter = convert::field_filter(message).map_err(invalid)?;
         let page = self.view.query_transfers(filter, convert::window(message.window.as_ref()));
-        let (transfers, cursor) = rendered(page, |transfer| self.render.transfer(transfer))?;
+        let (mut transfers, cursor) = rendered(page, |transfer| self.render.transfer(transfer))?;
+        transfers.retain(|transfer| self.allows(transfer.ledger));
         Ok(wire::TransfersPage { header: self.header, transfers, cursor })
     }
 }

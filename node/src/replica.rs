@@ -31,6 +31,9 @@ use crate::clock::ClockCheck;
 
 /// Metadata a replica adds to a request it forwards, so that it is never forwarded twice.
 pub(crate) const FORWARDED: &str = "x-tally-forwarded";
+/// Metadata a replica adds to a request it forwards: the principal its client's certificate named,
+/// which the leader trusts from a replica's connection only.
+pub(crate) const PRINCIPAL: &str = "x-tally-principal";
 const LEADER_ID: &str = "x-tally-leader-id";
 const LEADER_ADDRESS: &str = "x-tally-leader-address";
 
@@ -214,6 +217,16 @@ impl Replica {
             Leader::Other { id, address } if was_forwarded => Err(Replica::not_leader(id, &address)),
             Leader::Other { address, .. } => {
                 let client = client(&address)?;
+                let principal = principal_of(&request);
+                let forwarded = |request: &mut Request<Req>| {
+                    if let Some(principal) = principal {
+                        request.metadata_mut().insert(PRINCIPAL, MetadataValue::from(principal));
+                    }
+                };
+                let forward = |client, mut request: Request<Req>| {
+                    forwarded(&mut request);
+                    forward(client, request)
+                };
                 self.forward_once(&address, client, request.into_inner(), deadline, forward).await
             }
             Leader::Unknown => unreachable!("known_leader returns a known leader"),
@@ -265,6 +278,20 @@ impl Replica {
 }
 
 /// Whether another replica forwarded this request (it must then not be forwarded again).
+/// The principal a request comes from: the one its connection's certificate names, or, on a
+/// replica's connection with a forwarded call, the one the forwarding replica passed on. `None`
+/// without TLS.
+pub(crate) fn principal_of<T>(request: &Request<T>) -> Option<u64> {
+    use tally_identity::certs::Identity;
+    match request.extensions().get::<crate::connections::ConnectionInfo>().and_then(|info| info.identity)? {
+        Identity::Principal(principal) => Some(principal),
+        Identity::Replica(_) if forwarded(request) => {
+            request.metadata().get(PRINCIPAL).and_then(|value| value.to_str().ok()).and_then(|text| text.parse().ok())
+        }
+        Identity::Replica(_) => None,
+    }
+}
+
 pub(crate) fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }

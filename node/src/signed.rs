@@ -21,13 +21,20 @@ use crate::convert::u128_from;
 /// change refusal's).
 pub const REFUSAL_TRAILER: &str = "tally-refusal";
 
-/// Refuses a request whose connection's certificate names another principal than the request. A
-/// replica's certificate passes: only a forwarded call gets this far with one (`authorise`), and
-/// the replica that forwarded it checked the principal's.
+/// Refuses a request whose connection's certificate names another principal than the request
+/// (for a forwarded call, the principal the forwarding replica passed on; it checked it too).
 pub fn check_principal<T>(request: &Request<T>, principal: u64) -> Result<(), Status> {
-    match request.extensions().get::<ConnectionInfo>().and_then(|info| info.identity) {
-        Some(Identity::Principal(certified)) if certified != principal => Err(Status::unauthenticated(format!(
+    let certified = crate::replica::principal_of(request);
+    let replica = matches!(
+        request.extensions().get::<ConnectionInfo>().and_then(|info| info.identity),
+        Some(Identity::Replica(_))
+    );
+    match certified {
+        Some(certified) if certified != principal => Err(Status::unauthenticated(format!(
             "certificate for principal {certified} does not match request principal {principal}"
+        ))),
+        None if replica => Err(Status::unauthenticated(format!(
+            "a replica forwarded request principal {principal}'s request without the principal it authenticated"
         ))),
         _ => Ok(()),
     }
@@ -129,7 +136,13 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert_eq!(refused.message(), "certificate for principal 7 does not match request principal 9");
         assert!(check_principal(&from(Some(Identity::Principal(9))), 9).is_ok());
-        assert!(check_principal(&from(Some(Identity::Replica(2))), 9).is_ok(), "forwarded by a replica");
+        let mut forwarded = from(Some(Identity::Replica(2)));
+        forwarded.metadata_mut().insert(crate::replica::FORWARDED, "1".parse().unwrap());
+        assert!(check_principal(&forwarded, 9).is_err(), "forwarded without the principal");
+        forwarded.metadata_mut().insert(crate::replica::PRINCIPAL, "9".parse().unwrap());
+        assert!(check_principal(&forwarded, 9).is_ok(), "forwarded by a replica that checked principal 9");
+        forwarded.metadata_mut().insert(crate::replica::PRINCIPAL, "7".parse().unwrap());
+        assert!(check_principal(&forwarded, 9).is_err(), "forwarded for another principal");
         assert!(check_principal(&from(None), 9).is_ok(), "plaintext: no certificate to compare");
     }
 

@@ -177,6 +177,50 @@ async fn every_write_that_is_not_its_principals_is_refused_with_its_own_error_an
     .await;
     let account = client.account(2).await.unwrap().unwrap();
     assert_eq!(account.credits_posted, Decimal::new(100, 2), "the transfer applied once");
+
+    // Reads by role: the channel has no read permission; an auditor of ledger 2 sees only ledger
+    // 2's records, through the leader and through a follower alike.
+    let lookup = || wire::LookupRequest { ids: vec![uint128(1).unwrap(), uint128(6).unwrap()] };
+    let status = as_channel.clone().lookup_accounts(lookup()).await.expect_err("no read permission");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("principal 3 may not read"), "{status}");
+    let ledger_two = tally_client::NewLedger { id: 2, currency: "USD".into(), scale: 2, ..Default::default() };
+    assert_eq!(client.create_ledgers(&[ledger_two]).await.unwrap(), [ResultCode::Ok]);
+    let in_two = tally_client::NewAccount { id: 6, ledger: 2, code: 1, ..Default::default() };
+    assert_eq!(client.create_accounts(&[in_two]).await.unwrap(), [ResultCode::Ok]);
+    const AUDITOR: u64 = 4;
+    register(
+        &cluster,
+        AUDITOR,
+        PrincipalRole { permissions: vec![Permission::Read], ledgers: vec![2], ..Default::default() },
+    )
+    .await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    for via in [leader, follower] {
+        let mut auditor = LedgerServiceClient::new(certs.channel(&cluster.address(via), AUDITOR));
+        let found: Vec<bool> = auditor
+            .lookup_accounts(lookup())
+            .await
+            .unwrap()
+            .into_inner()
+            .accounts
+            .iter()
+            .map(|lookup| lookup.found)
+            .collect();
+        assert_eq!(found, [false, true], "via {via}: account 1 is on ledger 1, which the auditor may not read");
+        let page = auditor
+            .query_accounts(wire::QueryRequest {
+                window: Some(wire::Window { limit: 100, ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.accounts.iter().all(|account| account.ledger == 2) && page.accounts.len() == 1, "{page:?}");
+        let refused =
+            auditor.submit(signed(&cluster, &certs.signing_key(AUDITOR, 1), AUDITOR, 1, deadline, pay(200, 1))).await;
+        assert_eq!(refused.expect_err("read-only").code(), Code::PermissionDenied);
+    }
     cluster.wait_converged(&cluster.ids(), Duration::from_secs(20)).await;
 }
 
