@@ -14,9 +14,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// A vector's inputs: its description, the operator key's seed, the change id, the deadline and the
+/// change's bytes.
+type Case = (&'static str, [u8; 32], u128, u64, Vec<u8>);
+
 fn main() {
-    // (description, operator key seed, change id, deadline, change bytes)
-    let cases: [(&str, [u8; 32], u128, u64, Vec<u8>); 2] = [
+    let cases: [Case; 2] = [
         (
             "12 bytes standing for a tally.v1.RegistryChange (only their blake3 hash is signed)",
             [0x33; 32],
