@@ -73,6 +73,12 @@ pub enum RegistryChange {
     RevokeKey { principal: u64, key_id: KeyId },
     /// A principal's new role.
     SetRole { principal: u64, role: PrincipalRole },
+    /// Another operator, with its ML-DSA-87 key.
+    AddOperator { operator: u64, key: PublicKey },
+    /// An operator that approves nothing from now on.
+    RemoveOperator { operator: u64 },
+    /// How many operators must approve a change.
+    SetApprovalsRequired { required: u32 },
 }
 
 fn public_key(key: &PublicKey) -> Option<wire::PublicKey> {
@@ -99,6 +105,15 @@ impl RegistryChange {
             RegistryChange::SetRole { principal, role } => {
                 Change::SetRole(wire::SetRole { principal: *principal, role: Some(role.to_wire()) })
             }
+            RegistryChange::AddOperator { operator, key } => {
+                Change::AddOperator(wire::AddOperator { operator: *operator, key: public_key(key) })
+            }
+            RegistryChange::RemoveOperator { operator } => {
+                Change::RemoveOperator(wire::RemoveOperator { operator: *operator })
+            }
+            RegistryChange::SetApprovalsRequired { required } => {
+                Change::SetApprovalsRequired(wire::SetApprovalsRequired { required: *required })
+            }
         };
         wire::RegistryChange { change: Some(change) }.encode_to_vec()
     }
@@ -123,6 +138,13 @@ impl RegistryChange {
             RegistryChange::RevokeKey { principal, key_id } => format!("revoke principal {principal}'s key {key_id}"),
             RegistryChange::SetRole { principal, role: given } => {
                 format!("set principal {principal}'s role: {}", role(given))
+            }
+            RegistryChange::AddOperator { operator, key } => {
+                format!("add operator {operator} with key {}", key.key_id())
+            }
+            RegistryChange::RemoveOperator { operator } => format!("remove operator {operator}"),
+            RegistryChange::SetApprovalsRequired { required } => {
+                format!("require {required} operators' approvals for every change")
             }
         }
     }

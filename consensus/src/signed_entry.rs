@@ -171,6 +171,15 @@ pub fn change_of(body: &[u8]) -> Result<RegistryChange, String> {
             RegistryChange::RevokeKey { principal: key.principal, key_id: key_id_of(&key.key_id)? }
         }
         Change::SetRole(set) => RegistryChange::SetRole { principal: set.principal, role: role_of(set.role.as_ref())? },
+        Change::AddOperator(add) => {
+            let (algorithm, public_key) = key_of(add.key.as_ref())?;
+            if algorithm != KeyAlgorithm::MlDsa87 {
+                return Err(format!("operators approve with ML-DSA-87 keys, not {}", algorithm.name()));
+            }
+            RegistryChange::AddOperator { operator: add.operator, public_key }
+        }
+        Change::RemoveOperator(remove) => RegistryChange::RemoveOperator { operator: remove.operator },
+        Change::SetApprovalsRequired(set) => RegistryChange::SetApprovalsRequired { required: set.required },
     })
 }
 

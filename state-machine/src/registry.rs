@@ -225,6 +225,19 @@ pub enum RegistryChange {
         principal: u64,
         role: Role,
     },
+    /// Another operator, with its ML-DSA-87 key: it approves changes from the next entry on.
+    AddOperator {
+        operator: u64,
+        public_key: Vec<u8>,
+    },
+    /// An operator that approves nothing from now on (never the last, nor below the threshold).
+    RemoveOperator {
+        operator: u64,
+    },
+    /// How many operators must approve a change, from the next change on.
+    SetApprovalsRequired {
+        required: u32,
+    },
 }
 
 impl RegistryChange {
@@ -235,6 +248,9 @@ impl RegistryChange {
             RegistryChange::RetireKey { .. } => "retire_key",
             RegistryChange::RevokeKey { .. } => "revoke_key",
             RegistryChange::SetRole { .. } => "set_role",
+            RegistryChange::AddOperator { .. } => "add_operator",
+            RegistryChange::RemoveOperator { .. } => "remove_operator",
+            RegistryChange::SetApprovalsRequired { .. } => "set_approvals_required",
         }
     }
 }
@@ -284,6 +300,14 @@ pub enum ChangeRefusal {
     KeyMalformed { algorithm: &'static str },
     #[error("the role cannot be held: {detail}")]
     RoleMalformed { detail: String },
+    #[error("operator {operator} is already an operator")]
+    OperatorExists { operator: u64 },
+    #[error("the registry holds its limit of {OPERATORS_MAX} operators")]
+    OperatorsFull,
+    #[error("{required} approvals cannot be required of {operators} operators: between 1 and the operator count")]
+    ApprovalsRequiredInvalid { required: u32, operators: usize },
+    #[error("operator {operator} is no operator")]
+    OperatorNotFound { operator: u64 },
 }
 
 impl ChangeRefusal {
@@ -311,6 +335,10 @@ impl ChangeRefusal {
             ChangeRefusal::KeyAlgorithm { .. } => 19,
             ChangeRefusal::KeyMalformed { .. } => 20,
             ChangeRefusal::RoleMalformed { .. } => 21,
+            ChangeRefusal::OperatorExists { .. } => 22,
+            ChangeRefusal::OperatorsFull => 23,
+            ChangeRefusal::ApprovalsRequiredInvalid { .. } => 24,
+            ChangeRefusal::OperatorNotFound { .. } => 25,
         }
     }
 }
@@ -331,8 +359,11 @@ impl Registry {
         self.operators.binary_search_by_key(&id, |operator| operator.id).ok().map(|index| &self.operators[index])
     }
 
-    /// The principal that holds `key_id`, if any does.
+    /// The principal that holds `key_id`, if any does (an operator's key: `OPERATORS_PRINCIPAL`).
     fn key_holder(&self, key_id: KeyId) -> Option<u64> {
+        if self.operators.iter().any(|operator| operator.key_id == key_id) {
+            return Some(OPERATORS_PRINCIPAL);
+        }
         self.principals.values().find(|principal| principal.key(key_id).is_some()).map(|principal| principal.id)
     }
 
@@ -418,6 +449,43 @@ impl Registry {
             RegistryChange::SetRole { principal, role } => {
                 let role = role.clone().normalized()?;
                 self.principal_mut(*principal)?.role = role;
+            }
+            RegistryChange::AddOperator { operator, public_key } => {
+                if self.operator(*operator).is_some() {
+                    return Err(ChangeRefusal::OperatorExists { operator: *operator });
+                }
+                if self.operators.len() >= OPERATORS_MAX {
+                    return Err(ChangeRefusal::OperatorsFull);
+                }
+                let malformed = ChangeRefusal::KeyMalformed { algorithm: KeyAlgorithm::MlDsa87.name() };
+                if public_key.len() > PUBLIC_KEY_BYTES_MAX {
+                    return Err(malformed);
+                }
+                let key_id = key_id_of(KeyAlgorithm::MlDsa87, public_key).ok_or(malformed)?;
+                if let Some(holder) = self.key_holder(key_id) {
+                    return Err(ChangeRefusal::KeyExists { key_id, principal: holder });
+                }
+                let at = self.operators.partition_point(|existing| existing.id < *operator);
+                self.operators.insert(at, Operator { id: *operator, key_id, public_key: public_key.clone() });
+            }
+            RegistryChange::RemoveOperator { operator } => {
+                let at = self
+                    .operators
+                    .binary_search_by_key(operator, |existing| existing.id)
+                    .map_err(|_| ChangeRefusal::OperatorNotFound { operator: *operator })?;
+                let remaining = self.operators.len() - 1;
+                if remaining < self.operator_approvals_required as usize {
+                    let required = self.operator_approvals_required;
+                    return Err(ChangeRefusal::ApprovalsRequiredInvalid { required, operators: remaining });
+                }
+                self.operators.remove(at);
+            }
+            RegistryChange::SetApprovalsRequired { required } => {
+                if *required == 0 || *required as usize > self.operators.len() {
+                    let operators = self.operators.len();
+                    return Err(ChangeRefusal::ApprovalsRequiredInvalid { required: *required, operators });
+                }
+                self.operator_approvals_required = *required;
             }
         }
         Ok(())
@@ -617,6 +685,19 @@ impl RegistryChange {
                 out.put_u64(*principal);
                 put_role(out, role);
             }
+            RegistryChange::AddOperator { operator, public_key } => {
+                out.put_u8(6);
+                out.put_u64(*operator);
+                put_bytes(out, public_key);
+            }
+            RegistryChange::RemoveOperator { operator } => {
+                out.put_u8(7);
+                out.put_u64(*operator);
+            }
+            RegistryChange::SetApprovalsRequired { required } => {
+                out.put_u8(8);
+                out.put_u32(*required);
+            }
         }
     }
 }
@@ -694,6 +775,39 @@ mod tests {
             assert_eq!(registry, before, "{change:?}");
         }
         assert_eq!(register(&mut registry, 0, 5), Err(ChangeRefusal::PrincipalZero));
+    }
+
+    #[test]
+    fn operators_are_added_and_removed_within_the_threshold_and_never_share_a_key() {
+        let mut registry = registry();
+        let add = |operator: u64, key: u8| RegistryChange::AddOperator { operator, public_key: vec![key; 8] };
+        registry.apply(&add(2, 2), 5, &key_id_of).unwrap();
+        assert_eq!(registry.apply(&add(2, 3), 6, &key_id_of), Err(ChangeRefusal::OperatorExists { operator: 2 }));
+        let shared = registry.apply(&add(3, 2), 6, &key_id_of);
+        assert!(matches!(shared, Err(ChangeRefusal::KeyExists { principal: OPERATORS_PRINCIPAL, .. })), "{shared:?}");
+        let require = |required: u32| RegistryChange::SetApprovalsRequired { required };
+        registry.apply(&require(2), 7, &key_id_of).unwrap();
+        assert_eq!(registry.operator_approvals_required, 2);
+        assert_eq!(
+            registry.apply(&require(3), 8, &key_id_of),
+            Err(ChangeRefusal::ApprovalsRequiredInvalid { required: 3, operators: 2 })
+        );
+        let remove = |operator: u64| RegistryChange::RemoveOperator { operator };
+        assert_eq!(
+            registry.apply(&remove(1), 8, &key_id_of),
+            Err(ChangeRefusal::ApprovalsRequiredInvalid { required: 2, operators: 1 }),
+            "lower the threshold first"
+        );
+        registry.apply(&require(1), 9, &key_id_of).unwrap();
+        registry.apply(&remove(1), 10, &key_id_of).unwrap();
+        assert_eq!(registry.operators.iter().map(|operator| operator.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            registry.apply(&remove(2), 11, &key_id_of),
+            Err(ChangeRefusal::ApprovalsRequiredInvalid { required: 1, operators: 0 }),
+            "never the last operator"
+        );
+        assert_eq!(registry.apply(&remove(7), 11, &key_id_of), Err(ChangeRefusal::OperatorNotFound { operator: 7 }));
+        assert_eq!(Registry::decode(&registry.to_bytes()).unwrap(), registry);
     }
 
     #[test]

@@ -358,3 +358,28 @@ fn the_window_forgets_requests_once_their_deadline_has_passed() {
     )]);
     assert_eq!(remembered(&secured), 1, "only the request still within its deadline");
 }
+
+#[test]
+fn operators_change_under_the_threshold_in_force_and_a_new_operator_approves_at_once() {
+    let mut secured = Secured::new();
+    let add = RegistryChange::AddOperator { operator: 3, public_key: test_public_key(3, 87) };
+    assert_eq!(
+        secured.change(add.clone(), &[1]),
+        ChangeOutcome::Refused(ChangeRefusal::ApprovalsTooFew { approved: 1, required: 2 })
+    );
+    assert_eq!(secured.change(add, &[1, 2]), ChangeOutcome::Applied);
+    let raise = RegistryChange::SetApprovalsRequired { required: 3 };
+    assert_eq!(secured.change(raise, &[1, 3]), ChangeOutcome::Applied, "operator 3 approves from the next change on");
+    let remove = RegistryChange::RemoveOperator { operator: 2 };
+    assert_eq!(
+        secured.change(remove.clone(), &[1, 2]),
+        ChangeOutcome::Refused(ChangeRefusal::ApprovalsTooFew { approved: 2, required: 3 })
+    );
+    assert_eq!(
+        secured.change(remove, &[1, 2, 3]),
+        ChangeOutcome::Refused(ChangeRefusal::ApprovalsRequiredInvalid { required: 3, operators: 2 }),
+        "lower the threshold before removing"
+    );
+    let registry = secured.harness.ledger.registry().unwrap();
+    assert_eq!((registry.operators.len(), registry.operator_approvals_required), (3, 3));
+}

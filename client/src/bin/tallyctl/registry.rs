@@ -94,6 +94,23 @@ pub enum Change {
         #[command(flatten)]
         role: RoleArgs,
     },
+    /// Another operator, with its ML-DSA-87 public key file.
+    AddOperator {
+        #[arg(long)]
+        operator: u64,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// An operator that approves nothing from now on.
+    RemoveOperator {
+        #[arg(long)]
+        operator: u64,
+    },
+    /// How many operators must approve a change.
+    SetApprovalsRequired {
+        #[arg(long)]
+        required: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +216,11 @@ pub fn run_offline(printer: &Printer, command: RegistryCommand) -> Result<(), Fa
                     RegistryChange::RevokeKey { principal, key_id: key_id(&id)? }
                 }
                 Change::SetRole { principal, role } => RegistryChange::SetRole { principal, role: role.role() },
+                Change::AddOperator { operator, key } => {
+                    RegistryChange::AddOperator { operator, key: public_key(&key)? }
+                }
+                Change::RemoveOperator { operator } => RegistryChange::RemoveOperator { operator },
+                Change::SetApprovalsRequired { required } => RegistryChange::SetApprovalsRequired { required },
             };
             let validity = Duration::from_secs_f64(valid_hours * 3600.0);
             let proposed = ProposedChange::new(genesis.cluster, &change, validity).map_err(Failure::from)?;
