@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// The wall clock the replica runs on: the system's unless a test injects one.
     #[serde(skip)]
     pub clock: Option<Arc<dyn crate::clock::Clock>>,
+    /// Where a test takes this replica's Raft handle, to propose what no client could (a forged
+    /// entry, as a faulty leader would). Never set from a file.
+    #[serde(skip)]
+    pub raft_handle: Option<RaftHandle>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -543,5 +547,15 @@ initial_members = [
         assert_eq!(parse(minimal()).unwrap().scheduling.follower_nice, 0);
         let nice = format!("{}\n[scheduling]\nfollower_nice = 5\n", minimal());
         assert_eq!(parse(&nice).unwrap().scheduling.follower_nice, 5);
+    }
+}
+
+/// A slot for a replica's Raft handle ([`NodeConfig::raft_handle`]), filled when the replica starts.
+#[derive(Clone, Default)]
+pub struct RaftHandle(pub Arc<std::sync::Mutex<Option<openraft::Raft<tally_consensus::type_config::TypeConfig>>>>);
+
+impl std::fmt::Debug for RaftHandle {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("RaftHandle")
     }
 }

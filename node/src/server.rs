@@ -231,6 +231,9 @@ pub async fn run(
     )
     .await
     .map_err(|error| NodeError::Raft(error.to_string()))?;
+    if let Some(handle) = &config.raft_handle {
+        *handle.0.lock().expect("the handle's lock is never poisoned") = Some(raft.clone());
+    }
     bootstrap(&raft, &config).await?;
 
     let replica = Arc::new(Replica::new(

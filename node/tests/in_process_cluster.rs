@@ -91,6 +91,7 @@ async fn start_cluster_configured(size: u64, raft: RaftSettings, group_commit: G
             initial_members: members.clone(),
             bootstrap: index == 0,
             clock: Some(Arc::clone(&clocks[index]) as Arc<dyn Clock>),
+            raft_handle: None,
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
                 election_timeout_min_ms: 300,

@@ -26,6 +26,7 @@ fn config(directory: &std::path::Path, cluster_name: &str, address: std::net::So
         initial_members: vec![Member { id: 1, address: address.to_string(), site: "a".into() }],
         bootstrap: true,
         clock: None,
+        raft_handle: None,
         raft: RaftSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 150,
