@@ -290,3 +290,78 @@ fn revoke_lists_a_certificate_and_its_fallback_and_rotate_replaces_a_pair_keepin
     assert_eq!(code, 2, "rotating what was never issued is refused");
     assert!(stderr.contains("issue it first"), "{stderr}");
 }
+
+#[test]
+fn registry_propose_and_approve_make_a_proposal_file_each_operator_signs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |arguments: &[&str]| {
+        let output = Command::new(tallyctl_binary())
+            .args(["--output", "json"])
+            .args(arguments)
+            .env("TALLY_KEY_PASSPHRASE", "operators keep this one safe")
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap(), text(&output.stdout), text(&output.stderr))
+    };
+    for (name, algorithm) in [("operator-1", "ml-dsa-87"), ("operator-2", "ml-dsa-87"), ("principal-9", "ml-dsa-65")] {
+        assert_eq!(run(&["keys", "generate", "--out", &path(name), "--algorithm", algorithm]).0, 0);
+    }
+    let operators = [format!("1={}.pub", path("operator-1")), format!("2={}.pub", path("operator-2"))];
+    std::fs::write(path("cluster-id"), format!("{}\n", "cd".repeat(16))).unwrap();
+    let cluster_file = path("cluster-id");
+    let genesis_arguments = ["genesis", "init", "--out", &path("genesis.toml"), "--cluster-id-file", &cluster_file];
+    let mut arguments: Vec<&str> = genesis_arguments.to_vec();
+    arguments.extend(["--operator", &operators[0], "--operator", &operators[1], "--required", "2"]);
+    let (code, _, stderr) = run(&arguments);
+    assert_eq!(code, 0, "{stderr}");
+
+    let key = format!("{}.pub", path("principal-9"));
+    let propose = [
+        "registry",
+        "propose",
+        "--genesis",
+        &path("genesis.toml"),
+        "--out",
+        &path("change.json"),
+        "register",
+        "--principal",
+        "9",
+        "--key",
+        &key,
+        "--permission",
+        "create-transfers",
+        "--ledger",
+        "978",
+        "--debit-code",
+        "100",
+    ];
+    let (code, stdout, stderr) = run(&propose);
+    assert_eq!(code, 0, "{stderr}");
+    let proposed: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(proposed["summary"].as_str().unwrap().contains("register principal 9"), "{stdout}");
+    assert_eq!(proposed["approved_by"], serde_json::json!([]));
+    let (code, _, stderr) = run(&propose);
+    assert_eq!(code, 2, "a proposal file is never overwritten");
+    assert!(stderr.contains("exists already"), "{stderr}");
+
+    let approve = |operator: &str, key: &str| {
+        run(&["registry", "approve", &path("change.json"), "--operator", operator, "--key", &path(key)])
+    };
+    let (code, stdout, stderr) = approve("1", "operator-1");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["approved_by"], serde_json::json!([1]));
+    let (code, _, stderr) = approve("1", "operator-1");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("operator 1 has approved this change already"), "{stderr}");
+    let (code, _, stderr) = approve("2", "principal-9");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("operators approve with their ML-DSA-87 key"), "{stderr}");
+    let (code, stdout, stderr) = approve("2", "operator-2");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["approved_by"], serde_json::json!([1, 2]));
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(path("change.json")).unwrap()).unwrap();
+    assert_eq!(file["cluster_id"], "cd".repeat(16), "the proposal names the genesis' cluster");
+    assert_eq!(file["approvals"].as_array().unwrap().len(), 2);
+}

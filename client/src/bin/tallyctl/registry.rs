@@ -15,7 +15,7 @@ use tally_client::registry::{Permission, PrincipalRole, ProposedChange, Registry
 use tally_identity::genesis::Genesis;
 use tally_identity::{KeyId, PublicKey};
 
-use crate::common::{Failure, Printer, replace_atomically, usage, write_new};
+use crate::common::{Failure, Printer, refuse_existing, replace_atomically, usage, write_new};
 use crate::render;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,6 +201,7 @@ pub fn run_offline(printer: &Printer, command: RegistryCommand) -> Result<(), Fa
         RegistryCommand::Propose { genesis, out, valid_hours, change } => {
             let genesis = Genesis::from_toml(&read(&genesis)?)
                 .map_err(|error| usage(format!("{}: {error}", genesis.display())))?;
+            refuse_existing(std::slice::from_ref(&out))?;
             if !(valid_hours.is_finite() && valid_hours > 0.0 && valid_hours <= 24.0) {
                 return Err(usage(format!("--valid-hours: {valid_hours} is not in (0, 24]")));
             }
