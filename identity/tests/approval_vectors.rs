@@ -2,8 +2,11 @@
 //! an operator signs to approve a registry change: the keys their seeds make, the signed bytes, and
 //! signatures that verify in aws-lc-rs and in PQClean, while any byte changed does not.
 
+mod support;
+
 use pqcrypto_traits::sign::{DetachedSignature as _, PublicKey as _};
 use serde::Deserialize;
+use support::{array, bytes};
 use tally_identity::request::change_payload;
 use tally_identity::sign::signed_message;
 use tally_identity::{Algorithm, AwsLcVerifier, ClusterId, Domain, MlDsaKeyPair, PublicKey, Signer, Verifier};
@@ -25,15 +28,6 @@ struct Vector {
     change_bytes: String,
     signed_message: String,
     signature: String,
-}
-
-fn bytes(hex: &str) -> Vec<u8> {
-    assert!(hex.len().is_multiple_of(2), "odd hex length");
-    (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex")).collect()
-}
-
-fn array<const N: usize>(hex: &str) -> [u8; N] {
-    bytes(hex).try_into().expect("the field's length")
 }
 
 #[test]

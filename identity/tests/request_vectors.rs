@@ -3,8 +3,11 @@
 //! keys their seeds make, the key ids, the signed bytes, and signatures that verify (in aws-lc-rs
 //! and in PQClean), while a vector with any byte changed does not.
 
+mod support;
+
 use pqcrypto_traits::sign::{DetachedSignature as _, PublicKey as _};
 use serde::Deserialize;
+use support::{array, bytes};
 use tally_identity::sign::signed_message;
 use tally_identity::{
     Algorithm, AwsLcVerifier, ClusterId, Domain, KeyId, MlDsaKeyPair, PublicKey, RequestSigner, Signer, signed_payload,
@@ -30,15 +33,6 @@ struct Vector {
     request_bytes: String,
     signed_message: String,
     signature: String,
-}
-
-fn bytes(hex: &str) -> Vec<u8> {
-    assert!(hex.len().is_multiple_of(2), "odd hex length");
-    (0..hex.len()).step_by(2).map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex")).collect()
-}
-
-fn array<const N: usize>(hex: &str) -> [u8; N] {
-    bytes(hex).try_into().expect("the field's length")
 }
 
 fn vectors() -> Vec<Vector> {

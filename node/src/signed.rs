@@ -41,7 +41,7 @@ pub fn check_principal<T>(request: &Request<T>, principal: u64) -> Result<(), St
 }
 
 /// The envelope of a signed request, as a log entry carries it.
-pub fn entry_request(message: &wire::SignedRequest) -> Result<EntryRequest, Status> {
+pub fn entry_request(message: wire::SignedRequest) -> Result<EntryRequest, Status> {
     let key_id: [u8; 16] =
         message.key_id.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!("key_id: a key id is 16 bytes, not {}", message.key_id.len()))
@@ -54,8 +54,8 @@ pub fn entry_request(message: &wire::SignedRequest) -> Result<EntryRequest, Stat
         key_id,
         request_id: u128_from(message.request_id.as_ref()),
         deadline: message.deadline_unix_nanoseconds,
-        signature: message.signature.clone(),
-        body: message.body.clone(),
+        signature: message.signature,
+        body: message.body,
     })
 }
 

@@ -258,8 +258,6 @@ impl RegistryChange {
 /// Why a registry change was refused; it changed nothing. The numbers are the wire's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeRefusal {
-    #[error("the cluster has no registry (it was started without a genesis)")]
-    NoRegistry,
     #[error("the change cannot be read: {detail}")]
     Malformed { detail: String },
     #[error("the change's deadline passed {late_nanoseconds} ns ago (cluster time)")]
@@ -311,10 +309,10 @@ pub enum ChangeRefusal {
 }
 
 impl ChangeRefusal {
-    /// The refusal's number on the wire.
+    /// The refusal's number on the wire (1 is unused: a cluster without a registry refuses the
+    /// whole entry, `BatchError::Unsecured`).
     pub fn code(&self) -> u8 {
         match self {
-            ChangeRefusal::NoRegistry => 1,
             ChangeRefusal::Malformed { .. } => 2,
             ChangeRefusal::DeadlineExpired { .. } => 3,
             ChangeRefusal::DeadlineTooFar { .. } => 4,

@@ -467,29 +467,28 @@ fn secured_ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, re
         assert_eq!(apply_secured_entry(&mut subject, &batch, log_index), expected, "entry {log_index} differs");
         assert_eq!(subject.digest(), reference.digest(), "digest differs after entry {log_index}");
     }
-    let snapshot = |machine: &dyn Fn(&mut Vec<u8>)| {
-        let mut bytes = Vec::new();
-        machine(&mut bytes);
-        bytes
-    };
-    let reference_bytes = snapshot(&|bytes| {
-        reference.write_snapshot(bytes).unwrap();
-    });
-    assert_eq!(
-        snapshot(&|bytes| {
-            subject.write_snapshot(bytes).unwrap();
-        }),
-        reference_bytes,
-        "snapshots differ"
-    );
-    let restored = StateMachine::restore_snapshot(restore_target, reference_bytes.as_slice()).expect("restore");
+    let restored = assert_snapshots_agree(&reference, &subject, restore_target);
     assert_eq!(restored.registry(), reference.registry(), "the registry survives a snapshot");
-    assert_eq!(
-        snapshot(&|bytes| {
-            restored.write_snapshot(bytes).unwrap();
-        }),
-        reference_bytes
-    );
+}
+
+/// The subject writes the reference's snapshot, byte for byte, and a ledger restored from it into
+/// `restore_target` writes it again; returns the restored ledger.
+fn assert_snapshots_agree<S: Storage>(
+    reference: &StateMachine<crate::storage::memory::MemoryStorage>,
+    subject: &StateMachine<S>,
+    restore_target: S,
+) -> StateMachine<S> {
+    let reference_bytes = snapshot_bytes(reference);
+    assert_eq!(snapshot_bytes(subject), reference_bytes, "snapshots differ");
+    let restored = StateMachine::restore_snapshot(restore_target, reference_bytes.as_slice()).expect("restore");
+    assert_eq!(snapshot_bytes(&restored), reference_bytes, "a restored store writes the same snapshot");
+    restored
+}
+
+fn snapshot_bytes<S: Storage>(ledger: &StateMachine<S>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    ledger.write_snapshot(&mut bytes).expect("a snapshot in memory");
+    bytes
 }
 
 /// Applies a reference batch to a secured ledger: an expiry as it is, any other as a signed request
@@ -521,30 +520,8 @@ fn ledger_on_this_store_matches_the_reference<S: Storage>(storage: S, restore_ta
         assert_eq!(subject.apply(&batch), expected, "batch at {} gives different results", batch.timestamp);
         assert_eq!(subject.digest(), reference.digest(), "digest differs after batch at {}", batch.timestamp);
     }
-    let snapshot = |machine: &dyn Fn(&mut Vec<u8>)| {
-        let mut bytes = Vec::new();
-        machine(&mut bytes);
-        bytes
-    };
-    let reference_bytes = snapshot(&|bytes| {
-        reference.write_snapshot(bytes).unwrap();
-    });
-    assert_eq!(
-        snapshot(&|bytes| {
-            subject.write_snapshot(bytes).unwrap();
-        }),
-        reference_bytes,
-        "snapshots differ"
-    );
-    let restored = StateMachine::restore_snapshot(restore_target, reference_bytes.as_slice()).expect("restore");
+    let restored = assert_snapshots_agree(&reference, &subject, restore_target);
     assert_eq!(restored.digest(), reference.digest());
-    assert_eq!(
-        snapshot(&|bytes| {
-            restored.write_snapshot(bytes).unwrap();
-        }),
-        reference_bytes,
-        "a restored store writes the same snapshot"
-    );
 }
 
 /// A short workload that touches every kind of write the ledger makes.
