@@ -646,6 +646,7 @@ impl Client {
         Ok(ClusterStatus {
             leader_id: response.leader_id,
             nodes: response.nodes.into_iter().map(NodeStatus::from_wire).collect(),
+            membership_index: response.membership_index,
         })
     }
 
@@ -704,7 +705,11 @@ impl Client {
                 async move { admin.change_registry(request(message, timeout)).await }
             })
             .await?;
-        Ok(ChangeApplied { applied_index: response.applied_index, repeated: response.repeated })
+        Ok(ChangeApplied {
+            applied_index: response.applied_index,
+            repeated: response.repeated,
+            membership: response.membership.map(Membership::from_wire),
+        })
     }
 
     /// The key registry as the leader last applied it.
@@ -807,6 +812,9 @@ pub struct ClusterStatus {
     pub leader_id: u64,
     /// One entry per member, reachable or not.
     pub nodes: Vec<NodeStatus>,
+    /// The log index of the membership entry in force: a membership change on a secured cluster is
+    /// proposed against it ([`crate::registry::RegistryChange::AddLearner`]).
+    pub membership_index: u64,
 }
 
 /// The membership after a change.
@@ -823,7 +831,7 @@ pub struct Membership {
 }
 
 impl Membership {
-    fn from_wire(response: wire::MembershipResponse) -> Membership {
+    pub(crate) fn from_wire(response: wire::MembershipResponse) -> Membership {
         Membership {
             leader_id: response.leader_id,
             voters: response.voters,

@@ -1,5 +1,6 @@
-//! The key registry from the SDK: proposing a change, approving it as an operator, sending it,
-//! and reading the registry.
+//! The key registry from the SDK: proposing a change (to the registry, the operators or, on a
+//! secured cluster, the membership), approving it as an operator, sending it, and reading the
+//! registry.
 //!
 //! A change is maker-checker: one operator proposes it ([`ProposedChange`]), as many as the genesis
 //! requires approve it (each signs the change's bytes with their ML-DSA-87 key, in turn, offline:
@@ -79,6 +80,12 @@ pub enum RegistryChange {
     RemoveOperator { operator: u64 },
     /// How many operators must approve a change.
     SetApprovalsRequired { required: u32 },
+    /// A non-voting member, added once every replica applied the approval, and only while the
+    /// membership entry at `membership_index` ([`crate::ClusterStatus::membership_index`]) is in
+    /// force.
+    AddLearner { node_id: u64, address: String, site: String, membership_index: u64 },
+    /// The complete set of voters after the change (as [`RegistryChange::AddLearner`] is made).
+    ChangeVoters { voters: Vec<u64>, retain_as_learners: bool, membership_index: u64 },
 }
 
 fn public_key(key: &PublicKey) -> Option<wire::PublicKey> {
@@ -114,6 +121,21 @@ impl RegistryChange {
             RegistryChange::SetApprovalsRequired { required } => {
                 Change::SetApprovalsRequired(wire::SetApprovalsRequired { required: *required })
             }
+            RegistryChange::AddLearner { node_id, address, site, membership_index } => {
+                Change::AddLearner(wire::AddLearner {
+                    node_id: *node_id,
+                    address: address.clone(),
+                    site: site.clone(),
+                    membership_index: *membership_index,
+                })
+            }
+            RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {
+                Change::ChangeVoters(wire::ChangeVoters {
+                    voters: voters.clone(),
+                    retain_as_learners: *retain_as_learners,
+                    membership_index: *membership_index,
+                })
+            }
         };
         wire::RegistryChange { change: Some(change) }.encode_to_vec()
     }
@@ -145,6 +167,16 @@ impl RegistryChange {
             RegistryChange::RemoveOperator { operator } => format!("remove operator {operator}"),
             RegistryChange::SetApprovalsRequired { required } => {
                 format!("require {required} operators' approvals for every change")
+            }
+            RegistryChange::AddLearner { node_id, address, site, membership_index } => format!(
+                "add node {node_id} at {address} (site {site}) as a learner, to the membership of log index \
+                 {membership_index}"
+            ),
+            RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {
+                let removed = if *retain_as_learners { "kept as learners" } else { "removed from the cluster" };
+                format!(
+                    "make the voters {voters:?} (others {removed}), in the membership of log index {membership_index}"
+                )
             }
         }
     }
@@ -287,12 +319,14 @@ impl ProposedChange {
 }
 
 /// What became of a change sent to the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeApplied {
     /// The log index it applied at: keys it added sign requests from the next one on.
     pub applied_index: u64,
     /// It had been applied before; nothing changed now.
     pub repeated: bool,
+    /// For a membership change: the membership it made (or, sent again, the one in force).
+    pub membership: Option<crate::Membership>,
 }
 
 #[cfg(test)]

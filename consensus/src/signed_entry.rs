@@ -180,6 +180,17 @@ pub fn change_of(body: &[u8]) -> Result<RegistryChange, String> {
         }
         Change::RemoveOperator(remove) => RegistryChange::RemoveOperator { operator: remove.operator },
         Change::SetApprovalsRequired(set) => RegistryChange::SetApprovalsRequired { required: set.required },
+        Change::AddLearner(add) => RegistryChange::AddLearner {
+            node_id: add.node_id,
+            address: add.address,
+            site: add.site,
+            membership_index: add.membership_index,
+        },
+        Change::ChangeVoters(change) => RegistryChange::ChangeVoters {
+            voters: change.voters,
+            retain_as_learners: change.retain_as_learners,
+            membership_index: change.membership_index,
+        },
     })
 }
 

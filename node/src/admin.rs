@@ -1,9 +1,13 @@
-//! The `AdminService`: status for operators, and membership changes.
+//! The `AdminService`: status for operators, membership changes and the key registry.
 //!
 //! Membership changes run on the leader (a follower forwards them) and one at a time: concurrent
-//! changes can leave a joint configuration in place. Leadership is handed over by asking the target
-//! to start an election; it wins when its log is up to date, which the caller can check first in
-//! the cluster status (replication lag 0).
+//! changes can leave a joint configuration in place. On a secured cluster (one with a genesis) a
+//! membership change is a registry change like any other, approved by operators: its approval goes
+//! through the log first, so that every replica checks it, and the leader makes the change in
+//! Raft's membership once the approval applied, only while the membership it was proposed against
+//! is still in force ([`MembershipStanding`]). Leadership is handed over by asking the target to
+//! start an election; it wins when its log is up to date, which the caller can check first in the
+//! cluster status (replication lag 0).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use crate::gateway::Gateway;
 use crate::group_commit::Events;
 use crate::replica::{FORWARDED, Leader, Replica, forwarded};
 use crate::signed;
-use tally_state_machine::registry::{KeyStatus, Permissions, Registry};
+use tally_state_machine::registry::{KeyStatus, Permissions, Registry, RegistryChange};
 
 /// How long cluster status waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -132,6 +136,77 @@ fn raft_error(error: impl std::fmt::Display) -> Status {
     Status::failed_precondition(error.to_string())
 }
 
+/// A membership change's error from Raft: UNAVAILABLE when leadership moved (the SDK retries
+/// there, and the approval, already applied, answers `repeated` and runs on the new leader).
+fn membership_error<E>(error: openraft::error::RaftError<u64, E>) -> Status
+where
+    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, PeerNode>>,
+{
+    if error.forward_to_leader::<PeerNode>().is_some() {
+        return Status::unavailable(format!("leadership moved before the membership change was made: {error}; retry"));
+    }
+    raft_error(error)
+}
+
+/// Where an approved membership change stands against the membership in force.
+#[derive(Debug, PartialEq, Eq)]
+enum MembershipStanding {
+    /// The membership it was proposed against is in force: it may be made.
+    Proposed,
+    /// What it asks for is in force already (it ran before: a retry).
+    Made,
+    /// Another membership is in force (its entry at `membership_index`) than the one it was
+    /// proposed against (`proposed_index`): it may not be made.
+    Moved { proposed_index: u64, membership_index: u64 },
+}
+
+fn membership_index(metrics: &openraft::RaftMetrics<u64, PeerNode>) -> u64 {
+    metrics.membership_config.log_id().map_or(0, |log_id| log_id.index)
+}
+
+fn membership_standing(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &RegistryChange) -> MembershipStanding {
+    let membership = metrics.membership_config.membership();
+    let made = match change {
+        RegistryChange::AddLearner { node_id, address, .. } => {
+            membership.get_node(node_id).is_some_and(|node| node.address == *address)
+        }
+        RegistryChange::ChangeVoters { voters, .. } => {
+            let wanted: BTreeSet<u64> = voters.iter().copied().collect();
+            membership.get_joint_config().len() == 1 && membership.voter_ids().collect::<BTreeSet<_>>() == wanted
+        }
+        _ => unreachable!("only membership changes have a standing"),
+    };
+    let expected = match change {
+        RegistryChange::AddLearner { membership_index, .. } | RegistryChange::ChangeVoters { membership_index, .. } => {
+            *membership_index
+        }
+        _ => unreachable!("only membership changes have a standing"),
+    };
+    let in_force = membership_index(metrics);
+    if in_force == expected && !made {
+        MembershipStanding::Proposed
+    } else if made {
+        MembershipStanding::Made
+    } else {
+        MembershipStanding::Moved { proposed_index: expected, membership_index: in_force }
+    }
+}
+
+/// Why a membership change proposed against the membership in force cannot be made in it.
+fn membership_misfit(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &RegistryChange) -> Option<String> {
+    let membership = metrics.membership_config.membership();
+    match change {
+        RegistryChange::AddLearner { node_id, .. } if membership.get_node(node_id).is_some() => {
+            Some(format!("node {node_id} is a member already, at another address: remove it first"))
+        }
+        RegistryChange::ChangeVoters { voters, .. } => voters
+            .iter()
+            .find(|id| membership.get_node(id).is_none())
+            .map(|unknown| format!("node {unknown} is not a member: add it as a learner first")),
+        _ => None,
+    }
+}
+
 impl Admin {
     /// Cluster status as this replica sees it; replication lag is known only on the leader.
     async fn local_cluster_status(&self) -> wire::ClusterStatusResponse {
@@ -162,7 +237,11 @@ impl Admin {
             }
             nodes.push(status);
         }
-        wire::ClusterStatusResponse { leader_id: metrics.current_leader.unwrap_or(0), nodes }
+        wire::ClusterStatusResponse {
+            leader_id: metrics.current_leader.unwrap_or(0),
+            nodes,
+            membership_index: membership_index(&metrics),
+        }
     }
 
     /// Asks the leader, which knows how far each member lags; answers locally when there is no
@@ -199,16 +278,30 @@ impl AdminService for Admin {
         request: Request<wire::RegistryChangeRequest>,
     ) -> Result<Response<wire::RegistryChangeResponse>, Status> {
         self.secured()?;
-        let entry = signed::change_entry(request.get_ref())?;
+        let (entry, change) = signed::change_entry(request.get_ref())?;
         let forward = |mut client: AdminServiceClient<_>, request| async move { client.change_registry(request).await };
         let local = async |_request, deadline| {
+            let _serialised = match change.is_membership() {
+                true => Some(self.membership_changes.lock().await),
+                false => None,
+            };
+            if change.is_membership() {
+                // Refused here, a change that cannot be made takes no log entry (and leaves its
+                // change id unused).
+                self.check_membership_change(&change)?;
+            }
             let written = self.gateway.commit_written(Events::RegistryChange(entry), deadline).await?;
             if let Some(refusal) = &written.refusal {
                 return Err(signed::change_refused(refusal));
             }
+            let membership = match change.is_membership() {
+                true => Some(self.make_membership_change(&change).await?),
+                false => None,
+            };
             Ok(Response::new(wire::RegistryChangeResponse {
                 applied_index: written.log_index,
                 repeated: written.repeated,
+                membership,
             }))
         };
         self.replica.on_leader(request, |address| self.client(address), forward, local).await
@@ -245,6 +338,7 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::AddLearnerRequest>,
     ) -> Result<Response<wire::MembershipResponse>, Status> {
+        self.refuse_unapproved_membership_change()?;
         let message = request.get_ref();
         if message.node_id == 0 || message.address.is_empty() {
             return Err(Status::invalid_argument("node_id must not be 0 and address must be set"));
@@ -262,6 +356,7 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::ChangeMembershipRequest>,
     ) -> Result<Response<wire::MembershipResponse>, Status> {
+        self.refuse_unapproved_membership_change()?;
         let message = request.get_ref();
         let voters: BTreeSet<u64> = message.voters.iter().copied().collect();
         if voters.is_empty() || voters.contains(&0) {
@@ -350,6 +445,60 @@ impl AdminService for Admin {
 }
 
 impl Admin {
+    /// A secured cluster changes its membership only as operators approve.
+    fn refuse_unapproved_membership_change(&self) -> Result<(), Status> {
+        let Some(registry) = self.replica.views.registry() else { return Ok(()) };
+        Err(Status::failed_precondition(format!(
+            "this cluster is secured: a membership change needs {} operator approval(s); propose it with \
+             `tallyctl cluster add-learner|promote|remove --out FILE`, have operators approve it with \
+             `tallyctl registry approve FILE`, and send it with `tallyctl registry submit FILE`",
+            registry.operator_approvals_required
+        )))
+    }
+
+    /// Whether an approved membership change can be proposed: its membership is in force and the
+    /// change fits it, or it was made before (a retry, which the log answers `repeated`).
+    fn check_membership_change(&self, change: &RegistryChange) -> Result<(), Status> {
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        match membership_standing(&metrics, change) {
+            MembershipStanding::Made => Ok(()),
+            MembershipStanding::Moved { proposed_index, membership_index } => {
+                Err(moved(change, proposed_index, membership_index))
+            }
+            MembershipStanding::Proposed => match membership_misfit(&metrics, change) {
+                Some(misfit) => Err(Status::invalid_argument(misfit)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Makes an approved membership change, which every replica applied, in Raft's membership.
+    async fn make_membership_change(&self, change: &RegistryChange) -> Result<wire::MembershipResponse, Status> {
+        let metrics = self.replica.raft.metrics().borrow().clone();
+        match membership_standing(&metrics, change) {
+            MembershipStanding::Made => return Ok(self.membership_response(membership_index(&metrics))),
+            MembershipStanding::Moved { proposed_index, membership_index } => {
+                return Err(moved(change, proposed_index, membership_index));
+            }
+            MembershipStanding::Proposed => {}
+        }
+        if let Some(misfit) = membership_misfit(&metrics, change) {
+            return Err(Status::invalid_argument(misfit));
+        }
+        let written = match change {
+            RegistryChange::AddLearner { node_id, address, site, .. } => {
+                let node = PeerNode { address: address.clone(), site: site.clone() };
+                self.replica.raft.add_learner(*node_id, node, false).await.map_err(membership_error)?
+            }
+            RegistryChange::ChangeVoters { voters, retain_as_learners, .. } => {
+                let voters = ChangeMembers::ReplaceAllVoters(voters.iter().copied().collect());
+                self.replica.raft.change_membership(voters, *retain_as_learners).await.map_err(membership_error)?
+            }
+            _ => unreachable!("only membership changes are made in Raft's membership"),
+        };
+        Ok(self.membership_response(written.log_id.index))
+    }
+
     async fn member_status(&self, id: u64, node: &PeerNode) -> wire::NodeStatus {
         let unreachable = |error: String| wire::NodeStatus {
             id,
@@ -375,6 +524,14 @@ impl Admin {
             }
         }
     }
+}
+
+fn moved(change: &RegistryChange, proposed_index: u64, membership_index: u64) -> Status {
+    Status::failed_precondition(format!(
+        "the {} change was proposed against the membership of log index {proposed_index}, but the one in force \
+         is of log index {membership_index}: it was not made; propose it again",
+        change.name()
+    ))
 }
 
 /// The registry as the admin API shows it.

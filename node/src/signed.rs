@@ -11,6 +11,7 @@ use tally_consensus::signed_entry::{ChangeEntry, EntryApproval, EntryRequest};
 use tally_consensus::types::Refusal;
 use tally_identity::certs::Identity;
 use tally_proto::v1 as wire;
+use tally_state_machine::registry::RegistryChange;
 use tally_state_machine::signed::{RefusalKind, RequestRefusal};
 use tonic::{Request, Status};
 
@@ -59,8 +60,8 @@ pub fn entry_request(message: wire::SignedRequest) -> Result<EntryRequest, Statu
     })
 }
 
-/// The entry of a registry change, its timestamp left to group commit.
-pub fn change_entry(message: &wire::RegistryChangeRequest) -> Result<ChangeEntry, Status> {
+/// The entry of a registry change, its timestamp left to group commit, and the change it carries.
+pub fn change_entry(message: &wire::RegistryChangeRequest) -> Result<(ChangeEntry, RegistryChange), Status> {
     if message.approvals.len() > tally_state_machine::registry::OPERATORS_MAX {
         return Err(Status::invalid_argument(format!(
             "approvals: {} approvals; a registry has at most {} operators",
@@ -68,9 +69,9 @@ pub fn change_entry(message: &wire::RegistryChangeRequest) -> Result<ChangeEntry
             tally_state_machine::registry::OPERATORS_MAX
         )));
     }
-    tally_consensus::signed_entry::change_of(&message.change)
+    let change = tally_consensus::signed_entry::change_of(&message.change)
         .map_err(|detail| Status::invalid_argument(format!("change: {detail}")))?;
-    Ok(ChangeEntry {
+    let entry = ChangeEntry {
         timestamp: 0,
         change_id: u128_from(message.change_id.as_ref()),
         deadline: message.deadline_unix_nanoseconds,
@@ -80,7 +81,8 @@ pub fn change_entry(message: &wire::RegistryChangeRequest) -> Result<ChangeEntry
             .iter()
             .map(|approval| EntryApproval { operator: approval.operator, signature: approval.signature.clone() })
             .collect(),
-    })
+    };
+    Ok((entry, change))
 }
 
 fn with_code(mut status: Status, code: u8) -> Status {
@@ -112,7 +114,7 @@ fn status_of(kind: RefusalKind, code: u8, message: String) -> Status {
 pub fn change_refused(refusal: &Refusal) -> Status {
     let status = match refusal.code {
         6..=9 => Status::unauthenticated(refusal.message.clone()),
-        2..=4 => Status::invalid_argument(refusal.message.clone()),
+        2..=4 | 26 => Status::invalid_argument(refusal.message.clone()),
         _ => Status::failed_precondition(refusal.message.clone()),
     };
     with_code(status, refusal.code)

@@ -29,6 +29,11 @@ pub const PUBLIC_KEY_BYTES_MAX: usize = 2_592;
 /// The principal id a registry change is recorded under in the window of seen requests: operators
 /// are no principal, and 0 names none.
 pub const OPERATORS_PRINCIPAL: u64 = 0;
+/// The most voters a membership change may name (a cluster has seven; more is a mistake).
+pub const VOTERS_MAX: usize = 64;
+/// The longest member address (host:port) and site name a membership change may carry.
+pub const MEMBER_ADDRESS_BYTES_MAX: usize = 255;
+pub const MEMBER_SITE_BYTES_MAX: usize = 64;
 
 /// A key's id: a keyed hash of its algorithm and public key (`tally_identity::keys::KeyId`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -238,6 +243,21 @@ pub enum RegistryChange {
     SetApprovalsRequired {
         required: u32,
     },
+    /// Authorises adding a non-voting member. The ledger only checks and records the approval;
+    /// the leader makes the change in Raft's membership once it applied, and only while the
+    /// membership entry at `membership_index` is still in force.
+    AddLearner {
+        node_id: u64,
+        address: String,
+        site: String,
+        membership_index: u64,
+    },
+    /// Authorises replacing the voters (as [`RegistryChange::AddLearner`] is carried out).
+    ChangeVoters {
+        voters: Vec<u64>,
+        retain_as_learners: bool,
+        membership_index: u64,
+    },
 }
 
 impl RegistryChange {
@@ -251,7 +271,14 @@ impl RegistryChange {
             RegistryChange::AddOperator { .. } => "add_operator",
             RegistryChange::RemoveOperator { .. } => "remove_operator",
             RegistryChange::SetApprovalsRequired { .. } => "set_approvals_required",
+            RegistryChange::AddLearner { .. } => "add_learner",
+            RegistryChange::ChangeVoters { .. } => "change_voters",
         }
+    }
+
+    /// Whether the change authorises a membership change (which the leader then carries out).
+    pub fn is_membership(&self) -> bool {
+        matches!(self, RegistryChange::AddLearner { .. } | RegistryChange::ChangeVoters { .. })
     }
 }
 
@@ -306,6 +333,8 @@ pub enum ChangeRefusal {
     ApprovalsRequiredInvalid { required: u32, operators: usize },
     #[error("operator {operator} is no operator")]
     OperatorNotFound { operator: u64 },
+    #[error("the membership change cannot be made: {detail}")]
+    MembershipMalformed { detail: String },
 }
 
 impl ChangeRefusal {
@@ -337,6 +366,7 @@ impl ChangeRefusal {
             ChangeRefusal::OperatorsFull => 23,
             ChangeRefusal::ApprovalsRequiredInvalid { .. } => 24,
             ChangeRefusal::OperatorNotFound { .. } => 25,
+            ChangeRefusal::MembershipMalformed { .. } => 26,
         }
     }
 }
@@ -484,6 +514,34 @@ impl Registry {
                     return Err(ChangeRefusal::ApprovalsRequiredInvalid { required: *required, operators });
                 }
                 self.operator_approvals_required = *required;
+            }
+            // Whether the change fits the membership in force is the leader's to check (the
+            // ledger does not hold Raft's membership); the ledger checks what it can alone.
+            RegistryChange::AddLearner { node_id, address, site, membership_index: _ } => {
+                let malformed = |detail: String| Err(ChangeRefusal::MembershipMalformed { detail });
+                if *node_id == 0 {
+                    return malformed("node id 0 names no member".into());
+                }
+                if address.is_empty() || address.len() > MEMBER_ADDRESS_BYTES_MAX {
+                    return malformed(format!("an address is 1 to {MEMBER_ADDRESS_BYTES_MAX} bytes"));
+                }
+                if site.len() > MEMBER_SITE_BYTES_MAX {
+                    return malformed(format!("a site name is at most {MEMBER_SITE_BYTES_MAX} bytes"));
+                }
+            }
+            RegistryChange::ChangeVoters { voters, retain_as_learners: _, membership_index: _ } => {
+                let malformed = |detail: String| Err(ChangeRefusal::MembershipMalformed { detail });
+                if voters.is_empty() || voters.len() > VOTERS_MAX {
+                    return malformed(format!("a membership has 1 to {VOTERS_MAX} voters, not {}", voters.len()));
+                }
+                if voters.contains(&0) {
+                    return malformed("node id 0 names no member".into());
+                }
+                let mut sorted = voters.clone();
+                sorted.sort_unstable();
+                if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+                    return malformed(format!("node {} is named twice among the voters", pair[0]));
+                }
             }
         }
         Ok(())
@@ -696,6 +754,20 @@ impl RegistryChange {
                 out.put_u8(8);
                 out.put_u32(*required);
             }
+            RegistryChange::AddLearner { node_id, address, site, membership_index } => {
+                out.put_u8(9);
+                out.put_u64(*node_id);
+                put_bytes(out, address.as_bytes());
+                put_bytes(out, site.as_bytes());
+                out.put_u64(*membership_index);
+            }
+            RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {
+                out.put_u8(10);
+                put_count(out, voters.len());
+                voters.iter().for_each(|voter| out.put_u64(*voter));
+                out.put_u8(u8::from(*retain_as_learners));
+                out.put_u64(*membership_index);
+            }
         }
     }
 }
@@ -773,6 +845,44 @@ mod tests {
             assert_eq!(registry, before, "{change:?}");
         }
         assert_eq!(register(&mut registry, 0, 5), Err(ChangeRefusal::PrincipalZero));
+    }
+
+    #[test]
+    fn a_membership_change_is_checked_alone_and_changes_no_registry_entry() {
+        let mut registry = registry();
+        let before = registry.clone();
+        let learner = |node_id: u64, address: &str, site: &str| RegistryChange::AddLearner {
+            node_id,
+            address: address.into(),
+            site: site.into(),
+            membership_index: 4,
+        };
+        let voters =
+            |voters: Vec<u64>| RegistryChange::ChangeVoters { voters, retain_as_learners: false, membership_index: 4 };
+        registry.apply(&learner(8, "10.0.0.8:7000", "b"), 5, &key_id_of).unwrap();
+        registry.apply(&voters(vec![3, 1, 2]), 6, &key_id_of).unwrap();
+        assert_eq!(registry, before, "the leader carries a membership change out; the registry holds none");
+        let refused = [
+            (learner(0, "10.0.0.8:7000", "b"), "node id 0"),
+            (learner(8, "", "b"), "an address is 1 to 255 bytes"),
+            (learner(8, &"a".repeat(256), "b"), "an address is 1 to 255 bytes"),
+            (learner(8, "10.0.0.8:7000", &"s".repeat(65)), "a site name is at most 64 bytes"),
+            (voters(Vec::new()), "1 to 64 voters, not 0"),
+            (voters((1..=65).collect()), "1 to 64 voters, not 65"),
+            (voters(vec![1, 0]), "node id 0"),
+            (voters(vec![1, 2, 1]), "node 1 is named twice"),
+        ];
+        for (change, expected) in refused {
+            let refusal = registry.apply(&change, 7, &key_id_of).expect_err(expected);
+            assert_eq!(refusal.code(), 26);
+            assert!(refusal.to_string().contains(expected), "{refusal} for {change:?}");
+        }
+        let encoded = |change: &RegistryChange| {
+            let mut out = Vec::new();
+            change.encode(&mut out);
+            out
+        };
+        assert_ne!(encoded(&voters(vec![1, 2])), encoded(&voters(vec![2, 1])), "the digest sees the voters as sent");
     }
 
     #[test]

@@ -169,6 +169,9 @@ impl ClusterCerts {
             .expect("a genesis");
         std::fs::write(dir.join("genesis.toml"), genesis.to_toml()).expect("genesis.toml");
         std::fs::write(dir.join("passphrase"), format!("{KEY_PASSPHRASE}\n")).expect("passphrase");
+        let sealed = tally_identity::key_file::seal_seed(Algorithm::MlDsa87, &operator_seed, KEY_PASSPHRASE)
+            .expect("a sealed operator key");
+        std::fs::write(dir.join(format!("operator-{OPERATOR}.key")), sealed).expect("the operator's key file");
         let certs = ClusterCerts { dir: dir.to_owned(), ca, fallback, cluster, operator_seed };
         certs.issue(Identity::Principal(TEST_PRINCIPAL));
         certs.issue(Identity::Principal(MONITORING_PRINCIPAL));
@@ -206,6 +209,16 @@ impl ClusterCerts {
     pub fn signing(&self, principal: u64, generation: u8) -> tally_client::RequestSigning {
         tally_client::RequestSigning::new(principal, self.cluster, self.signing_key(principal, generation))
             .expect("an ML-DSA-65 key")
+    }
+
+    /// The operator's sealed key file (its passphrase: `passphrase_file`), for tallyctl.
+    pub fn operator_key_file(&self) -> PathBuf {
+        self.dir.join(format!("operator-{OPERATOR}.key"))
+    }
+
+    /// The file whose first line is every sealed key's passphrase.
+    pub fn passphrase_file(&self) -> PathBuf {
+        self.dir.join("passphrase")
     }
 
     /// The operator's key, which approves registry changes.
@@ -708,6 +721,52 @@ impl LocalCluster {
         let client = tally_client::Client::connect(&endpoints, self.security()).await.expect("a client");
         let applied = client.with_deadline(Duration::from_secs(30)).change_registry(&proposed).await;
         applied.expect("the test principal is registered");
+    }
+
+    /// Adds replica `id` as a learner at `site`, asking through replica `via`, as operators do on a
+    /// secured cluster: the genesis' operator approves the change, proposed against the membership
+    /// in force.
+    pub async fn add_learner(
+        &self,
+        via: u64,
+        id: u64,
+        site: &str,
+    ) -> Result<tally_client::Membership, tally_client::Error> {
+        let change = |membership_index| tally_client::registry::RegistryChange::AddLearner {
+            node_id: id,
+            address: self.address(id),
+            site: site.to_owned(),
+            membership_index,
+        };
+        self.change_membership(via, change).await
+    }
+
+    /// Makes `voters` the voters (the others learners if `retain_as_learners`, else gone), asking
+    /// through replica `via`, approved as [`LocalCluster::add_learner`] is.
+    pub async fn change_voters(
+        &self,
+        via: u64,
+        voters: &[u64],
+        retain_as_learners: bool,
+    ) -> Result<tally_client::Membership, tally_client::Error> {
+        let change = |membership_index| tally_client::registry::RegistryChange::ChangeVoters {
+            voters: voters.to_vec(),
+            retain_as_learners,
+            membership_index,
+        };
+        self.change_membership(via, change).await
+    }
+
+    async fn change_membership(
+        &self,
+        via: u64,
+        change: impl FnOnce(u64) -> tally_client::registry::RegistryChange,
+    ) -> Result<tally_client::Membership, tally_client::Error> {
+        let client = tally_client::Client::connect(&[self.address(via)], self.security()).await?;
+        let client = client.with_deadline(Duration::from_secs(30));
+        let membership_index = client.cluster_status().await?.membership_index;
+        let applied = client.change_registry(&self.certs.approved(&change(membership_index))).await?;
+        Ok(applied.membership.expect("a membership change answers the membership it made"))
     }
 
     /// An SDK client of every replica, signing as the test principal.

@@ -63,29 +63,13 @@ async fn a_wiped_follower_is_refused_and_its_replacement_under_a_new_id_joins() 
 
     // The documented replacement: remove the old id, add a new one as a learner, promote it.
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != wiped).collect();
-    let mut admin = cluster.admin(leader).await;
-    let removed = admin
-        .change_membership(wire::ChangeMembershipRequest { voters: survivors.clone(), retain_as_learners: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let removed = cluster.change_voters(leader, &survivors, false).await.expect("the wiped replica is removed");
     assert_eq!(removed.voters, survivors);
     let replacement = cluster.add_replica("c");
-    admin
-        .add_learner(wire::AddLearnerRequest {
-            node_id: replacement,
-            address: cluster.address(replacement),
-            site: "c".into(),
-        })
-        .await
-        .expect("the replacement is added as a learner");
+    cluster.add_learner(leader, replacement, "c").await.expect("the replacement is added as a learner");
     cluster.wait_caught_up(leader, replacement, CONVERGE_WITHIN).await;
     let voters = [survivors.clone(), vec![replacement]].concat();
-    let promoted = admin
-        .change_membership(wire::ChangeMembershipRequest { voters: voters.clone(), retain_as_learners: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let promoted = cluster.change_voters(leader, &voters, false).await.expect("the replacement is promoted");
     assert_eq!(promoted.voters, voters);
     write_one_by_one(&cluster, leader, 31, 10).await;
     cluster.wait_converged(&voters, CONVERGE_WITHIN).await;

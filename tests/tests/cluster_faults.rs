@@ -269,33 +269,20 @@ async fn learners_are_added_promoted_and_voters_removed_while_serving() {
     };
 
     let learner = cluster.add_replica("b");
-    let mut admin = cluster.admin(2).await;
-    let added = admin
-        .add_learner(wire::AddLearnerRequest { node_id: learner, address: cluster.address(learner), site: "b".into() })
-        .await
-        .expect("a learner is added through a follower")
-        .into_inner();
+    let added = cluster.add_learner(2, learner, "b").await.expect("a learner is added through a follower");
     assert!(added.learners.contains(&learner));
     // Caught up: its replication lag, as the leader sees it, drops to (almost) nothing.
     cluster.wait_caught_up(2, learner, CONVERGE_WITHIN).await;
-    let promoted = admin
-        .change_membership(wire::ChangeMembershipRequest { voters: vec![1, 2, 3, learner], retain_as_learners: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let promoted = cluster.change_voters(2, &[1, 2, 3, learner], false).await.expect("the learner is promoted");
     assert_eq!(promoted.voters, vec![1, 2, 3, learner]);
-    let removed = admin
-        .change_membership(wire::ChangeMembershipRequest { voters: vec![2, 3, learner], retain_as_learners: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let removed = cluster.change_voters(2, &[2, 3, learner], false).await.expect("replica 1 is removed");
     assert_eq!(removed.voters, vec![2, 3, learner]);
     assert!(removed.learners.is_empty());
-    let status = admin
-        .change_membership(wire::ChangeMembershipRequest { voters: vec![2, 99], retain_as_learners: false })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    let refused = cluster.change_voters(2, &[2, 99], false).await.unwrap_err();
+    assert!(
+        matches!(&refused, tally_client::Error::InvalidArgument(message) if message.contains("node 99 is not a member")),
+        "{refused}"
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);

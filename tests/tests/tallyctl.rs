@@ -149,13 +149,29 @@ async fn every_command_prints_stable_json() {
     let moved = json(endpoints, &["cluster", "transfer-leader", &target.to_string()]);
     assert_eq!(moved["leader_id"], target);
 
+    // The cluster is secured: a membership change needs the operator's approval. Without one it is
+    // refused before the cluster is asked to change anything.
     let learner = cluster.add_replica("b");
     let address = cluster.address(learner);
-    let added = json(
-        endpoints,
-        &["cluster", "add-learner", "--node-id", &learner.to_string(), "--address", &address, "--site", "b"],
-    );
-    assert_eq!(added["learners"], serde_json::json!([learner]));
+    let add_learner =
+        ["cluster", "add-learner", "--node-id", &learner.to_string(), "--address", &address, "--site", "b"];
+    let unapproved = tallyctl(endpoints, &add_learner);
+    assert_eq!(unapproved.code, 2, "{}{}", unapproved.stdout, unapproved.stderr);
+    assert!(unapproved.stderr.contains("needs 1 operator approval(s)"), "{}", unapproved.stderr);
+    // One operator proposes it into a file, approves it (as a second operator would) and sends it.
+    let proposal = cluster.certs().passphrase_file().with_file_name("add-learner.json");
+    let proposal = proposal.to_str().unwrap();
+    let proposed = json(endpoints, &[&add_learner[..], &["--out", proposal]].concat());
+    assert!(proposed["summary"].as_str().unwrap().contains(&format!("add node {learner} at {address}")), "{proposed}");
+    let operator_key = cluster.certs().operator_key_file();
+    let passphrase = cluster.certs().passphrase_file();
+    let operator =
+        ["--operator", "1", "--key", operator_key.to_str().unwrap(), "--passphrase-file", passphrase.to_str().unwrap()];
+    let approved = json(endpoints, &[&["registry", "approve", proposal][..], &operator].concat());
+    assert_eq!(approved["approved_by"], serde_json::json!([1]));
+    let added = json(endpoints, &["registry", "submit", proposal]);
+    assert_eq!(added["membership"]["learners"], serde_json::json!([learner]), "{added}");
+    assert_eq!(added["repeated"], false);
     let caught_up_by = Instant::now() + Duration::from_secs(60);
     loop {
         let status = json(endpoints, &["cluster", "status"]);
@@ -171,11 +187,27 @@ async fn every_command_prints_stable_json() {
         assert!(Instant::now() < caught_up_by, "the learner did not catch up: {lag:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let promoted = json(endpoints, &["cluster", "promote", &learner.to_string()]);
+    // Where one approval is enough, the operator approves and sends a change at once.
+    let operator = [
+        "--operator",
+        "1",
+        "--operator-key",
+        operator_key.to_str().unwrap(),
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
+    ];
+    let promoted = json(endpoints, &[&["cluster", "promote", &learner.to_string()][..], &operator].concat());
     assert_eq!(promoted["voters"], serde_json::json!([1, 2, 3, learner]));
-    let removed = json(endpoints, &["cluster", "remove", &learner.to_string()]);
+    let removed = json(endpoints, &[&["cluster", "remove", &learner.to_string()][..], &operator].concat());
     assert_eq!(removed["voters"], serde_json::json!([1, 2, 3]));
     assert_eq!(removed["learners"], serde_json::json!([]));
+    // The first proposal, sent again once the learner is gone, adds nothing: it was approved for
+    // the membership of its day, which is no longer in force.
+    let replayed = tallyctl(endpoints, &["registry", "submit", proposal]);
+    assert_eq!(replayed.code, 1, "{}{}", replayed.stdout, replayed.stderr);
+    assert!(replayed.stderr.contains("proposed against the membership of log index"), "{}", replayed.stderr);
+    let members = json(endpoints, &["cluster", "members"]);
+    assert_eq!(members["learners"], serde_json::json!([]), "{members}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

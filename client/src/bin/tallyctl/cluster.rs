@@ -1,13 +1,44 @@
 //! `tallyctl cluster`: status, membership, leadership and snapshots.
+//!
+//! On a secured cluster (one with a genesis) a membership change needs operators' approval, as a
+//! registry change does: `add-learner`, `promote` and `remove` propose it, against the membership
+//! in force, into a file (`--out`) that operators approve (`tallyctl registry approve`) and anyone
+//! sends (`tallyctl registry submit`); where one approval is enough, an operator approves and
+//! sends it at once (`--operator`, `--operator-key`).
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
-use tally_client::{Client, ClusterStatus, Membership};
+use tally_client::registry::{ProposedChange, RegistryChange};
+use tally_client::{Client, ClusterStatus, Error, Membership};
+use tally_identity::ClusterId;
 
-use crate::common::{Failure, Printer, usage, with_progress};
+use crate::common::{Failure, Printer, refuse_existing, usage, with_progress, write_new};
 use crate::render;
+
+/// How a membership change is approved on a secured cluster.
+#[derive(Debug, Args)]
+pub struct MembershipApproval {
+    /// Write the change into this new proposal file, for operators to approve
+    /// (`tallyctl registry approve`) and send (`tallyctl registry submit`).
+    #[arg(long, conflicts_with = "operator")]
+    out: Option<PathBuf>,
+    /// Approve the change as this operator and send it at once (when one approval is enough).
+    #[arg(long, requires = "operator_key")]
+    operator: Option<u64>,
+    /// The operator's sealed ML-DSA-87 key.
+    #[arg(long, requires = "operator")]
+    operator_key: Option<PathBuf>,
+    /// A file whose first line is the operator key's passphrase (default: $TALLY_KEY_PASSPHRASE).
+    #[arg(long, requires = "operator")]
+    passphrase_file: Option<PathBuf>,
+    /// How long the proposal may wait for its approvals, in hours, at most 24.
+    #[arg(long, default_value_t = 1.0)]
+    valid_hours: f64,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -24,14 +55,22 @@ pub enum ClusterCommand {
         address: String,
         #[arg(long)]
         site: String,
+        #[command(flatten)]
+        approval: MembershipApproval,
     },
     /// Makes a caught-up learner a voter.
-    Promote { node_id: u64 },
+    Promote {
+        node_id: u64,
+        #[command(flatten)]
+        approval: MembershipApproval,
+    },
     /// Removes a member from the voters (and the cluster, unless --keep-as-learner).
     Remove {
         node_id: u64,
         #[arg(long)]
         keep_as_learner: bool,
+        #[command(flatten)]
+        approval: MembershipApproval,
     },
     /// Hands leadership to another voter.
     TransferLeader { node_id: u64 },
@@ -50,13 +89,21 @@ pub async fn run(client: &Client, printer: &Printer, command: ClusterCommand) ->
             Ok(())
         }
         ClusterCommand::Members => members(client, printer).await,
-        ClusterCommand::AddLearner { node_id, address, site } => {
-            let membership = with_progress("adding the learner", client.add_learner(node_id, &address, &site)).await?;
-            print_membership(printer, &membership);
-            Ok(())
+        ClusterCommand::AddLearner { node_id, address, site, approval } => {
+            approval.check()?;
+            let change = |membership_index| RegistryChange::AddLearner {
+                node_id,
+                address: address.clone(),
+                site: site.clone(),
+                membership_index,
+            };
+            let direct = async || client.add_learner(node_id, &address, &site).await;
+            change_membership(client, printer, &approval, "adding the learner", None, change, direct).await
         }
-        ClusterCommand::Promote { node_id } => promote(client, printer, node_id).await,
-        ClusterCommand::Remove { node_id, keep_as_learner } => remove(client, printer, node_id, keep_as_learner).await,
+        ClusterCommand::Promote { node_id, approval } => promote(client, printer, node_id, approval).await,
+        ClusterCommand::Remove { node_id, keep_as_learner, approval } => {
+            remove(client, printer, node_id, keep_as_learner, approval).await
+        }
         ClusterCommand::TransferLeader { node_id } => {
             let leader = with_progress("moving leadership", client.transfer_leader(node_id)).await?;
             printer.print(json!({ "leader_id": leader }), || format!("leader is now node {leader}"));
@@ -99,23 +146,136 @@ async fn status_with_member(client: &Client, node_id: u64, hint: &str) -> Result
     Ok(status)
 }
 
-async fn promote(client: &Client, printer: &Printer, node_id: u64) -> Result<(), Failure> {
+async fn promote(
+    client: &Client,
+    printer: &Printer,
+    node_id: u64,
+    approval: MembershipApproval,
+) -> Result<(), Failure> {
+    approval.check()?;
     let status = status_with_member(client, node_id, "; add it with `cluster add-learner` first").await?;
     let mut voters: Vec<u64> = status.nodes.iter().filter(|node| node.voter).map(|node| node.id).collect();
     if voters.contains(&node_id) {
         return Err(usage(format!("node {node_id} is already a voter")));
     }
     voters.push(node_id);
-    let membership = with_progress("changing the voters", client.change_membership(&voters, true)).await?;
-    print_membership(printer, &membership);
-    Ok(())
+    voters.sort_unstable();
+    change_voters(client, printer, &approval, &status, voters, true).await
 }
 
-async fn remove(client: &Client, printer: &Printer, node_id: u64, keep_as_learner: bool) -> Result<(), Failure> {
+async fn remove(
+    client: &Client,
+    printer: &Printer,
+    node_id: u64,
+    keep_as_learner: bool,
+    approval: MembershipApproval,
+) -> Result<(), Failure> {
+    approval.check()?;
     let status = status_with_member(client, node_id, "").await?;
     let voters: Vec<u64> =
         status.nodes.iter().filter(|node| node.voter && node.id != node_id).map(|node| node.id).collect();
-    let membership = with_progress("changing the voters", client.change_membership(&voters, keep_as_learner)).await?;
+    change_voters(client, printer, &approval, &status, voters, keep_as_learner).await
+}
+
+async fn change_voters(
+    client: &Client,
+    printer: &Printer,
+    approval: &MembershipApproval,
+    status: &ClusterStatus,
+    voters: Vec<u64>,
+    retain_as_learners: bool,
+) -> Result<(), Failure> {
+    let change = |membership_index| RegistryChange::ChangeVoters {
+        voters: voters.clone(),
+        retain_as_learners,
+        membership_index,
+    };
+    let direct = async || client.change_membership(&voters, retain_as_learners).await;
+    change_membership(client, printer, approval, "changing the voters", Some(status), change, direct).await
+}
+
+impl MembershipApproval {
+    /// What can be refused before the cluster is asked anything.
+    fn check(&self) -> Result<(), Failure> {
+        if let Some(out) = &self.out {
+            refuse_existing(std::slice::from_ref(out))?;
+        }
+        if !(self.valid_hours.is_finite() && self.valid_hours > 0.0 && self.valid_hours <= 24.0) {
+            return Err(usage(format!("--valid-hours: {} is not in (0, 24]", self.valid_hours)));
+        }
+        Ok(())
+    }
+}
+
+/// The cluster's key registry, or `None` for a cluster without a genesis (whose membership
+/// changes without approvals).
+async fn registry_if_secured(client: &Client) -> Result<Option<tally_proto::v1::Registry>, Failure> {
+    match client.registry().await {
+        Ok(registry) => Ok(Some(registry)),
+        Err(Error::Server { code: tonic::Code::FailedPrecondition, message, .. }) if message.contains("no genesis") => {
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Makes a membership change: at once on a cluster without a genesis (`direct`); on a secured
+/// one, as a change proposed against the membership in force, into a file or approved and sent.
+async fn change_membership(
+    client: &Client,
+    printer: &Printer,
+    approval: &MembershipApproval,
+    what: &str,
+    status: Option<&ClusterStatus>,
+    change: impl FnOnce(u64) -> RegistryChange,
+    direct: impl AsyncFnOnce() -> Result<Membership, Error>,
+) -> Result<(), Failure> {
+    let Some(registry) = registry_if_secured(client).await? else {
+        if approval.out.is_some() || approval.operator.is_some() {
+            return Err(usage(
+                "this cluster has no genesis: its membership changes without approvals; leave out --out and --operator",
+            ));
+        }
+        let membership = with_progress(what, direct()).await?;
+        print_membership(printer, &membership);
+        return Ok(());
+    };
+    let required = registry.operator_approvals_required;
+    if approval.out.is_none() && approval.operator.is_none() {
+        return Err(usage(format!(
+            "this cluster is secured: a membership change needs {required} operator approval(s); pass --out FILE to \
+             propose it for approval, or --operator and --operator-key to approve it and send it at once"
+        )));
+    }
+    if approval.operator.is_some() && required > 1 {
+        return Err(usage(format!(
+            "this cluster requires {required} operators' approvals: propose the change with --out FILE, have each \
+             operator run `tallyctl registry approve FILE`, then `tallyctl registry submit FILE`"
+        )));
+    }
+    let membership_index = match status {
+        Some(status) => status.membership_index,
+        None => client.cluster_status().await?.membership_index,
+    };
+    let cluster = <[u8; 16]>::try_from(registry.cluster_id.as_slice())
+        .map(ClusterId)
+        .map_err(|_| Failure::from(Error::Protocol("the registry's cluster id is not 16 bytes".into())))?;
+    let validity = Duration::from_secs_f64(approval.valid_hours * 3600.0);
+    let mut proposed = ProposedChange::new(cluster, &change(membership_index), validity).map_err(Failure::from)?;
+    if let Some(out) = &approval.out {
+        write_new(out, proposed.to_json().as_bytes(), false)?;
+        crate::registry::print_proposal(printer, &proposed, out);
+        return Ok(());
+    }
+    let (Some(operator), Some(key)) = (approval.operator, &approval.operator_key) else {
+        unreachable!("clap requires --operator-key with --operator")
+    };
+    let key = crate::registry::operator_key(key, approval.passphrase_file.as_deref())?;
+    proposed.approve(operator, &key).map_err(Failure::from)?;
+    let applied = with_progress(what, client.change_registry(&proposed)).await?;
+    let membership = applied.membership.ok_or_else(|| {
+        Failure::from(Error::Protocol("a membership change was answered without the membership".into()))
+    })?;
     print_membership(printer, &membership);
     Ok(())
 }

@@ -174,11 +174,19 @@ fn key_id(text: &str) -> Result<KeyId, Failure> {
     Ok(KeyId(id))
 }
 
+/// An operator's sealed ML-DSA-87 key, opened with the passphrase in `passphrase_file` (or
+/// `$TALLY_KEY_PASSPHRASE`).
+pub fn operator_key(path: &Path, passphrase_file: Option<&Path>) -> Result<tally_identity::MlDsaKeyPair, Failure> {
+    let passphrase = crate::keys::passphrase(passphrase_file)?;
+    tally_identity::key_file::open(&read(path)?, &passphrase)
+        .map_err(|error| usage(format!("{}: {error}", path.display())))
+}
+
 fn proposal(path: &Path) -> Result<ProposedChange, Failure> {
     ProposedChange::from_json(&read(path)?).map_err(|error| usage(format!("{}: {error}", path.display())))
 }
 
-fn print_proposal(printer: &Printer, proposed: &ProposedChange, file: &Path) {
+pub fn print_proposal(printer: &Printer, proposed: &ProposedChange, file: &Path) {
     let approvals: Vec<u64> = proposed.approvals.iter().map(|(operator, _)| *operator).collect();
     let value = json!({
         "file": file.display().to_string(),
@@ -231,9 +239,7 @@ pub fn run_offline(printer: &Printer, command: RegistryCommand) -> Result<(), Fa
         }
         RegistryCommand::Approve { file, operator, key, passphrase_file } => {
             let mut proposed = proposal(&file)?;
-            let passphrase = crate::keys::passphrase(passphrase_file.as_deref())?;
-            let key = tally_identity::key_file::open(&read(&key)?, &passphrase)
-                .map_err(|error| usage(format!("{}: {error}", key.display())))?;
+            let key = operator_key(&key, passphrase_file.as_deref())?;
             proposed.approve(operator, &key).map_err(Failure::from)?;
             replace_atomically(&file, proposed.to_json().as_bytes(), false)?;
             print_proposal(printer, &proposed, &file);
@@ -249,10 +255,23 @@ pub async fn run(client: &Client, printer: &Printer, command: RegistryCommand) -
         RegistryCommand::Submit { file } => {
             let proposed = proposal(&file)?;
             let applied = client.change_registry(&proposed).await?;
-            let value = json!({ "summary": proposed.summary, "applied_index": applied.applied_index, "repeated": applied.repeated });
+            let membership = applied.membership.as_ref().map(render::membership_json);
+            let value = json!({
+                "summary": proposed.summary,
+                "applied_index": applied.applied_index,
+                "repeated": applied.repeated,
+                "membership": membership,
+            });
             printer.print(value, || {
                 let outcome = if applied.repeated { "applied before" } else { "applied" };
-                format!("{outcome} at log index {}: {}", applied.applied_index, proposed.summary)
+                let made = match &applied.membership {
+                    Some(membership) => format!(
+                        "; voters {:?}, learners {:?} (membership entry at log index {})",
+                        membership.voters, membership.learners, membership.log_index
+                    ),
+                    None => String::new(),
+                };
+                format!("{outcome} at log index {}: {}{made}", applied.applied_index, proposed.summary)
             });
             Ok(())
         }
