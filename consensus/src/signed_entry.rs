@@ -217,8 +217,71 @@ fn algorithm_of(algorithm: KeyAlgorithm) -> Algorithm {
 }
 
 /// The ledger's signature checks on aws-lc-rs's ML-DSA (FIPS 204), deterministic as verification is.
+///
+/// A request's signature is verified once per process: the leader's gateway verifies it before
+/// proposing, and the same replica's apply finds it among the signatures it verified
+/// ([`VerifiedSignatures`]) instead of verifying it a second time on the lone request's path.
+/// Every other replica verifies it itself.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MlDsaCheck;
+
+/// How many good request signatures a process remembers (32 bytes each, in order of verification):
+/// far more than are between a leader's gateway check and its apply at full load.
+pub const VERIFIED_SIGNATURES_MAX: usize = 16_384;
+
+/// The request signatures this process verified and found good, each by the blake3 hash of
+/// everything its verification reads (algorithm, public key, signed payload, signature): a hit
+/// answers what verifying again would, since verification is a pure function of those bytes.
+/// Only good signatures are remembered, so a bad one is verified (and refused) every time.
+#[derive(Debug, Default)]
+pub struct VerifiedSignatures {
+    remembered: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl VerifiedSignatures {
+    fn key(algorithm: Algorithm, public_key: &[u8], payload: &[u8], signature: &[u8]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("tally verified request signature v1");
+        hasher.update(&[algorithm.code()]);
+        for part in [public_key, payload, signature] {
+            hasher.update(&(part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.remembered.contains(key)
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if !self.remembered.insert(key) {
+            return;
+        }
+        self.order.push_back(key);
+        if self.order.len() > VERIFIED_SIGNATURES_MAX {
+            let oldest = self.order.pop_front().expect("more than the limit");
+            self.remembered.remove(&oldest);
+        }
+        debug_assert_eq!(self.order.len(), self.remembered.len());
+    }
+}
+
+static VERIFIED: std::sync::LazyLock<std::sync::Mutex<VerifiedSignatures>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(VerifiedSignatures::default()));
+
+/// Verifies a request signature, or finds it among those this process verified.
+fn request_verified(public_key: &PublicKey, payload: &[u8], signature: &[u8]) -> bool {
+    let key = VerifiedSignatures::key(public_key.algorithm(), public_key.as_bytes(), payload, signature);
+    if VERIFIED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key) {
+        return true;
+    }
+    let good = AwsLcVerifier.verify(public_key, Domain::Request, payload, signature).is_ok();
+    if good {
+        VERIFIED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key);
+    }
+    good
+}
 
 impl SignatureCheck for MlDsaCheck {
     fn key_id(&self, algorithm: KeyAlgorithm, public_key: &[u8]) -> Option<KeyId> {
@@ -243,7 +306,7 @@ impl SignatureCheck for MlDsaCheck {
             deadline_unix_nanoseconds: signer.deadline,
         };
         let payload = signed_payload_of_hash(&signer, body_hash);
-        AwsLcVerifier.verify(&public_key, Domain::Request, &payload, signature).is_ok()
+        request_verified(&public_key, &payload, signature)
     }
 
     fn change_approved(
@@ -257,5 +320,40 @@ impl SignatureCheck for MlDsaCheck {
         let Ok(public_key) = PublicKey::new(Algorithm::MlDsa87, operator.public_key.clone()) else { return false };
         let payload = change_payload(&ClusterId(*cluster), signer.change_id, signer.deadline, body_hash);
         AwsLcVerifier.verify(&public_key, Domain::RegistryChange, &payload, signature).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_identity::{MlDsaKeyPair, Signer};
+
+    #[test]
+    fn a_remembered_signature_answers_only_for_the_same_bytes() {
+        let key = MlDsaKeyPair::from_seed(Algorithm::MlDsa65, &[41; 32]).unwrap();
+        let payload = b"the signed payload of a request".to_vec();
+        let signature = key.sign(Domain::Request, &payload).unwrap();
+        assert!(request_verified(key.public_key(), &payload, &signature));
+        assert!(request_verified(key.public_key(), &payload, &signature), "verified again, or remembered");
+        let mut altered = signature.clone();
+        altered[7] ^= 1;
+        assert!(!request_verified(key.public_key(), &payload, &altered));
+        assert!(!request_verified(key.public_key(), b"another payload", &signature));
+        let stranger = MlDsaKeyPair::from_seed(Algorithm::MlDsa65, &[42; 32]).unwrap();
+        assert!(!request_verified(stranger.public_key(), &payload, &signature));
+    }
+
+    #[test]
+    fn the_memory_holds_at_most_its_limit_and_forgets_the_oldest_first() {
+        let mut verified = VerifiedSignatures::default();
+        let key = |n: usize| VerifiedSignatures::key(Algorithm::MlDsa65, b"key", &n.to_be_bytes(), b"signature");
+        for n in 0..VERIFIED_SIGNATURES_MAX + 10 {
+            verified.insert(key(n));
+        }
+        verified.insert(key(VERIFIED_SIGNATURES_MAX + 9));
+        assert_eq!(verified.order.len(), VERIFIED_SIGNATURES_MAX);
+        assert!(!verified.contains(&key(9)));
+        assert!(verified.contains(&key(10)));
+        assert!(verified.contains(&key(VERIFIED_SIGNATURES_MAX + 9)));
     }
 }

@@ -244,8 +244,10 @@ impl Gateway {
             check_count("body", events, self.limits.events_per_request_max)?;
             let registry = self.replica.views.registry().expect("a secured cluster stays secured");
             let now = unix_nanoseconds();
-            precheck(&registry, &self.replica.views.view(), &signed, now, &MlDsaCheck)
-                .map_err(|refusal| signed::request_refused(&refusal))?;
+            let checking = std::time::Instant::now();
+            let checked = precheck(&registry, &self.replica.views.view(), &signed, now, &MlDsaCheck);
+            metrics::histogram!("tally_signed_precheck_seconds").record(checking.elapsed().as_secs_f64());
+            checked.map_err(|refusal| signed::request_refused(&refusal))?;
             let written = self.commit_written(Events::Signed { request: entry, events }, deadline).await?;
             if let Some(refusal) = &written.refusal {
                 return Err(signed::applied_refusal(refusal));
