@@ -128,7 +128,7 @@ register_principal() {
   rm -f "$change"
   "$TALLYCTL" registry propose --genesis "$CERTS/genesis.toml" --out "$change" --valid-hours 1 \
     register --principal 1 --key "$CERTS/principal-1.signing.key.pub" --permission create-ledgers \
-    --permission create-accounts --permission create-transfers --permission read >/dev/null
+    --permission create-accounts --permission create-transfers --permission read --permission operate >/dev/null
   "$TALLYCTL" registry approve "$change" --operator 1 --key "$CERTS/operator-1.key" \
     --passphrase-file "$CERTS/operator-1.passphrase" >/dev/null
   TALLY_CA=$CERTS/ca.pem TALLY_CERT=$CERTS/principal-1.pem TALLY_KEY=$CERTS/principal-1.key \

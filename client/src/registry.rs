@@ -33,7 +33,7 @@ pub struct PrincipalRole {
 }
 
 impl PrincipalRole {
-    /// Every operation on every ledger.
+    /// Every permission (operating the cluster too), on every ledger.
     pub fn everything() -> PrincipalRole {
         PrincipalRole {
             permissions: vec![
@@ -41,6 +41,7 @@ impl PrincipalRole {
                 Permission::CreateAccounts,
                 Permission::CreateTransfers,
                 Permission::Read,
+                Permission::Operate,
             ],
             ..PrincipalRole::default()
         }

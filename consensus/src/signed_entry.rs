@@ -125,6 +125,7 @@ fn role_of(role: Option<&wire::PrincipalRole>) -> Result<Role, String> {
             Ok(wire::Permission::CreateAccounts) => Permissions::CREATE_ACCOUNTS,
             Ok(wire::Permission::CreateTransfers) => Permissions::CREATE_TRANSFERS,
             Ok(wire::Permission::Read) => Permissions::READ,
+            Ok(wire::Permission::Operate) => Permissions::OPERATE,
             _ => return Err(format!("permission {number} is not one of the role permissions")),
         };
     }

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::gateway::Gateway;
 use crate::group_commit::Events;
-use crate::replica::{FORWARDED, Leader, Replica, forwarded};
+use crate::replica::{FORWARDED, Leader, PRINCIPAL, Replica, forwarded, principal_of};
 use crate::signed;
 use tally_state_machine::registry::{KeyStatus, Permissions, Registry, RegistryChange};
 
@@ -392,6 +392,7 @@ impl AdminService for Admin {
         &self,
         request: Request<wire::TransferLeaderRequest>,
     ) -> Result<Response<wire::TransferLeaderResponse>, Status> {
+        self.check_may_operate(&request, "hand leadership over")?;
         let target = request.get_ref().node_id;
         let metrics = self.replica.raft.metrics().borrow().clone();
         if target == self.replica.node_id {
@@ -418,8 +419,13 @@ impl AdminService for Admin {
         let client = self.client(&node.address)?;
         let deadline = Instant::now() + self.replica.request_timeout;
         let message = wire::TransferLeaderRequest { node_id: target };
+        // The target checks the caller's role again: it is told whom it relays for.
+        let principal = principal_of(&request);
         self.replica
-            .forward_once(&node.address, client, message, deadline, |mut client, request| async move {
+            .forward_once(&node.address, client, message, deadline, |mut client, mut request| async move {
+                if let Some(principal) = principal {
+                    request.metadata_mut().insert(PRINCIPAL, tonic::metadata::MetadataValue::from(principal));
+                }
                 client.transfer_leader(request).await
             })
             .await
@@ -427,8 +433,9 @@ impl AdminService for Admin {
 
     async fn trigger_snapshot(
         &self,
-        _request: Request<wire::TriggerSnapshotRequest>,
+        request: Request<wire::TriggerSnapshotRequest>,
     ) -> Result<Response<wire::TriggerSnapshotResponse>, Status> {
+        self.check_may_operate(&request, "build a snapshot")?;
         let applied = self.replica.raft.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index);
         self.replica.raft.trigger().snapshot().await.map_err(raft_error)?;
         let built = self
@@ -445,6 +452,34 @@ impl AdminService for Admin {
 }
 
 impl Admin {
+    /// On a secured cluster, only a registered principal whose role has the operate permission may
+    /// hand leadership over or build snapshots (`what`). In plaintext there is no identity to
+    /// check (a development cluster).
+    fn check_may_operate<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        let Some(registry) = self.replica.views.registry() else { return Ok(()) };
+        let identified = request
+            .extensions()
+            .get::<crate::connections::ConnectionInfo>()
+            .is_some_and(|info| info.identity.is_some());
+        if !identified {
+            return Ok(());
+        }
+        let Some(principal) = principal_of(request) else {
+            return Err(Status::permission_denied(format!(
+                "only a principal whose role may operate the cluster may {what}, and the relaying replica named none"
+            )));
+        };
+        match registry.principals.get(&principal) {
+            Some(registered) if registered.role.permissions.contains(Permissions::OPERATE) => Ok(()),
+            Some(_) => Err(Status::permission_denied(format!(
+                "principal {principal} may not {what} (its role has no operate permission)"
+            ))),
+            None => {
+                Err(Status::permission_denied(format!("principal {principal} is not registered, so may not {what}")))
+            }
+        }
+    }
+
     /// A secured cluster changes its membership only as operators approve.
     fn refuse_unapproved_membership_change(&self) -> Result<(), Status> {
         let Some(registry) = self.replica.views.registry() else { return Ok(()) };
@@ -542,6 +577,7 @@ fn registry_message(registry: &Registry, header: wire::ResponseHeader) -> wire::
             (Permissions::CREATE_ACCOUNTS, wire::Permission::CreateAccounts),
             (Permissions::CREATE_TRANSFERS, wire::Permission::CreateTransfers),
             (Permissions::READ, wire::Permission::Read),
+            (Permissions::OPERATE, wire::Permission::Operate),
         ]
         .into_iter()
         .filter(|(flag, _)| permissions.contains(*flag))

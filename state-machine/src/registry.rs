@@ -125,6 +125,8 @@ bitflags::bitflags! {
         const CREATE_TRANSFERS = 1 << 2;
         /// Lookups, queries and listings (of the role's ledgers).
         const READ = 1 << 3;
+        /// Operating the cluster: leadership transfers and snapshots (no ledger operation).
+        const OPERATE = 1 << 4;
     }
 }
 

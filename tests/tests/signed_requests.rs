@@ -14,6 +14,7 @@ use tally_identity::certs::Identity;
 use tally_identity::request::{RequestSigner, sign_request};
 use tally_identity::{MlDsaKeyPair, Signer};
 use tally_proto::v1 as wire;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::ledger_service_client::LedgerServiceClient;
 use tally_tests::{LocalCluster, Settings, TEST_PRINCIPAL, create_ledger_and_accounts, serialised, transfer, uint128};
 use tonic::Code;
@@ -221,6 +222,23 @@ async fn every_write_that_is_not_its_principals_is_refused_with_its_own_error_an
             auditor.submit(signed(&cluster, &certs.signing_key(AUDITOR, 1), AUDITOR, 1, deadline, pay(200, 1))).await;
         assert_eq!(refused.expect_err("read-only").code(), Code::PermissionDenied);
     }
+
+    // Operating the cluster is a permission of its own: neither the channel nor the auditor may
+    // move leadership or build snapshots; the test principal, whose role has it, may.
+    for (principal, via) in [(CHANNEL, leader), (AUDITOR, follower)] {
+        let mut admin = AdminServiceClient::new(certs.channel(&cluster.address(via), principal));
+        let moved = admin.transfer_leader(wire::TransferLeaderRequest { node_id: follower }).await;
+        let refused = moved.expect_err("no operate permission");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+        let expected =
+            format!("principal {principal} may not hand leadership over (its role has no operate permission)");
+        assert!(refused.message().contains(&expected), "{refused}");
+        let refused = admin.trigger_snapshot(wire::TriggerSnapshotRequest {}).await.expect_err("no operate permission");
+        assert!(refused.message().contains(&format!("principal {principal} may not build a snapshot")), "{refused}");
+    }
+    assert_eq!(cluster.node_status(follower).await.unwrap().leader_id, leader, "leadership did not move");
+    let built = cluster.admin(follower).await.trigger_snapshot(wire::TriggerSnapshotRequest {}).await;
+    assert!(built.expect("the test principal may operate").into_inner().snapshot_index > 0);
     cluster.wait_converged(&cluster.ids(), Duration::from_secs(20)).await;
 }
 

@@ -24,6 +24,8 @@ pub enum PermissionName {
     CreateAccounts,
     CreateTransfers,
     Read,
+    /// Leadership transfers and snapshots.
+    Operate,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,7 @@ impl RoleArgs {
                 PermissionName::CreateAccounts => Permission::CreateAccounts,
                 PermissionName::CreateTransfers => Permission::CreateTransfers,
                 PermissionName::Read => Permission::Read,
+                PermissionName::Operate => Permission::Operate,
             })
             .collect();
         PrincipalRole { permissions, ledgers: self.ledgers.clone(), debit_account_codes: self.debit_codes.clone() }
