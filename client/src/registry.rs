@@ -85,6 +85,8 @@ pub enum RegistryChange {
     /// membership entry at `membership_index` ([`crate::ClusterStatus::membership_index`]) is in
     /// force.
     AddLearner { node_id: u64, address: String, site: String, membership_index: u64 },
+    /// A non-voting member out of the cluster (as [`RegistryChange::AddLearner`] is made).
+    RemoveLearner { node_id: u64, membership_index: u64 },
     /// The complete set of voters after the change (as [`RegistryChange::AddLearner`] is made).
     ChangeVoters { voters: Vec<u64>, retain_as_learners: bool, membership_index: u64 },
 }
@@ -130,6 +132,9 @@ impl RegistryChange {
                     membership_index: *membership_index,
                 })
             }
+            RegistryChange::RemoveLearner { node_id, membership_index } => {
+                Change::RemoveLearner(wire::RemoveLearner { node_id: *node_id, membership_index: *membership_index })
+            }
             RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {
                 Change::ChangeVoters(wire::ChangeVoters {
                     voters: voters.clone(),
@@ -173,6 +178,9 @@ impl RegistryChange {
                 "add node {node_id} at {address} (site {site}) as a learner, to the membership of log index \
                  {membership_index}"
             ),
+            RegistryChange::RemoveLearner { node_id, membership_index } => {
+                format!("remove the learner node {node_id}, from the membership of log index {membership_index}")
+            }
             RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {
                 let removed = if *retain_as_learners { "kept as learners" } else { "removed from the cluster" };
                 format!(

@@ -187,6 +187,9 @@ pub fn change_of(body: &[u8]) -> Result<RegistryChange, String> {
             site: add.site,
             membership_index: add.membership_index,
         },
+        Change::RemoveLearner(remove) => {
+            RegistryChange::RemoveLearner { node_id: remove.node_id, membership_index: remove.membership_index }
+        }
         Change::ChangeVoters(change) => RegistryChange::ChangeVoters {
             voters: change.voters,
             retain_as_learners: change.retain_as_learners,

@@ -170,6 +170,7 @@ fn membership_standing(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &
         RegistryChange::AddLearner { node_id, address, .. } => {
             membership.get_node(node_id).is_some_and(|node| node.address == *address)
         }
+        RegistryChange::RemoveLearner { node_id, .. } => membership.get_node(node_id).is_none(),
         RegistryChange::ChangeVoters { voters, .. } => {
             let wanted: BTreeSet<u64> = voters.iter().copied().collect();
             membership.get_joint_config().len() == 1 && membership.voter_ids().collect::<BTreeSet<_>>() == wanted
@@ -177,9 +178,9 @@ fn membership_standing(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &
         _ => unreachable!("only membership changes have a standing"),
     };
     let expected = match change {
-        RegistryChange::AddLearner { membership_index, .. } | RegistryChange::ChangeVoters { membership_index, .. } => {
-            *membership_index
-        }
+        RegistryChange::AddLearner { membership_index, .. }
+        | RegistryChange::RemoveLearner { membership_index, .. }
+        | RegistryChange::ChangeVoters { membership_index, .. } => *membership_index,
         _ => unreachable!("only membership changes have a standing"),
     };
     let in_force = membership_index(metrics);
@@ -198,6 +199,9 @@ fn membership_misfit(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &Re
     match change {
         RegistryChange::AddLearner { node_id, .. } if membership.get_node(node_id).is_some() => {
             Some(format!("node {node_id} is a member already, at another address: remove it first"))
+        }
+        RegistryChange::RemoveLearner { node_id, .. } if membership.voter_ids().any(|id| id == *node_id) => {
+            Some(format!("node {node_id} is a voter: remove it from the voters first"))
         }
         RegistryChange::ChangeVoters { voters, .. } => voters
             .iter()
@@ -524,6 +528,10 @@ impl Admin {
             RegistryChange::AddLearner { node_id, address, site, .. } => {
                 let node = PeerNode { address: address.clone(), site: site.clone() };
                 self.replica.raft.add_learner(*node_id, node, false).await.map_err(membership_error)?
+            }
+            RegistryChange::RemoveLearner { node_id, .. } => {
+                let learner = ChangeMembers::RemoveNodes(BTreeSet::from([*node_id]));
+                self.replica.raft.change_membership(learner, false).await.map_err(membership_error)?
             }
             RegistryChange::ChangeVoters { voters, retain_as_learners, .. } => {
                 let voters = ChangeMembers::ReplaceAllVoters(voters.iter().copied().collect());

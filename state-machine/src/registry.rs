@@ -254,6 +254,11 @@ pub enum RegistryChange {
         site: String,
         membership_index: u64,
     },
+    /// Authorises removing a non-voting member (as [`RegistryChange::AddLearner`] is carried out).
+    RemoveLearner {
+        node_id: u64,
+        membership_index: u64,
+    },
     /// Authorises replacing the voters (as [`RegistryChange::AddLearner`] is carried out).
     ChangeVoters {
         voters: Vec<u64>,
@@ -274,13 +279,19 @@ impl RegistryChange {
             RegistryChange::RemoveOperator { .. } => "remove_operator",
             RegistryChange::SetApprovalsRequired { .. } => "set_approvals_required",
             RegistryChange::AddLearner { .. } => "add_learner",
+            RegistryChange::RemoveLearner { .. } => "remove_learner",
             RegistryChange::ChangeVoters { .. } => "change_voters",
         }
     }
 
     /// Whether the change authorises a membership change (which the leader then carries out).
     pub fn is_membership(&self) -> bool {
-        matches!(self, RegistryChange::AddLearner { .. } | RegistryChange::ChangeVoters { .. })
+        matches!(
+            self,
+            RegistryChange::AddLearner { .. }
+                | RegistryChange::RemoveLearner { .. }
+                | RegistryChange::ChangeVoters { .. }
+        )
     }
 }
 
@@ -531,6 +542,11 @@ impl Registry {
                     return malformed(format!("a site name is at most {MEMBER_SITE_BYTES_MAX} bytes"));
                 }
             }
+            RegistryChange::RemoveLearner { node_id, membership_index: _ } => {
+                if *node_id == 0 {
+                    return Err(ChangeRefusal::MembershipMalformed { detail: "node id 0 names no member".into() });
+                }
+            }
             RegistryChange::ChangeVoters { voters, retain_as_learners: _, membership_index: _ } => {
                 let malformed = |detail: String| Err(ChangeRefusal::MembershipMalformed { detail });
                 if voters.is_empty() || voters.len() > VOTERS_MAX {
@@ -761,6 +777,11 @@ impl RegistryChange {
                 out.put_u64(*node_id);
                 put_bytes(out, address.as_bytes());
                 put_bytes(out, site.as_bytes());
+                out.put_u64(*membership_index);
+            }
+            RegistryChange::RemoveLearner { node_id, membership_index } => {
+                out.put_u8(11);
+                out.put_u64(*node_id);
                 out.put_u64(*membership_index);
             }
             RegistryChange::ChangeVoters { voters, retain_as_learners, membership_index } => {

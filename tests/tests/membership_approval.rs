@@ -111,4 +111,27 @@ async fn membership_changes_only_as_enough_operators_approve_and_each_runs_once(
 
     // Every replica applied every approval, refused or not, to one digest.
     cluster.wait_converged(&[1, 2, 3, learner], CONVERGE_WITHIN).await;
+
+    // Back to a learner, kept; then out of the cluster. A learner is removed by name, not through
+    // the voters (which leave it in place), and a voter cannot be removed so.
+    let approved = |change: &RegistryChange| {
+        let mut proposed = cluster.certs().approved(change);
+        proposed.approve(2, &second).unwrap();
+        proposed
+    };
+    let in_force = client.cluster_status().await.unwrap().membership_index;
+    let remove_voter = RegistryChange::RemoveLearner { node_id: 1, membership_index: in_force };
+    let refused = client.change_registry(&approved(&remove_voter)).await.expect_err("a voter is no learner");
+    assert!(matches!(&refused, Error::InvalidArgument(message) if message.contains("node 1 is a voter")), "{refused}");
+    let in_force = client.cluster_status().await.unwrap().membership_index;
+    let demote =
+        RegistryChange::ChangeVoters { voters: vec![1, 2, 3], retain_as_learners: true, membership_index: in_force };
+    let demoted = client.change_registry(&approved(&demote)).await.expect("demoted").membership.unwrap();
+    assert_eq!((demoted.voters, demoted.learners), (vec![1, 2, 3], vec![learner]));
+    let in_force = client.cluster_status().await.unwrap().membership_index;
+    let remove = RegistryChange::RemoveLearner { node_id: learner, membership_index: in_force };
+    let removed = client.change_registry(&approved(&remove)).await.expect("removed").membership.unwrap();
+    assert_eq!((removed.voters, removed.learners), (vec![1, 2, 3], vec![]));
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.nodes.iter().all(|node| node.id != learner), "{status:?}");
 }

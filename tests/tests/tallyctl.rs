@@ -198,7 +198,11 @@ async fn every_command_prints_stable_json() {
     ];
     let promoted = json(endpoints, &[&["cluster", "promote", &learner.to_string()][..], &operator].concat());
     assert_eq!(promoted["voters"], serde_json::json!([1, 2, 3, learner]));
-    let removed = json(endpoints, &[&["cluster", "remove", &learner.to_string()][..], &operator].concat());
+    let remove = ["cluster", "remove", &learner.to_string()];
+    let demoted = json(endpoints, &[&remove[..], &["--keep-as-learner"], &operator].concat());
+    assert_eq!(demoted["voters"], serde_json::json!([1, 2, 3]));
+    assert_eq!(demoted["learners"], serde_json::json!([learner]));
+    let removed = json(endpoints, &[&remove[..], &operator].concat());
     assert_eq!(removed["voters"], serde_json::json!([1, 2, 3]));
     assert_eq!(removed["learners"], serde_json::json!([]));
     // The first proposal, sent again once the learner is gone, adds nothing: it was approved for

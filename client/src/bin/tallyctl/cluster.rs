@@ -172,6 +172,20 @@ async fn remove(
 ) -> Result<(), Failure> {
     approval.check()?;
     let status = status_with_member(client, node_id, "").await?;
+    if status.nodes.iter().any(|node| node.id == node_id && !node.voter) {
+        if keep_as_learner {
+            return Err(usage(format!("node {node_id} is a learner already")));
+        }
+        let change = |membership_index| RegistryChange::RemoveLearner { node_id, membership_index };
+        let direct = async || {
+            Err(Error::Usage(format!(
+                "node {node_id} is a learner: only a secured cluster (one with a genesis) removes a learner; on this \
+                 one, promote it and remove it as a voter"
+            )))
+        };
+        return change_membership(client, printer, &approval, "removing the learner", Some(&status), change, direct)
+            .await;
+    }
     let voters: Vec<u64> =
         status.nodes.iter().filter(|node| node.voter && node.id != node_id).map(|node| node.id).collect();
     change_voters(client, printer, &approval, &status, voters, keep_as_learner).await
