@@ -5,7 +5,7 @@
 //! membership change is a registry change like any other, approved by operators: its approval goes
 //! through the log first, so that every replica checks it, and the leader makes the change in
 //! Raft's membership once the approval applied, only while the membership it was proposed against
-//! is still in force ([`MembershipStanding`]). Leadership is handed over by asking the target to
+//! is still in force ([`membership_standing`]). Leadership is handed over by asking the target to
 //! start an election; it wins when its log is up to date, which the caller can check first in the
 //! cluster status (replication lag 0).
 
@@ -148,23 +148,27 @@ where
     raft_error(error)
 }
 
-/// Where an approved membership change stands against the membership in force.
+/// Where an approved membership change stands against the membership in force, when it may go on.
 #[derive(Debug, PartialEq, Eq)]
 enum MembershipStanding {
-    /// The membership it was proposed against is in force: it may be made.
+    /// The membership it was proposed against is in force, and the change fits it: it may be made.
     Proposed,
     /// What it asks for is in force already (it ran before: a retry).
     Made,
-    /// Another membership is in force (its entry at `membership_index`) than the one it was
-    /// proposed against (`proposed_index`): it may not be made.
-    Moved { proposed_index: u64, membership_index: u64 },
 }
 
 fn membership_index(metrics: &openraft::RaftMetrics<u64, PeerNode>) -> u64 {
     metrics.membership_config.log_id().map_or(0, |log_id| log_id.index)
 }
 
-fn membership_standing(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &RegistryChange) -> MembershipStanding {
+/// Whether an approved membership change may go on: refused when another membership is in force
+/// than the one it was proposed against (unless what it asks for is in force already), or when it
+/// does not fit the membership.
+fn membership_standing(
+    metrics: &openraft::RaftMetrics<u64, PeerNode>,
+    change: &RegistryChange,
+) -> Result<MembershipStanding, Status> {
+    let proposed_index = change.membership_index().expect("only membership changes have a standing");
     let membership = metrics.membership_config.membership();
     let made = match change {
         RegistryChange::AddLearner { node_id, address, .. } => {
@@ -177,26 +181,18 @@ fn membership_standing(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &
         }
         _ => unreachable!("only membership changes have a standing"),
     };
-    let expected = match change {
-        RegistryChange::AddLearner { membership_index, .. }
-        | RegistryChange::RemoveLearner { membership_index, .. }
-        | RegistryChange::ChangeVoters { membership_index, .. } => *membership_index,
-        _ => unreachable!("only membership changes have a standing"),
-    };
-    let in_force = membership_index(metrics);
-    if in_force == expected && !made {
-        MembershipStanding::Proposed
-    } else if made {
-        MembershipStanding::Made
-    } else {
-        MembershipStanding::Moved { proposed_index: expected, membership_index: in_force }
+    if made {
+        return Ok(MembershipStanding::Made);
     }
-}
-
-/// Why a membership change proposed against the membership in force cannot be made in it.
-fn membership_misfit(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &RegistryChange) -> Option<String> {
-    let membership = metrics.membership_config.membership();
-    match change {
+    let in_force = membership_index(metrics);
+    if in_force != proposed_index {
+        return Err(Status::failed_precondition(format!(
+            "the {} change was proposed against the membership of log index {proposed_index}, but the one in force \
+             is of log index {in_force}: it was not made; propose it again",
+            change.name()
+        )));
+    }
+    let misfit = match change {
         RegistryChange::AddLearner { node_id, .. } if membership.get_node(node_id).is_some() => {
             Some(format!("node {node_id} is a member already, at another address: remove it first"))
         }
@@ -208,6 +204,10 @@ fn membership_misfit(metrics: &openraft::RaftMetrics<u64, PeerNode>, change: &Re
             .find(|id| membership.get_node(id).is_none())
             .map(|unknown| format!("node {unknown} is not a member: add it as a learner first")),
         _ => None,
+    };
+    match misfit {
+        Some(misfit) => Err(Status::invalid_argument(misfit)),
+        None => Ok(MembershipStanding::Proposed),
     }
 }
 
@@ -285,20 +285,21 @@ impl AdminService for Admin {
         let (entry, change) = signed::change_entry(request.get_ref())?;
         let forward = |mut client: AdminServiceClient<_>, request| async move { client.change_registry(request).await };
         let local = async |_request, deadline| {
-            let _serialised = match change.is_membership() {
+            let membership_change = change.membership_index().is_some();
+            let _serialised = match membership_change {
                 true => Some(self.membership_changes.lock().await),
                 false => None,
             };
-            if change.is_membership() {
+            if membership_change {
                 // Refused here, a change that cannot be made takes no log entry (and leaves its
                 // change id unused).
-                self.check_membership_change(&change)?;
+                membership_standing(&self.replica.raft.metrics().borrow(), &change)?;
             }
             let written = self.gateway.commit_written(Events::RegistryChange(entry), deadline).await?;
             if let Some(refusal) = &written.refusal {
                 return Err(signed::change_refused(refusal));
             }
-            let membership = match change.is_membership() {
+            let membership = match membership_change {
                 true => Some(self.make_membership_change(&change).await?),
                 false => None,
             };
@@ -495,34 +496,11 @@ impl Admin {
         )))
     }
 
-    /// Whether an approved membership change can be proposed: its membership is in force and the
-    /// change fits it, or it was made before (a retry, which the log answers `repeated`).
-    fn check_membership_change(&self, change: &RegistryChange) -> Result<(), Status> {
-        let metrics = self.replica.raft.metrics().borrow().clone();
-        match membership_standing(&metrics, change) {
-            MembershipStanding::Made => Ok(()),
-            MembershipStanding::Moved { proposed_index, membership_index } => {
-                Err(moved(change, proposed_index, membership_index))
-            }
-            MembershipStanding::Proposed => match membership_misfit(&metrics, change) {
-                Some(misfit) => Err(Status::invalid_argument(misfit)),
-                None => Ok(()),
-            },
-        }
-    }
-
     /// Makes an approved membership change, which every replica applied, in Raft's membership.
     async fn make_membership_change(&self, change: &RegistryChange) -> Result<wire::MembershipResponse, Status> {
         let metrics = self.replica.raft.metrics().borrow().clone();
-        match membership_standing(&metrics, change) {
-            MembershipStanding::Made => return Ok(self.membership_response(membership_index(&metrics))),
-            MembershipStanding::Moved { proposed_index, membership_index } => {
-                return Err(moved(change, proposed_index, membership_index));
-            }
-            MembershipStanding::Proposed => {}
-        }
-        if let Some(misfit) = membership_misfit(&metrics, change) {
-            return Err(Status::invalid_argument(misfit));
+        if membership_standing(&metrics, change)? == MembershipStanding::Made {
+            return Ok(self.membership_response(membership_index(&metrics)));
         }
         let written = match change {
             RegistryChange::AddLearner { node_id, address, site, .. } => {
@@ -567,14 +545,6 @@ impl Admin {
             }
         }
     }
-}
-
-fn moved(change: &RegistryChange, proposed_index: u64, membership_index: u64) -> Status {
-    Status::failed_precondition(format!(
-        "the {} change was proposed against the membership of log index {proposed_index}, but the one in force \
-         is of log index {membership_index}: it was not made; propose it again",
-        change.name()
-    ))
 }
 
 /// The registry as the admin API shows it.

@@ -284,14 +284,15 @@ impl RegistryChange {
         }
     }
 
-    /// Whether the change authorises a membership change (which the leader then carries out).
-    pub fn is_membership(&self) -> bool {
-        matches!(
-            self,
-            RegistryChange::AddLearner { .. }
-                | RegistryChange::RemoveLearner { .. }
-                | RegistryChange::ChangeVoters { .. }
-        )
+    /// For a change that authorises a membership change (which the leader then carries out): the
+    /// log index of the membership entry it was proposed against.
+    pub fn membership_index(&self) -> Option<u64> {
+        match self {
+            RegistryChange::AddLearner { membership_index, .. }
+            | RegistryChange::RemoveLearner { membership_index, .. }
+            | RegistryChange::ChangeVoters { membership_index, .. } => Some(*membership_index),
+            _ => None,
+        }
     }
 }
 
